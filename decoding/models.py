@@ -1,0 +1,109 @@
+"""Loading HF causal LMs and tokenizers by local folder, hub id or ``tiny:`` name, with clear errors.
+
+Every package loads models through :func:`load_causal_lm`, so a real checkpoint and the offline
+tiny models follow one code path (plain ``from_pretrained``; ``trust_remote_code`` stays off unless
+asked for).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Turn a ``tiny:`` name into its (built-on-demand) folder; pass other names through.
+
+    Raises:
+        FileNotFoundError: a path that looks local (``/``, ``./``, ``~``) does not exist.
+    """
+    name = str(name_or_path)
+    if name.startswith("tiny:"):
+        from decoding.tiny import ensure_tiny_lm
+
+        return str(ensure_tiny_lm(name))
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"model path {name!r} does not exist; pass a folder holding config.json "
+            "(written by save_pretrained), a hub id such as 'meta-llama/Llama-3.2-1B', "
+            "or 'tiny:llama' for the offline tiny model"
+        )
+    return str(path) if path.exists() else name
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
+    """Load a tokenizer; give it a pad token (EOS) when it has none. Left padding for generation."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"could not load a tokenizer from {name_or_path!r}: {err}. Pass a local folder with "
+            "tokenizer files, a hub id you can reach, or 'tiny:llama'"
+        ) from err
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """Load a causal LM with ``AutoModelForCausalLM.from_pretrained``.
+
+    A folder holding a peft adapter (``adapter_config.json``) is loaded on top of its base model.
+
+    Args:
+        name_or_path: local folder, hub id, or ``tiny:ARCH``.
+        dtype: e.g. ``torch.bfloat16`` or ``"float32"``; the checkpoint's own dtype when None.
+        device: where to put the model; stays on CPU when None.
+        trust_remote_code: forwarded to HF; off by default on purpose.
+
+    Raises:
+        OSError: the model cannot be found or read, with what to pass instead.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        if (Path(path) / "adapter_config.json").exists():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"could not load a causal LM from {name_or_path!r}: {err}. Pass a folder written by "
+            "save_pretrained, a hub id you can reach (set HF_HUB_OFFLINE=1 to use only the local "
+            "cache), or 'tiny:llama' for the offline tiny model"
+        ) from err
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def check_tokenizer_fits(tokenizer, model: nn.Module) -> None:
+    """Refuse a tokenizer whose ids do not all have a row in the model's input embedding."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} ids but the model's embedding has only {rows} rows; "
+            "use the tokenizer saved with this model (same folder), or call "
+            "model.resize_token_embeddings(len(tokenizer)) before training"
+        )

@@ -1,0 +1,201 @@
+"""Seeded tiny HF causal LMs with locally trained tokenizers, for offline demos and tests.
+
+Two architectures cover the two embedding layouts the decoding heads must handle:
+
+- ``llama``: a Llama-style model with **untied** input/output embeddings;
+- ``gpt2``: a GPT-2-style model with **tied** embeddings.
+
+The tokenizer is a byte-level BPE trained with the ``tokenizers`` library on a small embedded
+corpus, so nothing is downloaded. Both are written with ``save_pretrained``, so they load through
+the same code path as a real checkpoint::
+
+    from decoding.tiny import build_tiny_lm
+    path = build_tiny_lm("/tmp/tiny-llama", arch="llama", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(path)  # works with HF_HUB_OFFLINE=1
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+The names ``tiny:llama`` and ``tiny:gpt2`` (optionally ``tiny:llama?hidden=128&layers=4``) are
+accepted wherever a model path is (see :func:`decoding.models.resolve_model_path`); they are built
+once into a cache folder keyed by their settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import string
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ARCHS = ("llama", "gpt2")
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """Size of a tiny causal LM.
+
+    Attributes:
+        arch: ``llama`` (untied embeddings) or ``gpt2`` (tied embeddings).
+        hidden: hidden size.
+        layers: number of transformer blocks.
+        heads: attention heads.
+        vocab: target vocabulary size of the trained BPE tokenizer (<= 512 keeps tests fast).
+        max_positions: maximum sequence length.
+        seed: seed for the weights and the tokenizer corpus.
+    """
+
+    arch: str = "llama"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    vocab: int = 384
+    max_positions: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown tiny arch {self.arch!r}; choose one of {ARCHS}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
+
+
+def tokenizer_corpus(seed: int = 0, n_lines: int = 4000) -> list[str]:
+    """Embedded training text for the tiny tokenizer: QA templates, words and random codes."""
+    rng = random.Random(seed)
+    words = (
+        "the of and to in is was for on that with as by at from his her are were which this "
+        "what who where when code answer question city river capital country year born name "
+        "number color planet element language author book wrote discovered invented largest "
+        "Q A true false yes no not I have no comment because people say many most some"
+    ).split()
+    alphabet = string.ascii_uppercase + string.digits
+    lines = []
+    for _ in range(n_lines):
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+        code = "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 32)))
+        num = str(rng.randint(0, 10_000))
+        lines.append(f"Q: What is the code of {sentence}?\nA: {code} {num}.")
+    return lines
+
+
+def train_tokenizer(vocab: int = 384, seed: int = 0):
+    """Train a byte-level BPE tokenizer locally and wrap it as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=[SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token", "unk_token")],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(seed), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def build_tiny_model(cfg: TinyLMConfig, vocab_size: int, special_ids: dict[str, int]):
+    """Build a randomly initialised (seeded) tiny model of ``cfg.arch``."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    if cfg.arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.hidden,
+            intermediate_size=cfg.hidden * 2,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            num_key_value_heads=max(1, cfg.heads // 2),
+            max_position_embeddings=cfg.max_positions,
+            tie_word_embeddings=False,
+            **special_ids,
+        )
+        return LlamaForCausalLM(config)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=cfg.hidden,
+        n_layer=cfg.layers,
+        n_head=cfg.heads,
+        n_positions=cfg.max_positions,
+        tie_word_embeddings=True,
+        **special_ids,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def build_tiny_lm(out_dir: str | os.PathLike, arch: str = "llama", **sizes) -> Path:
+    """Build and save a seeded tiny causal LM + tokenizer into ``out_dir`` (atomically).
+
+    Args:
+        out_dir: target folder; it must not exist yet or be empty.
+        arch: ``llama`` or ``gpt2``.
+        **sizes: other :class:`TinyLMConfig` fields (``hidden``, ``layers``, ``heads``, ``vocab``,
+            ``max_positions``, ``seed``).
+
+    Returns:
+        The folder, loadable with ``AutoModelForCausalLM/AutoTokenizer.from_pretrained``.
+    """
+    cfg = TinyLMConfig(arch=arch, **sizes)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; pick a new folder for the tiny model")
+    tokenizer = train_tokenizer(cfg.vocab, cfg.seed)
+    special_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    model = build_tiny_model(cfg, len(tokenizer), special_ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tiny_lm.json").write_text(json.dumps(asdict(cfg), indent=2))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def parse_tiny_name(name: str) -> TinyLMConfig:
+    """Parse ``tiny:ARCH[?key=value&...]`` into a :class:`TinyLMConfig`."""
+    spec = name.removeprefix("tiny:")
+    arch, _, query = spec.partition("?")
+    fields = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key not in TinyLMConfig.__dataclass_fields__ or key == "arch":
+            allowed = sorted(set(TinyLMConfig.__dataclass_fields__) - {"arch"})
+            raise ValueError(f"unknown tiny model option {key!r} in {name!r}; allowed: {allowed}")
+        fields[key] = int(value)
+    return TinyLMConfig(arch=arch, **fields)
+
+
+def tiny_cache_dir() -> Path:
+    """Where ``tiny:`` models are built: ``$MEMEXP_CACHE`` or ``~/.cache/memexp``."""
+    return Path(os.environ.get("MEMEXP_CACHE", Path.home() / ".cache" / "memexp"))
+
+
+def ensure_tiny_lm(name: str) -> Path:
+    """Return the folder of the tiny model ``name`` (``tiny:llama``...), building it if needed."""
+    cfg = parse_tiny_name(name)
+    key = "-".join(f"{k}{v}" for k, v in asdict(cfg).items())
+    out = tiny_cache_dir() / f"tiny-{key}"
+    if not (out / "config.json").exists():
+        try:
+            build_tiny_lm(out, **asdict(cfg))
+        except FileExistsError:  # another process built it concurrently
+            pass
+    return out
