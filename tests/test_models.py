@@ -1,0 +1,61 @@
+"""Tiny offline models load through plain from_pretrained; loading errors name the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from decoding.models import check_tokenizer_fits, load_causal_lm, load_tokenizer, resolve_model_path
+from decoding.tiny import build_tiny_lm, parse_tiny_name
+
+
+@pytest.mark.parametrize("fixture, tied", [("tiny_llama_dir", False), ("tiny_gpt2_dir", True)])
+def test_tiny_models_load_with_auto_classes(fixture, tied, request):
+    path = request.getfixturevalue(fixture)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.tie_word_embeddings is tied
+    same = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert same is tied
+    ids = tok("Q: What is the code of the river?\nA: X7K2", return_tensors="pt").input_ids
+    assert tok.decode(ids[0]) == "Q: What is the code of the river?\nA: X7K2"
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_tiny_build_is_seeded(tmp_path):
+    a = load_causal_lm(build_tiny_lm(tmp_path / "a", seed=3))
+    b = load_causal_lm(build_tiny_lm(tmp_path / "b", seed=3))
+    c = load_causal_lm(build_tiny_lm(tmp_path / "c", seed=4))
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_tiny_names_resolve_and_cache():
+    path = resolve_model_path("tiny:gpt2?hidden=32&layers=3")
+    assert resolve_model_path("tiny:gpt2?hidden=32&layers=3") == path
+    model = load_causal_lm("tiny:gpt2?hidden=32&layers=3")
+    assert model.config.n_layer == 3 and model.config.n_embd == 32
+    with pytest.raises(ValueError, match="unknown tiny model option 'width'"):
+        parse_tiny_name("tiny:llama?width=3")
+    with pytest.raises(ValueError, match="unknown tiny arch"):
+        parse_tiny_name("tiny:bert")
+
+
+def test_unknown_model_path_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; pass a folder holding config.json"):
+        load_causal_lm(str(tmp_path / "nope"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OSError, match="could not load a causal LM"):
+        load_causal_lm(str(empty))
+    with pytest.raises(OSError, match="could not load a tokenizer"):
+        load_tokenizer(str(empty))
+
+
+def test_tokenizer_that_does_not_fit_is_refused(tiny_llama_dir, tiny_gpt2_dir):
+    small = load_causal_lm("tiny:llama?vocab=300")
+    with pytest.raises(ValueError, match="tokenizer has 384 ids but the model's embedding has only 300"):
+        check_tokenizer_fits(load_tokenizer(tiny_llama_dir), small)
+    check_tokenizer_fits(load_tokenizer(tiny_gpt2_dir), load_causal_lm(tiny_gpt2_dir))
