@@ -1,0 +1,1 @@
+"""memexp: memorise facts exactly with a frozen HF backbone (fine-tuning, LoRA, memory experts)."""
