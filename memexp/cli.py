@@ -28,7 +28,9 @@ class MemexpCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
         parser.add_argument(
-            "--overwrite", type=bool, default=False,
+            "--overwrite",
+            type=bool,
+            default=False,
             help="start again in a run folder that holds a finished or unfinished run (deletes its results)",
         )
 

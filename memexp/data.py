@@ -150,9 +150,13 @@ class FactsDataModule(L.LightningDataModule):
         if hp.facts_path is not None:
             facts = load_facts(hp.facts_path)
         else:
-            facts = random_facts(hp.num_random_facts + hp.num_heldout, hp.seed, hp.answer_min_len, hp.answer_max_len)
+            facts = random_facts(
+                hp.num_random_facts + hp.num_heldout, hp.seed, hp.answer_min_len, hp.answer_max_len
+            )
         if not 0 <= hp.num_heldout < len(facts):
-            raise ValueError(f"num_heldout={hp.num_heldout} must be in [0, {len(facts)}) for {len(facts)} facts")
+            raise ValueError(
+                f"num_heldout={hp.num_heldout} must be in [0, {len(facts)}) for {len(facts)} facts"
+            )
         order = list(range(len(facts)))
         if hp.facts_path is not None and hp.num_heldout:
             random.Random(hp.seed).shuffle(order)

@@ -54,9 +54,13 @@ def load_facts(path: str | Path) -> list[Fact]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from err
+                raise ValueError(
+                    f"{where}: not valid JSON ({err.msg}); each line must be one JSON object"
+                ) from err
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got {row!r:.80}")
+                raise ValueError(
+                    f"{where}: expected a JSON object with 'question' and 'answer', got {row!r:.80}"
+                )
             for key in ("question", "answer"):
                 value = row.get(key)
                 if not isinstance(value, str) or not value.strip():

@@ -36,7 +36,9 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: list[str] | None) -> nn.Module:
+def apply_lora(
+    model: nn.Module, r: int, alpha: float, dropout: float, targets: list[str] | None
+) -> nn.Module:
     """Wrap ``model`` with a peft LoRA adapter; refuse target names that match no linear module."""
     from peft import LoraConfig, get_peft_model
 
@@ -125,7 +127,9 @@ class FactTuning(L.LightningModule):
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return out.loss
 
@@ -148,7 +152,9 @@ class FactTuning(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = {}
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         stats = answer_stats(self(batch), batch["labels"])
         self._val_outputs.setdefault(dataloader_idx, []).append((batch["fact_ids"], stats.nll, stats.exact))
 
@@ -163,7 +169,11 @@ class FactTuning(L.LightningModule):
         ids, order = ids.sort(stable=True)
         keep = torch.ones_like(ids, dtype=torch.bool)
         keep[1:] = ids[1:] != ids[:-1]
-        return {"fact_id": ids[keep].cpu(), "nll": nll[order][keep].cpu(), "exact": exact[order][keep].bool().cpu()}
+        return {
+            "fact_id": ids[keep].cpu(),
+            "nll": nll[order][keep].cpu(),
+            "exact": exact[order][keep].bool().cpu(),
+        }
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -184,7 +194,12 @@ class FactTuning(L.LightningModule):
             heldout = self._gather_records(1)
             metrics["heldout/answer_nll"] = heldout["nll"].mean()
         for name, value in metrics.items():
-            self.log(name, value.to(self.device), prog_bar=name.endswith("hallucination_rate"), add_dataloader_idx=False)
+            self.log(
+                name,
+                value.to(self.device),
+                prog_bar=name.endswith("hallucination_rate"),
+                add_dataloader_idx=False,
+            )
 
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -53,7 +53,9 @@ class ResultsWriter(L.Callback):
             writer = csv.writer(fh)
             if new:
                 writer.writerow(["epoch", "step", "fact_id", "nll", "exact"])
-            for fid, nll, ok in zip(records["fact_id"].tolist(), records["nll"].tolist(), records["exact"].tolist()):
+            for fid, nll, ok in zip(
+                records["fact_id"].tolist(), records["nll"].tolist(), records["exact"].tolist()
+            ):
                 writer.writerow([epoch, trainer.global_step, fid, f"{nll:.6g}", int(ok)])
         row = {"epoch": epoch, "step": trainer.global_step, **self._metrics(trainer)}
         if trainer.state.fn == "fit":
@@ -75,6 +77,7 @@ class ResultsWriter(L.Callback):
             "first_zero_hallucination_epoch": zero[0] if zero else None,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
             "wall_time_s": round(time.perf_counter() - self.start, 2),
             "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
             "last_checkpoint": getattr(ckpt, "last_model_path", None) or None,
@@ -97,7 +100,9 @@ class ResultsWriter(L.Callback):
             writer.writerows(self.curve)
         epochs = [r["epoch"] + 1 for r in self.curve]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(epochs, [r.get("val/hallucination_rate") for r in self.curve], "o-", label="hallucination rate")
+        ax.plot(
+            epochs, [r.get("val/hallucination_rate") for r in self.curve], "o-", label="hallucination rate"
+        )
         ax.set_xlabel("epoch")
         ax.set_ylabel("hallucination rate")
         ax.set_ylim(-0.02, 1.02)

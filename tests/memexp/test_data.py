@@ -39,7 +39,9 @@ def _lossy_tokenizer(tmp_path):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex("[0-9]"), ""), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def test_answer_that_tokenizes_to_nothing_is_refused(tmp_path):
@@ -57,7 +59,9 @@ def test_answer_that_does_not_roundtrip_is_refused(tmp_path):
 def test_datamodule_splits_heldout_from_a_file(tmp_path, tiny_llama_dir):
     facts = [Fact(i, f"What is item {i}?", f"V{i}") for i in range(10)]
     save_facts(facts, tmp_path / "f.jsonl")
-    dm = FactsDataModule(tokenizer=tiny_llama_dir, facts_path=str(tmp_path / "f.jsonl"), num_heldout=3, seed=1)
+    dm = FactsDataModule(
+        tokenizer=tiny_llama_dir, facts_path=str(tmp_path / "f.jsonl"), num_heldout=3, seed=1
+    )
     dm.setup()
     train_ids = {f.id for f in dm.facts}
     heldout_ids = {f.id for f in dm.heldout_facts}
@@ -73,8 +77,12 @@ def test_datamodule_errors(tmp_path, tiny_llama_dir):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="holds no facts"):
         FactsDataModule(tokenizer=tiny_llama_dir, facts_path=str(tmp_path / "empty.jsonl")).setup()
-    (tmp_path / "three.jsonl").write_text("".join(f'{{"question": "q{i}?", "answer": "a{i}"}}\n' for i in range(3)))
+    (tmp_path / "three.jsonl").write_text(
+        "".join(f'{{"question": "q{i}?", "answer": "a{i}"}}\n' for i in range(3))
+    )
     with pytest.raises(ValueError, match="num_heldout=3 must be in"):
-        FactsDataModule(tokenizer=tiny_llama_dir, facts_path=str(tmp_path / "three.jsonl"), num_heldout=3).setup()
+        FactsDataModule(
+            tokenizer=tiny_llama_dir, facts_path=str(tmp_path / "three.jsonl"), num_heldout=3
+        ).setup()
     with pytest.raises(ValueError, match="template must contain"):
         FactsDataModule(template="Q: A:")

@@ -28,7 +28,9 @@ def test_load_roundtrip_keeps_ids(tmp_path):
     facts = [Fact(7, "Who wrote it?", "Ann"), Fact(3, "Where?", "Here")]
     save_facts(facts, tmp_path / "f.jsonl")
     assert load_facts(tmp_path / "f.jsonl") == facts
-    (tmp_path / "g.jsonl").write_text('{"question": "a?", "answer": "b"}\n\n{"question": "c?", "answer": "d"}\n')
+    (tmp_path / "g.jsonl").write_text(
+        '{"question": "a?", "answer": "b"}\n\n{"question": "c?", "answer": "d"}\n'
+    )
     assert [f.id for f in load_facts(tmp_path / "g.jsonl")] == [0, 1]
 
 
@@ -40,8 +42,10 @@ def test_load_roundtrip_keeps_ids(tmp_path):
         ('{"question": "a?", "answer": "b"}\n["a", "b"]\n', r"g\.jsonl:2: expected a JSON object"),
         ('{"question": "a?"}\n', r"g\.jsonl:1: 'answer' must be a non-empty string"),
         ('{"question": "a?", "answer": "  "}\n', r"g\.jsonl:1: 'answer' must be a non-empty string"),
-        ('{"id": 1, "question": "a?", "answer": "b"}\n{"id": 1, "question": "c?", "answer": "d"}\n',
-         r"g\.jsonl:2: id 1 repeats line 1"),
+        (
+            '{"id": 1, "question": "a?", "answer": "b"}\n{"id": 1, "question": "c?", "answer": "d"}\n',
+            r"g\.jsonl:2: id 1 repeats line 1",
+        ),
     ],
 )
 def test_bad_fact_files_name_file_and_line(tmp_path, content, message):

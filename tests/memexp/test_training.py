@@ -35,10 +35,14 @@ def test_recall_matches_hf_greedy_generation(small_facts, tmp_path):
     for row, ex in enumerate(dm.train_examples):
         prompt = torch.tensor([ex.prompt_ids])
         out = module.model.generate(
-            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=len(ex.answer_ids),
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=len(ex.answer_ids),
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
         )
-        generated = out[0, prompt.shape[1]:].tolist()
+        generated = out[0, prompt.shape[1] :].tolist()
         assert (generated == ex.answer_ids) == bool(exact[row]), row
 
 
@@ -98,7 +102,9 @@ def test_resume_after_crash_reproduces_uninterrupted_run(small_facts, tmp_path, 
     straight, straight_trainer = run(tmp_path / "a")
     with pytest.raises(_Crash):
         run(tmp_path / "b", crash_at=2)
-    resumed, resumed_trainer = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
+    resumed, resumed_trainer = run(
+        tmp_path / "b", ckpt_path=str(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    )
     assert resumed_trainer.global_step == straight_trainer.global_step
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), name
