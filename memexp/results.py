@@ -98,18 +98,17 @@ class ResultsWriter(L.Callback):
             writer = csv.DictWriter(fh, fieldnames=["epoch", "step", *keys])
             writer.writeheader()
             writer.writerows(self.curve)
-        epochs = [r["epoch"] + 1 for r in self.curve]
+        points = ([self.initial] if self.initial else []) + self.curve  # the initial row has epoch -1
+        epochs = [r["epoch"] + 1 for r in points]  # epochs completed
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(
-            epochs, [r.get("val/hallucination_rate") for r in self.curve], "o-", label="hallucination rate"
-        )
-        ax.set_xlabel("epoch")
+        ax.plot(epochs, [r.get("val/hallucination_rate") for r in points], "o-", label="hallucination rate")
+        ax.set_xlabel("epochs trained")
         ax.set_ylabel("hallucination rate")
         ax.set_ylim(-0.02, 1.02)
         ax2 = ax.twinx()
-        ax2.plot(epochs, [r.get("val/answer_nll") for r in self.curve], "s--", color="C1", label="answer NLL")
+        ax2.plot(epochs, [r.get("val/answer_nll") for r in points], "s--", color="C1", label="answer NLL")
         ax2.set_ylabel("answer NLL (nats/token)")
-        fig.legend(loc="upper right")
+        fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.6))
         fig.tight_layout()
         fig.savefig(root / "curves.png", dpi=120)
         plt.close(fig)
