@@ -59,8 +59,13 @@ class _Pass:
         ctx = self.context() if self.context is not None else contextlib.nullcontext()
         with ctx:
             x, self.cache = layer_logits(
-                self.model, ids, layers, attention_mask=mask, position_ids=pos,
-                past_key_values=self.cache, final_norm=final_norm,
+                self.model,
+                ids,
+                layers,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.cache,
+                final_norm=final_norm,
             )
         return x
 
@@ -162,8 +167,13 @@ def decode(
         x = aligned.step(ids, mask, pos, layers, final_norm)
         r = ref.step(ids, mask, pos, ref_layers, final_norm) if ref is not None else None
         if penalty_before_mix and r is not None:
-            x = LayerLogits(x.early, repetition_penalty(x.mature, seen[:, : x.mature.shape[-1]] > 0,
-                                                        repetition_penalty_), x.layers, x.num_layers, x.tied)
+            x = LayerLogits(
+                x.early,
+                repetition_penalty(x.mature, seen[:, : x.mature.shape[-1]] > 0, repetition_penalty_),
+                x.layers,
+                x.num_layers,
+                x.tied,
+            )
         scores = head(x, r)  # (B, V')
         if processor is not None:
             scores = processor(all_ids, scores)
@@ -249,15 +259,31 @@ def generate(
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     stop = None
     if stop_strings:
+
         def stop(row: int, new: list[int]) -> bool:
             text = tokenizer.decode(new, skip_special_tokens=True)
             return any(s in text for s in stop_strings)
+
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     with torch.no_grad():
         new = decode(
-            model, enc.input_ids.to(device), enc.attention_mask.to(device), head, max_new_tokens, ref,
-            repetition_penalty, eos_ids, tokenizer.pad_token_id, do_sample, temperature, top_k, top_p,
-            generator, final_norm, penalty_before_mix, stop,
+            model,
+            enc.input_ids.to(device),
+            enc.attention_mask.to(device),
+            head,
+            max_new_tokens,
+            ref,
+            repetition_penalty,
+            eos_ids,
+            tokenizer.pad_token_id,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            generator,
+            final_norm,
+            penalty_before_mix,
+            stop,
         )
     token_ids, texts = [], []
     for row in new.tolist():
@@ -306,8 +332,19 @@ def hf_custom_generate(
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     max_new = cfg.max_new_tokens or max(0, (cfg.max_length or 20) - input_ids.shape[1])
     new = decode(
-        model, input_ids, mask, head, max_new, ref, 1.0, eos_ids, pad,
-        bool(cfg.do_sample), cfg.temperature or 1.0, cfg.top_k or 0, cfg.top_p or 1.0,
+        model,
+        input_ids,
+        mask,
+        head,
+        max_new,
+        ref,
+        1.0,
+        eos_ids,
+        pad,
+        bool(cfg.do_sample),
+        cfg.temperature or 1.0,
+        cfg.top_k or 0,
+        cfg.top_p or 1.0,
         processor=logits_processor,
     )
     return torch.cat([input_ids, new], 1)
