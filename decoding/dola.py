@@ -18,7 +18,8 @@ Candidate buckets (``dola_layers``), N blocks, ``start`` = 0 untied / 2 tied (1 
 
     'low'  = [start] if start == N // 2 else range(start, N // 2, 2) (N <= 40) / range(start, 20, 2)
     'high' = range(N // 2, N, 2) (N <= 40) / range(N - 20, N, 2)
-    list   = [i for i in list if i < N]   (negative ids are rejected, HF lets them through)
+    list   = [i for i in list if i < N]   (the mature id N is dropped as in HF; ids < 0 or > N are
+             rejected, where HF silently lets negatives through and drops ids > N)
 
 Multiple-choice scoring (:meth:`DoLa.mc_scores`, the original repo's ``lm_score``, §3.3): per
 position M as above; diff = log_softmax(z_N) - log_softmax(z_M), optionally log_softmax'ed again
@@ -56,6 +57,9 @@ def dola_candidates(dola_layers: str | Sequence[int], num_layers: int, tied: boo
     negative = [i for i in dola_layers if int(i) < 0]
     if negative:
         raise ValueError(f"dola_layers {negative} are negative; use ids in 0..{n - 1} (0 = embeddings)")
+    beyond = [int(i) for i in dola_layers if int(i) > n]
+    if beyond:
+        raise ValueError(f"dola_layers {beyond} are out of range: the model has layers 0..{n} ({n} = mature)")
     layers = tuple(int(i) for i in dola_layers if int(i) < n)
     if not layers:
         raise ValueError(f"no dola_layers below the mature layer {n} in {list(dola_layers)}")

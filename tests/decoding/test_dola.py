@@ -30,11 +30,13 @@ def test_buckets(n, tied, low, high):
 
 
 def test_explicit_lists_and_errors():
-    assert dola_candidates([0, 3, 10], 4, False) == (0, 3)
+    assert dola_candidates([0, 3, 4], 4, False) == (0, 3)  # the mature layer is dropped, as HF
+    with pytest.raises(ValueError, match=r"dola_layers \[10\] are out of range"):
+        dola_candidates([0, 10], 4, False)
     with pytest.raises(ValueError, match="negative"):
         dola_candidates([-1, 2], 4, False)
     with pytest.raises(ValueError, match="no dola_layers below"):
-        dola_candidates([7, 9], 4, False)
+        dola_candidates([4], 4, False)
     with pytest.raises(ValueError, match="'low', 'high'"):
         DoLa("middle")
 
