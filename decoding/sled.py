@@ -47,25 +47,37 @@ from decoding.layers import LayerLogits, check_layers
 EPS = 1e-8
 
 
-def latent_distribution(early: Tensor, mature: Tensor, topk: Tensor) -> Tensor:
+def _rowdot(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Row-wise dot products over V, ``(L, R, V) x2 -> (L, R, 1)`` in ``dtype``."""
+    if dtype == x.dtype:
+        return (x.unsqueeze(-2) @ y.unsqueeze(-1)).squeeze(-1)  # batched BLAS dot
+    return (x.to(dtype).unsqueeze(-2) @ y.to(dtype).unsqueeze(-1)).squeeze(-1)
+
+
+def latent_distribution(
+    early: Tensor, mature: Tensor, topk: Tensor, reduce_dtype: torch.dtype = torch.float32
+) -> Tensor:
     """P_lat on the top-k tokens by the closed-form cosine, ``(R, k)`` float64.
 
     Args:
         early: ``(L, R, V)`` early logits (model dtype).
         mature: ``(R, V)`` mature logits (model dtype).
         topk: ``(R, k)`` top-k token ids of the mature distribution.
+        reduce_dtype: dtype of the three O(V) dot products (float32 BLAS by default, float64 for
+            the spec's all-float64 variant); the cosine itself is always assembled in float64.
     """
-    p = torch.softmax(early, dim=-1).double()  # (L, R, V), softmax in the model dtype as the reference
-    d = (early - mature[None]).double()  # (L, R, V), difference in the model dtype, then cast
-    a = p.argmax(-1, keepdim=True)  # (L, R, 1) the only entry that can be near 1
-    p_a, d_a = p.gather(-1, a), d.gather(-1, a)  # (L, R, 1)
-    p2 = p * p
-    pd = p * d
-    sq_rest = p2.scatter_(-1, a, 0.0).sum(-1, keepdim=True)  # (L, R, 1) sum_{i != a} p_i^2
-    pd_rest = pd.scatter_(-1, a, 0.0).sum(-1, keepdim=True)  # (L, R, 1) sum_{i != a} p_i d_i
-    d_norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)  # (L, R, 1)
+    f64 = torch.float64
+    rd = torch.promote_types(reduce_dtype, early.dtype)
+    p = torch.softmax(early, dim=-1)  # (L, R, V) in the model dtype, as the reference
+    d = early - mature[None]  # (L, R, V) in the model dtype, as the reference
+    a = early.argmax(-1, keepdim=True)  # (L, R, 1) the only entry that can be near 1
+    p_rest = p.scatter(-1, a, 0.0)  # (L, R, V) p with entry a left out
+    sq_rest = _rowdot(p_rest, p_rest, rd).to(f64)  # (L, R, 1) sum_{i != a} p_i^2
+    pd_rest = _rowdot(p_rest, d, rd).to(f64)  # (L, R, 1) sum_{i != a} p_i d_i
+    d_norm = _rowdot(d, d, rd).to(f64).sqrt()  # (L, R, 1)
+    p_a, d_a = p.gather(-1, a).to(f64), d.gather(-1, a).to(f64)  # (L, R, 1)
     idx = topk[None].expand(p.shape[0], -1, -1)  # (L, R, k)
-    p_j, d_j = p.gather(-1, idx), d.gather(-1, idx)  # (L, R, k)
+    p_j, d_j = p.gather(-1, idx).to(f64), d.gather(-1, idx).to(f64)  # (L, R, k)
     is_a = idx == a
     q = torch.where(is_a, sq_rest, sq_rest + p_a * p_a - p_j * p_j)  # sum_{i != j} p_i^2
     g_norm = (q + (1.0 - p_j) ** 2).sqrt()  # (L, R, k)
