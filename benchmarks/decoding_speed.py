@@ -208,7 +208,10 @@ def main() -> None:
     p.add_argument("--only", choices=["step", "batch", "mc", "memory"], default=None)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     model = bench_model() if args.only != "memory" else None
     if args.only in (None, "step"):
