@@ -13,7 +13,7 @@ Sections:
           layer (as HF 4.52 did);
 - batch:  decode tokens/s at batch 8 over batch 1 for each head;
 - mc:     multiple-choice choices/s, vectorised vs the references' per-position loop (same scores);
-- memory: peak RSS of one SLED step at k=100, 32 layers, vocab 128256 (fast path) in a subprocess.
+- memory: peak RSS of one SLED step, 32 layers, vocab 128256: fast at k=100, literal at k=10.
 """
 
 from __future__ import annotations
@@ -146,15 +146,18 @@ def section_batch(model, new_tokens: int) -> None:
 
 
 def section_mc(model) -> None:
+    from decoding.mc import truthfulqa_prompt
     from decoding.tiny import train_tokenizer
 
     tok = train_tokenizer(384)  # any tokenizer: ids < 32000
-    prefix = "Q: What is the code of the city where the river was discovered by the author?\nA:"
+    prefix = truthfulqa_prompt("What is the code of the city where the river was discovered?")
     choices = [" 42 is the number.", " I have no comment.", " the river of the capital.", " A true answer."]
     head = SLED(evolution_rate=2.0, evolution_scale=50, evolution_lower_bound=-100.0, op_T=1)
-    t0 = time.perf_counter()
-    fast = score_continuations(model, tok, prefix, choices, head)
-    t_fast = time.perf_counter() - t0
+    timed = {}
+    for name, kw in (("vectorised+prefix KV", {}), ("vectorised", {"reuse_prefix": False})):
+        t0 = time.perf_counter()
+        timed[name] = score_continuations(model, tok, prefix, choices, head, **kw)
+        timed[name + " s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     slow = []
     with torch.no_grad():
@@ -166,41 +169,54 @@ def section_mc(model) -> None:
             s = 0.0
             for pos in range(k - 1, ids.shape[1] - 1):
                 early = torch.stack([lm(out.hidden_states[i][0, pos]) for i in range(16)])
-                s += float(literal_sled(early, out.logits[0, pos][None])[0, ids[0, pos + 1]])
+                s += float(literal_sled(early, out.logits[0, pos][None], lb=-100.0)[0, ids[0, pos + 1]])
             slow.append(s)
     t_slow = time.perf_counter() - t0
-    diff = (fast - torch.tensor(slow, dtype=torch.float64)).abs().max().item()
-    print(
-        f"[mc] SLED k=50, {len(choices)} choices: vectorised {len(choices) / t_fast:.2f} choices/s, "
-        f"per-position loop {len(choices) / t_slow:.2f} choices/s, ratio {t_slow / t_fast:.2f}x, "
-        f"max |score diff| {diff:.2e}"
-    )
+    n_tok = len(tok(prefix).input_ids)
+    print(f"[mc] SLED k=50, TruthfulQA 6-shot prompt ({n_tok} tokens), {len(choices)} choices")
+    print(f"  per-position loop (reference style) {len(choices) / t_slow:6.2f} choices/s")
+    for name in ("vectorised", "vectorised+prefix KV"):
+        t = timed[name + " s"]
+        diff = (timed[name] - torch.tensor(slow, dtype=torch.float64)).abs().max().item()
+        print(
+            f"  {name:34s} {len(choices) / t:6.2f} choices/s  ratio {t_slow / t:5.2f}x  "
+            f"max |score diff| {diff:.1e}"
+        )
 
 
 MEMORY_CHILD = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, sys.argv[1])
 from decoding.sled import SLED
-L, V, k = 32, 128256, 100
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+from decoding_speed import literal_sled
+L, V, k, which = 32, 128256, int(sys.argv[2]), sys.argv[3]
 x = torch.randn(L + 1, 1, V, generator=torch.Generator().manual_seed(0)) * 3
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-SLED(evolution_scale=k)(x)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) / 1024)
+
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = rss("VmRSS")
+if which == "fast":
+    SLED(evolution_scale=k)(x)
+else:
+    literal_sled(x[:-1, 0], x[-1], k=k)
+print(rss("VmHWM") - before)
 """
 
 
 def section_memory() -> None:
     root = str(Path(__file__).resolve().parents[1])
-    out = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD, root], capture_output=True, text=True, check=True
-    )
-    peak = float(out.stdout.strip().splitlines()[-1])
-    dense = 32 * 100 * 128256 * 4 / 2**20
-    print(
-        f"[memory] SLED step, 32 layers, k=100, V=128256, fp32: peak RSS increase {peak:.0f} MiB; "
-        f"a materialised L x k x V fp32 gradient alone would be {dense:.0f} MiB"
-    )
+    print("[memory] one SLED step, 32 layers, V=128256, fp32: peak RSS increase over the inputs")
+    for which, k in (("fast", 100), ("literal", 10)):
+        cmd = [sys.executable, "-c", MEMORY_CHILD, root, str(k), which]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        peak = float(out.stdout.strip().splitlines()[-1])
+        dense = 32 * k * 128256 * 4 / 2**20
+        print(f"  {which:8s} k={k:3d}: {peak:7.0f} MiB   (an L x k x V fp32 tensor is {dense:.0f} MiB)")
 
 
 def main() -> None:

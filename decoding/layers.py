@@ -222,14 +222,19 @@ def layer_logits_at(
     index: Tensor,
     layers: Sequence[int],
     final_norm: bool = False,
+    past_key_values=None,
+    position_ids: Tensor | None = None,
 ) -> LayerLogits:
-    """Teacher-forced per-layer logits at chosen positions of a (right-padded) batch, no cache.
+    """Teacher-forced per-layer logits at chosen positions of a (right-padded) batch.
 
     Args:
-        input_ids, attention_mask: ``(B, S)``.
-        index: ``(B, P)`` positions whose next-token logits are wanted.
+        input_ids: ``(B, S)`` (the tokens after ``past_key_values``, if any).
+        attention_mask: ``(B, past + S)``.
+        index: ``(B, P)`` positions in ``input_ids`` whose next-token logits are wanted.
         layers: early-layer ids.
         final_norm: as in :func:`layer_logits`.
+        past_key_values: a cache of a shared prefix (not updated in a way the caller relies on).
+        position_ids: ``(B, S)`` positions, needed with a cache.
 
     Returns:
         LayerLogits with ``early (C, B, P, V)`` and ``mature (B, P, V)``.
@@ -240,7 +245,9 @@ def layer_logits_at(
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        use_cache=False,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=past_key_values is not None,
         output_hidden_states=bool(layers),
         logits_to_keep=keep,
     )

@@ -20,6 +20,8 @@ counts 0 and is reported in ``mc2_nan``. FACTOR: correct unless a false score is
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from collections.abc import Sequence
 
@@ -73,12 +75,6 @@ def encode_choice(tokenizer, prefix: str, cont: str, separate: bool = False) -> 
     return ids, len(prefix_ids)
 
 
-def _ref_context(model: nn.Module, ref_model):
-    if ref_model is None or isinstance(ref_model, nn.Module):
-        return ref_model, None
-    return model, ref_model
-
-
 def score_continuations(
     model: nn.Module,
     tokenizer,
@@ -90,6 +86,7 @@ def score_continuations(
     separate_tokenization: bool = False,
     final_norm: bool = False,
     max_elements: int = 2**26,
+    reuse_prefix: bool = True,
 ) -> Tensor:
     """Scores ``(n,)`` float64 of each continuation after ``prefix`` (vectorised over positions).
 
@@ -102,29 +99,37 @@ def score_continuations(
         separate_tokenization: tokenise prefix and continuation apart.
         final_norm: apply the final norm to early layers.
         max_elements: chunk the choices so ``L * B * P * V`` stays below this.
+        reuse_prefix: run the tokens all choices share once and reuse their KV cache.
     """
     device = next(model.parameters()).device
     enc = [encode_choice(tokenizer, prefix, c, separate_tokenization) for c in continuations]
-    n, tied = model_info(model)
-    layers = head.required_layers(n, tied)
-    ref_m, ref_ctx = _ref_context(model, ref_model)
     if head.uses_ref and ref_model is None:
         raise ValueError("the DeRa head needs ref_model= for scoring")
+    passes = [(model, None)]
+    if head.uses_ref:
+        passes.append((ref_model, None) if isinstance(ref_model, nn.Module) else (model, ref_model))
+    # tokens shared by every choice, up to the position before the first scored one
+    shared = min(k for _, k in enc) - 1
+    first = enc[0][0]
+    for ids, _ in enc[1:]:
+        shared = next((i for i in range(shared) if ids[i] != first[i]), shared)
+    shared = shared if reuse_prefix else 0
+    caches = [_prefix_cache(m, ctx, first[:shared], device) for m, ctx in passes] if shared else None
     vocab = model.get_output_embeddings().weight.shape[0]
+    n, tied = model_info(model)
     p_max = max(len(ids) - k for ids, k in enc)
-    per_row = (len(layers) + 2) * p_max * vocab
+    per_row = (len(head.required_layers(n, tied)) + 2) * p_max * vocab
     step = max(1, max_elements // per_row)
     out = []
     for c0 in range(0, len(enc), step):
         out.append(
             _score_chunk(
-                model,
                 enc[c0 : c0 + step],
                 head,
-                layers,
+                passes,
+                caches,
+                shared,
                 post_softmax,
-                ref_m,
-                ref_ctx,
                 final_norm,
                 tokenizer.pad_token_id or 0,
                 device,
@@ -133,37 +138,54 @@ def score_continuations(
     return torch.cat(out)
 
 
-def _score_chunk(model, enc, head, layers, post_softmax, ref_m, ref_ctx, final_norm, pad, device) -> Tensor:
+def _prefix_cache(model: nn.Module, ctx, ids: list[int], device):
+    """KV cache of the shared tokens (batch 1), computed inside ``ctx`` (adapters off) if given."""
+    with torch.no_grad(), ctx() if ctx is not None else contextlib.nullcontext():
+        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    return out.past_key_values
+
+
+def _score_chunk(enc, head, passes, caches, shared, post_softmax, final_norm, pad, device) -> Tensor:
     b = len(enc)
-    s = max(len(ids) for ids, _ in enc)
+    s = max(len(ids) for ids, _ in enc) - shared
     p = max(len(ids) - k for ids, k in enc)
     input_ids = torch.full((b, s), pad, dtype=torch.long)
-    mask = torch.zeros(b, s, dtype=torch.long)
+    mask = torch.zeros(b, shared + s, dtype=torch.long)
+    mask[:, :shared] = 1
     index = torch.zeros(b, p, dtype=torch.long)
     valid = torch.zeros(b, p, dtype=torch.bool)
     for r, (ids, k) in enumerate(enc):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        mask[r, : len(ids)] = 1
-        pos = torch.arange(k - 1, len(ids) - 1)
+        input_ids[r, : len(ids) - shared] = torch.tensor(ids[shared:])
+        mask[r, shared : len(ids)] = 1
+        pos = torch.arange(k - 1, len(ids) - 1) - shared  # positions in input_ids
         index[r, : len(pos)] = pos
         index[r, len(pos) :] = pos[-1]
         valid[r, : len(pos)] = True
     input_ids, mask, index, valid = (t.to(device) for t in (input_ids, mask, index, valid))
+    position_ids = (torch.arange(s, device=device) + shared).expand(b, s)
     target = input_ids.gather(1, (index + 1).clamp_max(s - 1))  # (B, P) next tokens
+    xs = []
     with torch.no_grad():
-        x = layer_logits_at(model, input_ids, mask, index, layers, final_norm)  # early (L, B, P, V)
-        ref = None
-        if head.uses_ref:
-            rm = ref_m if ref_m is not None else model
-            rn, rtied = model_info(rm)
-            if ref_ctx is not None:
-                with ref_ctx():
-                    ref = layer_logits_at(
-                        rm, input_ids, mask, index, head.required_layers(rn, rtied), final_norm
+        for i, (m, ctx) in enumerate(passes):
+            cache = None
+            if caches is not None:
+                cache = copy.deepcopy(caches[i])
+                cache.batch_repeat_interleave(b)
+            n, tied = model_info(m)
+            with ctx() if ctx is not None else contextlib.nullcontext():
+                xs.append(
+                    layer_logits_at(
+                        m,
+                        input_ids,
+                        mask,
+                        index,
+                        head.required_layers(n, tied),
+                        final_norm,
+                        cache,
+                        position_ids if cache is not None else None,
                     )
-            else:
-                ref = layer_logits_at(rm, input_ids, mask, index, head.required_layers(rn, rtied), final_norm)
-        scores = head.mc_scores(x, ref, post_softmax=post_softmax)  # (B, P, V)
+                )
+        scores = head.mc_scores(xs[0], xs[1] if len(xs) > 1 else None, post_softmax=post_softmax)  # (B, P, V)
     tok = scores.gather(-1, target.unsqueeze(-1)).squeeze(-1).double()  # (B, P)
     return torch.where(valid, tok, 0.0).sum(-1)  # (B,)
 

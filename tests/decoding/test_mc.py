@@ -172,3 +172,19 @@ def test_end_to_end_metrics(llama, tmp_path):
     )
     out = evaluate_factor(model, tok, load_factor(fac), head_for_task("dola", "factor"), progress=False)
     assert out["n"] == 1 and out["accuracy"] in (0.0, 1.0)
+
+
+def test_prefix_reuse_and_dera_scoring(llama, llama2):
+    model, tok = llama
+    head = head_for_task("sled", "truthfulqa-mc")
+    reused = score_continuations(model, tok, PREFIX, CHOICES, head)
+    plain = score_continuations(model, tok, PREFIX, CHOICES, head, reuse_prefix=False)
+    np.testing.assert_allclose(reused.numpy(), plain.numpy(), rtol=1e-5, atol=1e-4)
+    from decoding.dera import DeRa
+
+    for lam, m in ((1.0, model), (0.0, llama2)):
+        mixed = score_continuations(
+            model, tok, PREFIX, CHOICES, DeRa(lam), post_softmax=True, ref_model=llama2
+        )
+        alone = score_continuations(m, tok, PREFIX, CHOICES, Greedy(), post_softmax=True)
+        np.testing.assert_allclose(mixed.numpy(), alone.numpy(), rtol=1e-5, atol=1e-4)
