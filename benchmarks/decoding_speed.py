@@ -32,7 +32,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoding.dola import DoLa  # noqa: E402
-from decoding.generate import decode  # noqa: E402
 from decoding.greedy import Greedy  # noqa: E402
 from decoding.layers import layer_logits  # noqa: E402
 from decoding.mc import score_continuations  # noqa: E402
@@ -126,23 +125,25 @@ def section_step(model, reps: int, steps: int) -> None:
         print(f"  {k:24s} {v * 1e3:8.2f} ms/step   ratio vs greedy {v / med['greedy']:.2f}x")
 
 
-def section_batch(model, new_tokens: int) -> None:
-    heads = {"greedy": Greedy(), "sled": SLED(evolution_scale=50), "dola_high": DoLa("high")}
-    print(f"[batch] decode tokens/s (prefill excluded), 64-token prompts, {new_tokens} new tokens")
-    for name, head in heads.items():
-        tps = {}
-        for b in (1, 8):
-            ids = torch.randint(3, 32000, (b, 64), generator=torch.Generator().manual_seed(2))
-            mask = torch.ones_like(ids)
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                decode(model, ids, mask, head, 1)
-                prefill = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                decode(model, ids, mask, head, new_tokens + 1)
-                total = time.perf_counter() - t0
-            tps[b] = b * new_tokens / max(total - prefill, 1e-9)
-        print(f"  {name:10s} b1 {tps[1]:7.1f} tok/s  b8 {tps[8]:7.1f} tok/s  ratio {tps[8] / tps[1]:.2f}x")
+def section_batch(model, reps: int, steps: int) -> None:
+    heads = {
+        "greedy": ([], Greedy()),
+        "sled": (list(range(16)), SLED(evolution_scale=50)),
+        "dola_high": (list(range(8, 16, 2)), DoLa("high")),
+    }
+    prompts = {
+        b: torch.randint(3, 32000, (b, 64), generator=torch.Generator().manual_seed(2)) for b in (1, 8)
+    }
+    res = {(h, b): [] for h in heads for b in (1, 8)}
+    for _ in range(reps):  # interleaved
+        for name, (layers, head) in heads.items():
+            for b in (1, 8):
+                m = {"kind": "fast", "layers": layers, "head": head}
+                res[name, b].append(b / time_steps(model, prompts[b], m, steps))
+    print(f"[batch] steady-state decode tokens/s, 64-token prompts, median of {reps} x {steps} steps")
+    for name in heads:
+        t1, t8 = statistics.median(res[name, 1]), statistics.median(res[name, 8])
+        print(f"  {name:10s} b1 {t1:7.1f} tok/s  b8 {t8:7.1f} tok/s  ratio {t8 / t1:.2f}x")
 
 
 def section_mc(model) -> None:
@@ -233,7 +234,7 @@ def main() -> None:
     if args.only in (None, "step"):
         section_step(model, args.reps, args.steps)
     if args.only in (None, "batch"):
-        section_batch(model, 8)
+        section_batch(model, max(2, args.reps // 2), args.steps)
     if args.only in (None, "mc"):
         section_mc(model)
     if args.only in (None, "memory"):

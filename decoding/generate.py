@@ -136,10 +136,13 @@ def decode(
     stop: Callable[[int, list[int]], bool] | None = None,
     processor: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """The decoding loop on left-padded ids; returns the new ids ``(B, T)`` (pads after a row ends).
+    """The decoding loop on left-padded ids.
 
     ``stop(row, new_ids)`` ends a row early (stop strings); ``processor(ids, scores)`` replaces the
     built-in repetition penalty (used by the HF entry point).
+
+    Returns:
+        ``(new ids (B, T) with pads after a row ends, number of real new tokens per row (B,))``.
     """
     head = head if head is not None else Greedy()
     if head.uses_ref and ref is None:
@@ -160,6 +163,7 @@ def decode(
     seen.scatter_add_(1, input_ids, mask.float())  # counts of prompt ids, pads excluded
     eos = torch.tensor(list(eos_token_ids), device=input_ids.device, dtype=torch.long)
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+    lengths = torch.zeros(b, dtype=torch.long, device=input_ids.device)
     ids, out = input_ids, []
     all_ids = input_ids
     aligned = _Pass(model)
@@ -186,6 +190,7 @@ def decode(
             nxt = scores.argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         out.append(nxt)
+        lengths += (~done).long()
         seen.scatter_add_(1, nxt[:, None], (~done).float()[:, None])
         done = done | torch.isin(nxt, eos)
         if stop is not None:
@@ -200,8 +205,8 @@ def decode(
         mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
         pos = pos[:, -1:] + 1
     if not out:
-        return input_ids.new_zeros(b, 0)
-    return torch.stack(out, 1)  # (B, T)
+        return input_ids.new_zeros(b, 0), lengths
+    return torch.stack(out, 1), lengths  # (B, T), (B,)
 
 
 def generate(
@@ -266,7 +271,7 @@ def generate(
 
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     with torch.no_grad():
-        new = decode(
+        new, lengths = decode(
             model,
             enc.input_ids.to(device),
             enc.attention_mask.to(device),
@@ -286,21 +291,13 @@ def generate(
             stop,
         )
     token_ids, texts = [], []
-    for row in new.tolist():
-        ids = _trim(row, eos_ids)
+    for row, n in zip(new.tolist(), lengths.tolist()):
+        ids = row[:n]
         text = tokenizer.decode(ids, skip_special_tokens=True)
         cut = [text.index(s) for s in stop_strings if s in text]
         token_ids.append(ids)
         texts.append(text[: min(cut)] if cut else text)
     return GenerationOutput(token_ids, texts)
-
-
-def _trim(row: list[int], eos_ids: Sequence[int]) -> list[int]:
-    """Cut a row after its first EOS (later entries are padding)."""
-    for i, t in enumerate(row):
-        if t in eos_ids:
-            return row[: i + 1]
-    return row
 
 
 def hf_custom_generate(
@@ -331,7 +328,7 @@ def hf_custom_generate(
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     max_new = cfg.max_new_tokens or max(0, (cfg.max_length or 20) - input_ids.shape[1])
-    new = decode(
+    new, _ = decode(
         model,
         input_ids,
         mask,

@@ -141,7 +141,7 @@ def score_continuations(
 def _prefix_cache(model: nn.Module, ctx, ids: list[int], device):
     """KV cache of the shared tokens (batch 1), computed inside ``ctx`` (adapters off) if given."""
     with torch.no_grad(), ctx() if ctx is not None else contextlib.nullcontext():
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
     return out.past_key_values
 
 

@@ -70,6 +70,11 @@ def test_stop_strings(llama):
     assert cut.texts[0] == text[: text.index(stop)]
     assert len(cut.token_ids[0]) < len(full.token_ids[0])
     assert full.token_ids[0][: len(cut.token_ids[0])] == cut.token_ids[0]
+    # in a batch the row that stops early gets no trailing pad ids; rows equal their batch-1 runs
+    batch = generate(model, tok, PROMPTS[:2], max_new_tokens=12, stop_strings=[stop])
+    single = [generate(model, tok, p, max_new_tokens=12, stop_strings=[stop]) for p in PROMPTS[:2]]
+    assert batch.token_ids == [s.token_ids[0] for s in single]
+    assert batch.texts == [s.texts[0] for s in single]
 
 
 def test_sampling(llama):
