@@ -73,3 +73,25 @@ def test_bad_layers_and_models(llama):
         layer_logits(model, ids, [-1])
     with pytest.raises(ValueError, match="no accessible lm_head"):
         layer_logits(model.model, ids, [0])
+
+
+def test_model_without_hidden_states(llama):
+    model, tok = llama
+
+    class NoHidden(torch.nn.Module):
+        config = model.config
+
+        def get_output_embeddings(self):
+            return model.get_output_embeddings()
+
+        def get_input_embeddings(self):
+            return model.get_input_embeddings()
+
+        def forward(self, **kwargs):
+            out = model(**kwargs)
+            out.hidden_states = None
+            return out
+
+    ids = tok("Q:", return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match="did not return 5 hidden states"):
+        layer_logits(NoHidden(), ids, [0])
