@@ -91,3 +91,18 @@ def test_bad_input(llama, llama2):
     small.resize_token_embeddings(100)
     with pytest.raises(ValueError, match=r"vocabulary \(100\) is smaller"):
         generate(model, tok, "Q:", head=DeRa(0.5), ref_model=small, max_new_tokens=2)
+
+
+def test_penalty_order(llama, llama2):
+    """Default: mix -> penalty; ``penalty_before_mix``: HF-processor order (penalise aligned, then mix)."""
+    model, tok = llama
+    kw = dict(max_new_tokens=8, repetition_penalty=1.5)
+    ref_pen = generate(llama2, tok, PROMPTS, **kw).token_ids
+    ref_plain = generate(llama2, tok, PROMPTS, max_new_tokens=8).token_ids
+    assert ref_pen != ref_plain
+    assert generate(model, tok, PROMPTS, head=DeRa(0.0), ref_model=llama2, **kw).token_ids == ref_pen
+    hf_order = generate(model, tok, PROMPTS, head=DeRa(0.0), ref_model=llama2, penalty_before_mix=True, **kw)
+    assert hf_order.token_ids == ref_plain  # at lam = 0 the penalised aligned logits are weighted 0
+    aligned_pen = generate(model, tok, PROMPTS, **kw).token_ids
+    both = generate(model, tok, PROMPTS, head=DeRa(1.0), ref_model=llama2, penalty_before_mix=True, **kw)
+    assert both.token_ids == aligned_pen
