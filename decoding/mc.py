@@ -10,7 +10,9 @@ every continuation token outside the top-k) or its log_softmax (``post_softmax``
 references loop over positions; here all choices of a question are one right-padded batch, one
 forward computes every layer's hidden states, one stacked lm_head GEMM projects the continuation
 positions ``(L, B, P, V)`` and the head runs on all positions at once (choices are split into
-chunks when ``L * B * P * V`` exceeds ``max_elements``).
+chunks when ``L * B * P * V`` exceeds ``max_elements``; one choice's positions are never split).
+The tokens all choices share (the prompt, up to the first scored position) run once and their KV
+cache is reused for every choice (``reuse_prefix``).
 
 Metrics (the reference ``MC_calcs``): MC1 = 1[s(best) > max s(false)]; MC3 = mean over true answers
 of 1[s_t > max s(false)]; MC2 = sum e^{s_true} / (sum e^{s_true} + sum e^{s_false}) in float64, a
