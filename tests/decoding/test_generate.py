@@ -92,3 +92,19 @@ def test_sampling(llama):
 def test_unknown_head():
     with pytest.raises(ValueError, match="unknown head 'beam'; known heads: greedy, dola, sled, dera"):
         make_head("beam")
+
+
+def test_hf_custom_generate_dera(llama, llama2):
+    model, tok = llama
+    ids = tok(PROMPTS[1], return_tensors="pt").input_ids
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        custom_generate=hf_custom_generate,
+        head=DeRa(0.0),
+        ref_model=llama2,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )
+    assert out[0, ids.shape[1] :].tolist() == generate(llama2, tok, PROMPTS[1], max_new_tokens=6).token_ids[0]
