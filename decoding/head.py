@@ -1,0 +1,69 @@
+"""The head interface: per-layer logits (and a reference model's, for DeRa) -> scores over the vocabulary.
+
+A head is a small callable object::
+
+    scores = head(x, ref=None)          # x: LayerLogits or a tensor (N + 1, *batch, V)
+    layers = head.required_layers(N, tied)   # early layers the caller must project
+
+``*batch`` is any shape: ``(B,)`` while generating, ``(B, P)`` for teacher-forced scoring, or
+``(batch,)`` of a classifier's class logits (prompt_pool) -- heads never need an HF model. The
+scores are what a greedy decoder would argmax: logits processors (repetition penalty) and sampling
+warpers run *after* the head (spec pitfall 8). :meth:`Head.mc_scores` gives the per-token scores
+summed by multiple-choice scoring (raw, or ``log_softmax`` with ``post_softmax``).
+
+:func:`make_head` builds a head by name with per-task defaults (:mod:`decoding.presets`).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from decoding.layers import LayerLogits, as_layer_logits
+
+HEAD_NAMES = ("greedy", "dola", "sled", "dera")
+
+
+class Head:
+    """Base class: a head maps per-layer logits to scores over the vocabulary."""
+
+    name = "head"
+    uses_ref = False
+
+    def required_layers(self, num_layers: int, tied: bool = False) -> tuple[int, ...]:
+        """Early layers (hidden-state ids) this head reads; the mature layer N is always given."""
+        return ()
+
+    def __call__(self, x: LayerLogits | Tensor, ref: LayerLogits | Tensor | None = None) -> Tensor:
+        """Scores ``(*batch, V)`` from per-layer logits (``ref`` only for DeRa)."""
+        return self.scores(as_layer_logits(x), None if ref is None else as_layer_logits(ref))
+
+    def scores(self, x: LayerLogits, ref: LayerLogits | None) -> Tensor:
+        raise NotImplementedError
+
+    def mc_scores(
+        self, x: LayerLogits | Tensor, ref: LayerLogits | Tensor | None = None, post_softmax: bool = False
+    ) -> Tensor:
+        """Per-token scores for multiple-choice scoring: the head's scores, or their log_softmax."""
+        s = self(x, ref)
+        return s.float().log_softmax(-1) if post_softmax else s
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def make_head(name: str, **options) -> Head:
+    """Build a head by name: ``greedy``, ``dola``, ``sled`` or ``dera`` (options = its constructor's).
+
+    Raises:
+        ValueError: unknown name (the known ones are listed).
+    """
+    from decoding.dera import DeRa
+    from decoding.dola import DoLa
+    from decoding.greedy import Greedy
+    from decoding.sled import SLED
+
+    classes = {"greedy": Greedy, "dola": DoLa, "sled": SLED, "dera": DeRa}
+    if name not in classes:
+        raise ValueError(f"unknown head {name!r}; known heads: {', '.join(HEAD_NAMES)}")
+    return classes[name](**options)
