@@ -56,7 +56,7 @@ def test_vectorised_equals_position_loop(case, name, request):
     chunked = score_continuations(model, tok, PREFIX, CHOICES, head, post_softmax=post, max_elements=1)
     slow = [loop_score(model, tok, PREFIX, c, step, post) for c in CHOICES]
     np.testing.assert_allclose(fast.numpy(), slow, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(chunked.numpy(), fast.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(chunked.numpy(), fast.numpy(), rtol=1e-5, atol=1e-4)  # fp32 batching order
 
 
 def test_dola_vectorised_equals_literal(llama):

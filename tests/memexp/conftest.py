@@ -1,31 +1,13 @@
-"""Fixtures for the foundation tests: small fact sets and a quick Trainer factory."""
+"""Fixtures for the foundation tests: small fact sets on the quick tiny model."""
 
 from __future__ import annotations
 
 import lightning as L
 import pytest
+from memexp_helpers import QUICK_MODEL
 
 from memexp.data import FactsDataModule
 from memexp.module import FactTuning
-
-QUICK_MODEL = "tiny:llama?hidden=64&layers=2"
-
-
-def quick_trainer(root, max_epochs: int, **kwargs) -> L.Trainer:
-    """A CPU Trainer without logger or progress bar that evaluates every epoch."""
-    defaults = dict(
-        default_root_dir=str(root),
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
 
 
 @pytest.fixture

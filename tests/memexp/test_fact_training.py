@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import QUICK_MODEL, quick_trainer
+from memexp_helpers import QUICK_MODEL, quick_trainer
 
 from decoding.models import load_causal_lm
 from memexp.module import FactTuning
