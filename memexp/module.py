@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from memexp.recall import answer_stats
+from memexp.recall import answer_stats, head_exact, parse_head_spec
 
 Method = Literal["full", "lora"]
 Optimizer = Literal["adamw", "adafactor", "sgd"]
@@ -78,6 +78,10 @@ class FactTuning(L.LightningModule):
         optimizer: ``adamw``, ``adafactor`` or ``sgd``.
         dtype: parameter dtype to load the backbone in (``float32``, ``bfloat16``...); the
             checkpoint's own when None.
+        eval_heads: extra decoding heads whose hallucination rate is also logged, as
+            ``val/hallucination_rate/<spec>``; specs like ``sled``, ``dola``, ``dera:lam=2``
+            (DeRa's reference is this model with its adapter switched off; see
+            :func:`memexp.recall.parse_head_spec`).
         seed: base seed; every training step re-seeds torch with (seed, step, rank) so that a run
             resumed from a checkpoint replays the uninterrupted run exactly.
     """
@@ -95,6 +99,7 @@ class FactTuning(L.LightningModule):
         optimizer: Optimizer = "adamw",
         dtype: str | None = None,
         seed: int = 0,
+        eval_heads: list[str] | None = None,
     ) -> None:
         super().__init__()
         if method not in ("full", "lora"):
@@ -106,6 +111,11 @@ class FactTuning(L.LightningModule):
         if method == "lora":
             model = apply_lora(model, lora_r, lora_alpha, lora_dropout, lora_targets)
         self.model = model.train()  # from_pretrained returns eval mode; Lightning would keep it
+        self.eval_heads = {spec: parse_head_spec(spec) for spec in eval_heads or []}
+        if any(h.uses_ref for h in self.eval_heads.values()) and method == "full":
+            raise ValueError(
+                "DeRa heads need a reference model: use method='lora' (adapter off) or a memory-expert module"
+            )
         self.strict_loading = method == "full"  # LoRA checkpoints hold only the trainable weights
         self.fact_records: dict[str, torch.Tensor] = {}
         self._val_outputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}
@@ -148,6 +158,10 @@ class FactTuning(L.LightningModule):
             return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
         raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose adamw, adafactor or sgd")
 
+    def reference(self):
+        """Context manager under which the model runs without its adaptation (DeRa's reference)."""
+        return self.model.disable_adapter()
+
     # ---- evaluation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = {}
@@ -156,24 +170,26 @@ class FactTuning(L.LightningModule):
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         stats = answer_stats(self(batch), batch["labels"])
-        self._val_outputs.setdefault(dataloader_idx, []).append((batch["fact_ids"], stats.nll, stats.exact))
+        heads = [head_exact(self.model, batch, h, self.reference) for h in self.eval_heads.values()]
+        row = (batch["fact_ids"], stats.nll, stats.exact, *heads)
+        self._val_outputs.setdefault(dataloader_idx, []).append(row)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     def _gather_records(self, idx: int) -> dict[str, torch.Tensor]:
-        """Per-fact (id, nll, exact) across ranks, de-duplicated (distributed samplers pad)."""
-        ids, nll, exact = (torch.cat(t) for t in zip(*self._val_outputs[idx]))
+        """Per-fact columns across ranks, de-duplicated by fact id (distributed samplers pad).
+
+        Columns: ``fact_id``, ``nll``, ``exact`` (greedy) and ``exact/<spec>`` per extra head.
+        """
+        names = ["fact_id", "nll", "exact", *(f"exact/{spec}" for spec in self.eval_heads)]
+        columns = [torch.cat(t) for t in zip(*self._val_outputs[idx])]
         if self.trainer.world_size > 1:
-            ids, nll, exact = (self.all_gather(t).flatten() for t in (ids, nll, exact))
-        ids, order = ids.sort(stable=True)
+            columns = [self.all_gather(t).flatten() for t in columns]
+        ids, order = columns[0].sort(stable=True)
         keep = torch.ones_like(ids, dtype=torch.bool)
         keep[1:] = ids[1:] != ids[:-1]
-        return {
-            "fact_id": ids[keep].cpu(),
-            "nll": nll[order][keep].cpu(),
-            "exact": exact[order][keep].bool().cpu(),
-        }
+        return {name: col[order][keep].cpu() for name, col in zip(names, columns)}
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -190,6 +206,8 @@ class FactTuning(L.LightningModule):
             f"{prefix}/hallucination_rate": 1.0 - records["exact"].float().mean(),
             f"{prefix}/answer_nll": records["nll"].mean(),
         }
+        for spec in self.eval_heads:
+            metrics[f"{prefix}/hallucination_rate/{spec}"] = 1.0 - records[f"exact/{spec}"].float().mean()
         if 1 in self._val_outputs:
             heldout = self._gather_records(1)
             metrics["heldout/answer_nll"] = heldout["nll"].mean()
@@ -197,7 +215,7 @@ class FactTuning(L.LightningModule):
             self.log(
                 name,
                 value.to(self.device),
-                prog_bar=name.endswith("hallucination_rate"),
+                prog_bar=name == f"{prefix}/hallucination_rate",
                 add_dataloader_idx=False,
             )
 

@@ -44,3 +44,75 @@ def answer_stats(logits: torch.Tensor, labels: torch.Tensor) -> AnswerStats:
     nll = (token_nll * mask).sum(1) / num_tokens.clamp_min(1)
     hit = (logits.argmax(-1) == safe) | ~mask  # (B, T-1)
     return AnswerStats(nll=nll, exact=hit.all(1) & (num_tokens > 0), num_tokens=num_tokens)
+
+
+def parse_head_spec(spec: str):
+    """Build a decoding head from ``NAME[:key=value,...]``, e.g. ``sled`` or ``dera:lam=2``.
+
+    Values are parsed as int, float or kept as strings. DeRa's reference is the same model with its
+    adaptation (LoRA adapter / memory experts) switched off.
+    """
+    from decoding.head import make_head
+
+    name, _, args = spec.partition(":")
+    options: dict[str, object] = {}
+    for item in filter(None, args.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"head option {item!r} in {spec!r} must look like key=value")
+        for cast in (int, float):
+            try:
+                options[key] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = raw
+    return make_head(name, **options)
+
+
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions whose next token is an answer token.
+
+    Args:
+        labels: (B, T) with ``-100`` outside answer + eos.
+
+    Returns:
+        index (B, P) positions t (predicting token t + 1), targets (B, P), mask (B, P) of real entries;
+        P is the longest answer in the batch, shorter rows are padded with position 0 and mask False.
+    """
+    scored = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+    counts = scored.sum(1)
+    P = int(counts.max())
+    order = torch.argsort((~scored).to(torch.int8), dim=1, stable=True)[:, :P]  # scored positions first
+    mask = torch.arange(P, device=labels.device)[None, :] < counts[:, None]  # (B, P)
+    index = torch.where(mask, order, torch.zeros_like(order))
+    targets = torch.where(mask, labels[:, 1:].gather(1, order), torch.zeros_like(order))
+    return index, targets, mask
+
+
+@torch.no_grad()
+def head_exact(model, batch: dict[str, torch.Tensor], head, reference=None) -> torch.Tensor:
+    """Exact recall (B,) of each fact when greedy decoding uses ``head`` (teacher-forced, one pass).
+
+    Args:
+        model: HF causal LM (possibly peft-wrapped / with memory experts).
+        batch: a facts batch (``input_ids``, ``attention_mask``, ``labels``).
+        head: a :class:`decoding.head.Head`.
+        reference: context-manager factory that switches the model's adaptation off; needed by DeRa.
+    """
+    from decoding.layers import layer_logits_at, model_info
+
+    num_layers, tied = model_info(model)
+    layers = head.required_layers(num_layers, tied)
+    index, targets, mask = answer_positions(batch["labels"])
+    args = (batch["input_ids"], batch["attention_mask"], index, layers)
+    x = layer_logits_at(model, *args)  # early (C, B, P, V), mature (B, P, V)
+    ref = None
+    if head.uses_ref:
+        if reference is None:
+            raise ValueError(f"{head!r} needs a reference model: use a LoRA or memory-expert module")
+        with reference():
+            ref = layer_logits_at(model, *args)
+    hit = (head(x, ref).argmax(-1) == targets) | ~mask  # (B, P)
+    return hit.all(1)

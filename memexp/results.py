@@ -13,6 +13,10 @@ from memexp.run_dir import CHECKPOINT_DIR, RESULTS_FILE, atomic_write_json
 CURVE_KEYS = ("val/hallucination_rate", "val/answer_nll", "heldout/answer_nll", "train/loss")
 
 
+def _is_curve_key(key: str) -> bool:
+    return key in CURVE_KEYS or key.startswith("val/hallucination_rate/")
+
+
 class ResultsWriter(L.Callback):
     """Write a run's results into ``trainer.default_root_dir``.
 
@@ -37,7 +41,7 @@ class ResultsWriter(L.Callback):
         return Path(trainer.default_root_dir)
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if k in CURVE_KEYS}
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if _is_curve_key(k)}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -49,14 +53,14 @@ class ResultsWriter(L.Callback):
         path = self._root(trainer) / "fact_evals.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
+        exact_cols = [k for k in records if k.startswith("exact")]  # exact, exact/<head spec>...
         with path.open("a", newline="") as fh:
             writer = csv.writer(fh)
             if new:
-                writer.writerow(["epoch", "step", "fact_id", "nll", "exact"])
-            for fid, nll, ok in zip(
-                records["fact_id"].tolist(), records["nll"].tolist(), records["exact"].tolist()
-            ):
-                writer.writerow([epoch, trainer.global_step, fid, f"{nll:.6g}", int(ok)])
+                writer.writerow(["epoch", "step", "fact_id", "nll", *exact_cols])
+            columns = [records[k].tolist() for k in ("fact_id", "nll", *exact_cols)]
+            for fid, nll, *hits in zip(*columns):
+                writer.writerow([epoch, trainer.global_step, fid, f"{nll:.6g}", *map(int, hits)])
         row = {"epoch": epoch, "step": trainer.global_step, **self._metrics(trainer)}
         if trainer.state.fn == "fit":
             self.curve.append(row)
