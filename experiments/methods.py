@@ -1,0 +1,103 @@
+"""Memorisation methods by name: one registry that the studies build their Lightning modules from.
+
+``full`` and ``lora`` are :class:`memexp.module.FactTuning`; ``mome`` is the memory-expert module
+(``memexp.mome_module.MoMETuning``), imported only when asked for, so this package works on a branch
+where it has not landed yet. A new method is one :func:`register_method` call::
+
+    register_method("mome", lambda backbone, seed, options: MoMETuning(backbone=backbone, seed=seed, **options))
+
+Each method also says how to run the model *without* its adaptation (DeRa's reference):
+``module.reference()`` where the module has one (peft adapter off, experts off), else
+:func:`swapped_weights` (the base weights loaded in place for the duration of the reference pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+
+Builder = Callable[[str, int, dict[str, Any]], L.LightningModule]
+
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_method(name: str, builder: Builder) -> None:
+    """Register ``builder(backbone, seed, options) -> LightningModule`` under ``name``."""
+    _REGISTRY[name] = builder
+
+
+def available_methods() -> list[str]:
+    """Names accepted by :func:`build_method`."""
+    return sorted(_REGISTRY)
+
+
+def check_method(name: str) -> str:
+    """Return ``name`` or raise a clear error when no such method is registered."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
+    return name
+
+
+def build_method(name: str, backbone: str, seed: int, options: dict[str, Any] | None = None) -> L.LightningModule:
+    """Build the Lightning module of method ``name`` on ``backbone`` with method ``options``."""
+    return _REGISTRY[check_method(name)](backbone, seed, dict(options or {}))
+
+
+def _fact_tuning(method: str) -> Builder:
+    def build(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModule:
+        from memexp.module import FactTuning
+
+        return FactTuning(backbone=backbone, method=method, seed=seed, **options)
+
+    return build
+
+
+def _mome(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModule:
+    try:
+        from memexp.mome import MoMEConfig
+        from memexp.mome_module import MoMETuning
+    except ImportError as err:
+        raise ValueError(
+            "method 'mome' needs memexp.mome_module.MoMETuning, which this checkout lacks; merge the MoME "
+            f"branch or drop 'mome' from methods ({err})"
+        ) from err
+    options = dict(options)
+    if isinstance(options.get("mome"), dict):
+        options["mome"] = MoMEConfig(**options["mome"])
+    return MoMETuning(backbone=backbone, seed=seed, **options)
+
+
+register_method("full", _fact_tuning("full"))
+register_method("lora", _fact_tuning("lora"))
+register_method("mome", _mome)
+
+
+@contextlib.contextmanager
+def swapped_weights(model: torch.nn.Module, base_state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run ``model`` with ``base_state`` loaded in place; restore its own weights afterwards."""
+    own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in base_state}
+    model.load_state_dict(base_state, strict=False)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own, strict=False)
+
+
+def reference_of(module: L.LightningModule, base_state: dict[str, torch.Tensor] | None):
+    """Context-manager factory that switches ``module``'s adaptation off (DeRa's reference).
+
+    Uses ``module.reference()`` when the module provides it (LoRA: adapter off; MoME: experts off);
+    otherwise (full fine-tuning) the base weights in ``base_state`` are loaded in place.
+    """
+    from memexp.module import FactTuning
+
+    full = type(module) is FactTuning and module.hparams.method == "full"
+    if not full and hasattr(module, "reference"):
+        return module.reference
+    if base_state is None:
+        return None
+    return lambda: swapped_weights(module.model, base_state)
