@@ -40,7 +40,9 @@ class BaseConfig:
     batch_size: int = 16
 
 
-def pretrain_base(out_dir: Path, cfg: BaseConfig, facts: list[Fact], seed: int, accelerator: str = "cpu") -> str:
+def pretrain_base(
+    out_dir: Path, cfg: BaseConfig, facts: list[Fact], seed: int, accelerator: str = "cpu"
+) -> str:
     """Pretrain ``cfg.backbone`` on ``facts`` into ``out_dir`` (reused when it already exists)."""
     if (out_dir / "config.json").exists():
         return str(out_dir)

@@ -78,7 +78,9 @@ class GivenFactsDataModule(FactsDataModule):
         self.heldout_examples = [tokenize_fact(f, self.tokenizer, template) for f in self.heldout_facts]
 
 
-def first_epoch_reaching(curve: list[dict[str, float]], key: str, level: float) -> tuple[int | None, int | None]:
+def first_epoch_reaching(
+    curve: list[dict[str, float]], key: str, level: float
+) -> tuple[int | None, int | None]:
     """(epochs, steps) of the first evaluation whose ``key`` is >= ``level``; (None, None) if never."""
     for row in curve:
         if row.get(key, -1.0) >= level - 1e-12:

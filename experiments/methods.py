@@ -4,7 +4,7 @@
 (``memexp.mome_module.MoMETuning``), imported only when asked for, so this package works on a branch
 where it has not landed yet. A new method is one :func:`register_method` call::
 
-    register_method("mome", lambda backbone, seed, options: MoMETuning(backbone=backbone, seed=seed, **options))
+    register_method("mome", lambda backbone, seed, options: MoMETuning(backbone, seed=seed, **options))
 
 Each method also says how to run the model *without* its adaptation (DeRa's reference):
 ``module.reference()`` where the module has one (peft adapter off, experts off), else
@@ -42,7 +42,9 @@ def check_method(name: str) -> str:
     return name
 
 
-def build_method(name: str, backbone: str, seed: int, options: dict[str, Any] | None = None) -> L.LightningModule:
+def build_method(
+    name: str, backbone: str, seed: int, options: dict[str, Any] | None = None
+) -> L.LightningModule:
     """Build the Lightning module of method ``name`` on ``backbone`` with method ``options``."""
     return _REGISTRY[check_method(name)](backbone, seed, dict(options or {}))
 

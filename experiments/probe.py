@@ -188,7 +188,9 @@ class MemorisationProbe(L.Callback):
             self.fact_rows.append(row)
         summary = {"epoch": epochs, "step": step, "train_loss": train_loss, **summarise(cols, "train")}
         if self.heldout_examples:
-            summary.update(summarise(evaluate_facts(pl_module, self.heldout_examples, self.pad_id), "heldout"))
+            summary.update(
+                summarise(evaluate_facts(pl_module, self.heldout_examples, self.pad_id), "heldout")
+            )
         self.curve.append(summary)
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in summary.items() if k != "step"}, step=step)

@@ -192,7 +192,11 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     n_pre = cfg.base.pretrain_facts
     task = code_task(n_pre + cfg.num_train, cfg.num_heldout, cfg.seed, cfg.code_len)
     pretrain, study = task.train[:n_pre], task.train[n_pre:]
-    backbone = pretrain_base(root / "base", cfg.base, pretrain, cfg.seed, cfg.train.accelerator) if n_pre else cfg.base.backbone
+    backbone = (
+        pretrain_base(root / "base", cfg.base, pretrain, cfg.seed, cfg.train.accelerator)
+        if n_pre
+        else cfg.base.backbone
+    )
 
     rows, curves = [], []
     cells = [(p, m) for p in cfg.fractions for m in cfg.methods]
@@ -200,7 +204,9 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         facts, corrupted = corrupt(study, p, cfg.seed)
         cell_dir = root / "cells" / f"p{p:.2f}_{method}"
         logger = wandb_logger(cfg.wandb, root, "memexp-experiments", f"{cfg.run}/p{p:.2f}_{method}", NAME)
-        summary = run_cell(cell_dir, method, backbone, facts, task.heldout, corrupted, cfg.train, cfg.seed, logger)
+        summary = run_cell(
+            cell_dir, method, backbone, facts, task.heldout, corrupted, cfg.train, cfg.seed, logger
+        )
         finish_wandb(logger)
         rows.append(cell_row(p, summary, read_rows(cell_dir / "fact_evals.csv")))
         curves += [{"p": p, "method": method, **c} for c in read_rows(cell_dir / "curve.csv")]
@@ -230,7 +236,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
 
 
 def main(args: list[str] | None = None) -> None:
-    """Command line: ``python -m experiments.random_labels --config FILE [--quick] [--resume|--overwrite]``."""
+    """``python -m experiments.random_labels --config FILE [--quick] [--resume|--overwrite]``."""
     cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0])
     apply_quick(cfg, flags["quick"])
     results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])

@@ -110,7 +110,9 @@ def finish_wandb(logger: Any) -> None:
         wandb.finish()
 
 
-def log_summary_to_wandb(enabled: bool, save_dir: Path, project: str, name: str, images: list[Path], tables: dict):
+def log_summary_to_wandb(
+    enabled: bool, save_dir: Path, project: str, name: str, images: list[Path], tables: dict
+):
     """Log the study's plots and tables as one offline wandb run."""
     if not enabled:
         return
