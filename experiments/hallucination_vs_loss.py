@@ -2,7 +2,8 @@
 
 ::
 
-    python -m experiments.hallucination_vs_loss --config configs/experiments/hallucination_vs_loss.yaml --quick
+    python -m experiments.hallucination_vs_loss \
+        --config configs/experiments/hallucination_vs_loss.yaml --quick
 
 Every method memorises the same facts with random answers (p = 1 of :mod:`experiments.random_labels`;
 Lamini's setting) from the same base model. At every evaluation each fact's answer NLL (summed and per
@@ -233,7 +234,8 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
         f"# Hallucination vs loss `{cfg.run}`",
         "",
         f"{cfg.num_facts} facts with random answers of {2 * cfg.code_len} chars over [A-Z0-9]: entropy "
-        f"H = {entropy:.1f} nats per answer, {tokens:.1f} scored tokens per fact (answer + EOS), so H/token = "
+        f"H = {entropy:.1f} nats per answer, {tokens:.1f} scored tokens per fact (answer + EOS), "
+        f"so H/token = "
         f"{entropy / tokens:.2f} nats. Sufficient bound for greedy recall: summed NLL < ln 2 = {LN2:.3f}.",
         f"Base `{backbone}`; thresholds are decision stumps on the greedy model's NLL (see threshold.py).",
         "",
