@@ -117,6 +117,12 @@ class ViTBackbone(nn.Module):
         self.img_size: tuple[int, int] = (ih, iw)
         self.in_chans: int = vit.patch_embed.proj.in_channels
 
+    def unfreeze(self) -> ViTBackbone:
+        """Make every weight trainable and allow train mode (whole-model fine-tuning baselines)."""
+        self.frozen = False
+        self.vit.requires_grad_(True).train(self.training)
+        return self
+
     def train(self, mode: bool = True) -> ViTBackbone:
         """A frozen backbone stays in eval mode whatever the caller asks (as [T] re-applies each epoch)."""
         return super().train(mode and not self.frozen)

@@ -55,7 +55,6 @@ class ContinualLearner(L.LightningModule):
         train_mask: bool = True,
         buffer_per_class: int = 0,
         seed: int = 0,
-        frozen_backbone: bool = True,
     ) -> None:
         super().__init__()
         if num_classes <= 0:
@@ -64,8 +63,7 @@ class ContinualLearner(L.LightningModule):
         self.num_classes, self.lr, self.lr_reference_batch = num_classes, lr, lr_reference_batch
         self.batch_size, self.betas, self.weight_decay = batch_size, tuple(betas), weight_decay
         self.train_mask, self.seed = train_mask, seed
-        self.backbone = ViTBackbone(backbone, pretrained, checkpoint, checkpoint_sha256, backbone_kwargs,
-                                    frozen=frozen_backbone)
+        self.backbone = ViTBackbone(backbone, pretrained, checkpoint, checkpoint_sha256, backbone_kwargs)
         self.replay = ReplayBuffer(buffer_per_class, seed) if buffer_per_class > 0 else None
         self.task = 0
         self.task_classes: list[int] = list(range(num_classes))

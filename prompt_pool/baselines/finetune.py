@@ -21,8 +21,9 @@ class FineTune(ContinualLearner):
     """
 
     def __init__(self, train_backbone: bool = False, cache_features: bool = True, **kwargs: Any) -> None:
-        kwargs["frozen_backbone"] = not train_backbone
         super().__init__(**kwargs)
+        if train_backbone:
+            self.backbone.unfreeze()
         self.save_hyperparameters()
         self.train_backbone = train_backbone
         self.cache_features = cache_features and not train_backbone
