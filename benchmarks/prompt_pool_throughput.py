@@ -22,16 +22,28 @@ from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
 
 CONFIGS = {
-    "digits ViT (8x8, p2, d64, depth 2)": dict(img_size=8, patch_size=2, in_chans=1, embed_dim=64, depth=2,
-                                               num_heads=4),
-    "ViT-S-like (32x32, p4, d192, depth 6)": dict(img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=6,
-                                                  num_heads=3),
+    "digits ViT (8x8, p2, d64, depth 2)": dict(
+        img_size=8, patch_size=2, in_chans=1, embed_dim=64, depth=2, num_heads=4
+    ),
+    "ViT-S-like (32x32, p4, d192, depth 6)": dict(
+        img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=6, num_heads=3
+    ),
 }
 
 
 def build(kw: dict, cached: bool) -> L2P:
-    m = L2P(num_classes=10, backbone_kwargs=kw, pool_size=10, prompt_length=5, top_n=2, head_type="cls",
-            prompt_init="uniform", cache_queries=cached, batch_size=16, seed=0)
+    m = L2P(
+        num_classes=10,
+        backbone_kwargs=kw,
+        pool_size=10,
+        prompt_length=5,
+        top_n=2,
+        head_type="cls",
+        prompt_init="uniform",
+        cache_queries=cached,
+        batch_size=16,
+        seed=0,
+    )
     if not cached:  # the straightforward way: a second frozen ViT computes q(x) at every step
         query_vit = copy.deepcopy(m.backbone)
         m.query = lambda x, uid=None: query_vit.query(x)  # type: ignore[method-assign]
@@ -50,7 +62,7 @@ def run_protocol(m: L2P, dm: TaskSequenceDataModule, epochs: int) -> tuple[float
         t0 = time.perf_counter()
         m.train()
         for i in range(0, len(perm), 16):
-            x, y, uid = (torch.stack(v) for v in zip(*(data[j] for j in perm[i:i + 16].tolist())))
+            x, y, uid = (torch.stack(v) for v in zip(*(data[j] for j in perm[i : i + 16].tolist())))
             logits, aux = m.logits(x, uid)
             loss = F.cross_entropy(m.mask_logits(logits, m.task_classes), y) + m.extra_loss(x, y, logits, aux)
             opt.zero_grad()
@@ -94,8 +106,10 @@ def main() -> None:
             t_plain = best[False][0] + best[False][1] if i is None else best[False][i]
             t_fast = best[True][0] + best[True][1] if i is None else best[True][i]
             print(f"| {name} | {phase} | {n / t_plain:.0f} | {n / t_fast:.0f} | {t_plain / t_fast:.2f}x |")
-        print(f"<!-- {name}: identical selections in all {len(plain)} steps: {same_ids}; "
-              f"max |loss difference| {max_dloss:.2e} -->")
+        print(
+            f"<!-- {name}: identical selections in all {len(plain)} steps: {same_ids}; "
+            f"max |loss difference| {max_dloss:.2e} -->"
+        )
 
 
 if __name__ == "__main__":

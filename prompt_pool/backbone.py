@@ -39,7 +39,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """Load a state dict safely: safetensors, or a torch file with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ViT checkpoint {str(path)!r} does not exist; pass a local .safetensors file.")
+        raise FileNotFoundError(
+            f"ViT checkpoint {str(path)!r} does not exist; pass a local .safetensors file."
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -100,12 +102,15 @@ class ViTBackbone(nn.Module):
             checkpoint = str(ensure_digits_vit(model_kwargs))
         if checkpoint is not None:
             if checkpoint_sha256 is not None and sha256_of(checkpoint) != checkpoint_sha256:
-                raise ValueError(f"checkpoint {checkpoint!r} does not match the pinned sha256 {checkpoint_sha256}.")
+                raise ValueError(
+                    f"checkpoint {checkpoint!r} does not match the pinned sha256 {checkpoint_sha256}."
+                )
             state = {k: v for k, v in load_state_dict_file(checkpoint).items() if not k.startswith("head.")}
             missing, unexpected = vit.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ValueError(
-                    f"checkpoint {checkpoint!r} does not fit {name} with {model_kwargs}: missing {missing[:5]}, "
+                    f"checkpoint {checkpoint!r} does not fit {name} with {model_kwargs}: "
+                    f"missing {missing[:5]}, "
                     f"unexpected {unexpected[:5]}. Build the backbone with the kwargs it was saved with."
                 )
         if vit.num_reg_tokens or getattr(vit, "global_pool", "token") != "token":
@@ -177,13 +182,17 @@ class ViTBackbone(nn.Module):
         """Pool encoder output (B, P+1+L, D) -> (B, D): prompt-token mean or the CLS token."""
         if head_type == "prompt":
             if num_prompt_tokens == 0:
-                raise ValueError("head_type='prompt' needs prompt tokens; use head_type='cls' without prompts.")
+                raise ValueError(
+                    "head_type='prompt' needs prompt tokens; use head_type='cls' without prompts."
+                )
             return h[:, :num_prompt_tokens].mean(dim=1)
         if head_type == "cls":
             return h[:, num_prompt_tokens]
         raise ValueError(f"unknown head_type {head_type!r}; use 'prompt' or 'cls'.")
 
-    def layer_features(self, x: Tensor, prompts: Tensor | None = None, head_type: HeadType = "prompt") -> Tensor:
+    def layer_features(
+        self, x: Tensor, prompts: Tensor | None = None, head_type: HeadType = "prompt"
+    ) -> Tensor:
         """Per-layer pooled features for layer-contrastive decoding heads.  -> (layers, B, D)."""
         p = 0 if prompts is None else prompts.shape[1]
         return torch.stack([self.pool(h, p, head_type) for h in self.encode(x, prompts, all_layers=True)])

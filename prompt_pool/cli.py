@@ -29,8 +29,10 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "gradient_clip_algorithm": "norm",
     "enable_checkpointing": False,
     "enable_model_summary": False,
-    "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
-               "init_args": {"project": "memexp-prompt_pool", "offline": True, "save_dir": "runs"}},
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "memexp-prompt_pool", "offline": True, "save_dir": "runs"},
+    },
 }
 
 

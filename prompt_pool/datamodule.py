@@ -50,8 +50,9 @@ class TaskDataset(Dataset):
             from torchvision.transforms import v2
 
             size = tuple(images.x.shape[-2:])
-            self._aug = v2.Compose([v2.RandomResizedCrop(size, scale=(0.05, 1.0), antialias=True),
-                                    v2.RandomHorizontalFlip()])
+            self._aug = v2.Compose(
+                [v2.RandomResizedCrop(size, scale=(0.05, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -65,7 +66,8 @@ class TaskSequenceDataModule(L.LightningDataModule):
     """A sequence of tasks over one data source.
 
     Args:
-        dataset: ``digits`` (bundled), ``synthetic``, ``cifar100``/``five_datasets``/``core50`` (local ``root``).
+        dataset: ``digits`` (bundled), ``synthetic``, or ``cifar100``/``five_datasets``/``core50``
+            (local ``root``).
         root: data folder for the local data sets.
         setting: ``class`` (default), ``task`` (masked evaluation) or ``domain`` incremental.
         num_tasks: number of tasks when classes are split automatically (5 for digits, 10 for CIFAR-100).
@@ -116,11 +118,28 @@ class TaskSequenceDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.setting, self.augment, self.joint = setting, augment, joint
-        self.tasks = self._build_tasks(dataset, root, num_tasks, task_classes, class_order, order_seed,
-                                       digits_pretrain_fraction, five_datasets_order, synthetic_classes,
-                                       synthetic_image_size, seed)
-        self.tasks = [Task(t.index, t.classes, self._fit(t.train, image_size, channels),
-                           self._fit(t.test, image_size, channels)) for t in self.tasks]
+        self.tasks = self._build_tasks(
+            dataset,
+            root,
+            num_tasks,
+            task_classes,
+            class_order,
+            order_seed,
+            digits_pretrain_fraction,
+            five_datasets_order,
+            synthetic_classes,
+            synthetic_image_size,
+            seed,
+        )
+        self.tasks = [
+            Task(
+                t.index,
+                t.classes,
+                self._fit(t.train, image_size, channels),
+                self._fit(t.test, image_size, channels),
+            )
+            for t in self.tasks
+        ]
         self.num_classes = 1 + max(c for t in self.tasks for c in t.classes)
         offset = 0
         self._train_sets, self._test_sets = [], []
@@ -142,8 +161,20 @@ class TaskSequenceDataModule(L.LightningDataModule):
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
         return ImageSet(x.contiguous(), s.y)
 
-    def _build_tasks(self, dataset, root, num_tasks, task_classes, class_order, order_seed,
-                     pretrain_fraction, five_order, syn_classes, syn_size, seed) -> list[Task]:
+    def _build_tasks(
+        self,
+        dataset,
+        root,
+        num_tasks,
+        task_classes,
+        class_order,
+        order_seed,
+        pretrain_fraction,
+        five_order,
+        syn_classes,
+        syn_size,
+        seed,
+    ) -> list[Task]:
         if dataset in ("cifar100", "five_datasets", "core50") and root is None:
             raise ValueError(f"dataset {dataset!r} reads a local folder: pass data.root=<folder>.")
         if dataset == "five_datasets":
@@ -163,15 +194,23 @@ class TaskSequenceDataModule(L.LightningDataModule):
         elif dataset == "cifar100":
             train, test = load_cifar100(root)
         else:
-            raise ValueError(f"unknown dataset {dataset!r}; use one of digits, synthetic, cifar100, "
-                             "five_datasets, core50.")
+            raise ValueError(
+                f"unknown dataset {dataset!r}; use one of digits, synthetic, cifar100, five_datasets, core50."
+            )
         available = sorted(set(train.y.tolist()))
         if self.setting == "domain":
             cls = task_classes[0] if task_classes else available
             validate_task_classes([cls], available, "domain")
             base = class_tasks(train, test, [cls])[0]
-            return [Task(t, cls, ImageSet(rotate_domain(base.train.x, t), base.train.y),
-                         ImageSet(rotate_domain(base.test.x, t), base.test.y)) for t in range(num_tasks)]
+            return [
+                Task(
+                    t,
+                    cls,
+                    ImageSet(rotate_domain(base.train.x, t), base.train.y),
+                    ImageSet(rotate_domain(base.test.x, t), base.test.y),
+                )
+                for t in range(num_tasks)
+            ]
         if task_classes is None:
             task_classes = split_classes(available, num_tasks, class_order, order_seed)
         validate_task_classes(task_classes, available, self.setting)
@@ -203,11 +242,20 @@ class TaskSequenceDataModule(L.LightningDataModule):
     def train_loader(self, task: int, seed: int = 0) -> DataLoader:
         """Shuffled training loader of a task, seeded for reproducible (resumable) runs."""
         g = torch.Generator().manual_seed(seed)
-        return DataLoader(self.train_dataset(task), batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(
+            self.train_dataset(task),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=g,
+            num_workers=self.hparams.num_workers,
+        )
 
     def test_loaders(self, upto: int | None = None) -> list[DataLoader]:
         """One evaluation loader per task 0..upto (all tasks by default)."""
         sets = self._test_sets if upto is None else self._test_sets[: upto + 1]
-        return [DataLoader(s, batch_size=self.eval_batch_size, shuffle=False,
-                           num_workers=self.hparams.num_workers) for s in sets]
+        return [
+            DataLoader(
+                s, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.hparams.num_workers
+            )
+            for s in sets
+        ]

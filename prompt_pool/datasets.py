@@ -39,7 +39,9 @@ class ImageSet:
         return ImageSet(self.x[mask], self.y[mask])
 
 
-def load_digits_splits(pretrain_fraction: float = 0.3, test_size: float = 0.3) -> tuple[ImageSet, ImageSet, ImageSet]:
+def load_digits_splits(
+    pretrain_fraction: float = 0.3, test_size: float = 0.3
+) -> tuple[ImageSet, ImageSet, ImageSet]:
     """scikit-learn digits as (pretrain, train, test), stratified, disjoint, always with random_state 0.
 
     ``pretrain_fraction`` of all samples (every class) is reserved first for backbone pretraining
@@ -61,9 +63,15 @@ def load_digits_splits(pretrain_fraction: float = 0.3, test_size: float = 0.3) -
     return tuple(ImageSet(x[torch.as_tensor(i)], y[torch.as_tensor(i)]) for i in (pre, tr, te))  # type: ignore
 
 
-def synthetic_splits(num_classes: int = 10, train_per_class: int = 20, test_per_class: int = 10,
-                     image_size: int = 8, channels: int = 1, noise: float = 0.3, seed: int = 0
-                     ) -> tuple[ImageSet, ImageSet]:
+def synthetic_splits(
+    num_classes: int = 10,
+    train_per_class: int = 20,
+    test_per_class: int = 10,
+    image_size: int = 8,
+    channels: int = 1,
+    noise: float = 0.3,
+    seed: int = 0,
+) -> tuple[ImageSet, ImageSet]:
     """Seeded synthetic images: a random prototype per class plus Gaussian noise, clipped to [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     protos = torch.rand(num_classes, channels, image_size, image_size, generator=g)  # (C, ch, H, W)
@@ -90,7 +98,8 @@ def load_cifar100(root: str | Path) -> tuple[ImageSet, ImageSet]:
         if not f.is_file():
             raise FileNotFoundError(
                 f"CIFAR-100 file {str(f)!r} not found. Expected torchvision's layout: "
-                f"<root>/cifar-100-python/{{train,test}} (pickles with 'data' (n, 3072) uint8 and 'fine_labels')."
+                f"<root>/cifar-100-python/{{train,test}} (pickles with 'data' (n, 3072) uint8 "
+                "and 'fine_labels')."
             )
         d = _unpickle(f)
         if "data" not in d or "fine_labels" not in d:
@@ -127,7 +136,9 @@ def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3)
         dirs = _class_dirs(root / split, layout)
         unknown = sorted({p.name for p in dirs} - set(classes))
         if unknown:
-            raise ValueError(f"{str(root / split)!r} has classes {unknown} that train/ lacks; layout: {layout}.")
+            raise ValueError(
+                f"{str(root / split)!r} has classes {unknown} that train/ lacks; layout: {layout}."
+            )
         xs, ys = [], []
         for d in dirs:
             for f in sorted(d.iterdir()):
@@ -135,12 +146,16 @@ def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3)
                     xs.append(_read_image(f, image_size, channels))
                     ys.append(classes.index(d.name))
         if not xs:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root / split)!r}; layout: {layout}.")
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root / split)!r}; layout: {layout}."
+            )
         out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
     return out[0], out[1]
 
 
-def load_core50(root: str | Path, sessions: list[int], image_size: int = 32, channels: int = 3) -> list[ImageSet]:
+def load_core50(
+    root: str | Path, sessions: list[int], image_size: int = 32, channels: int = 3
+) -> list[ImageSet]:
     """One ImageSet per CORe50 session ``<root>/s<k>/o<j>/*.png``; label = object id - 1 (0..49)."""
     root, layout = Path(root), "<root>/s<session 1-11>/o<object 1-50>/<image>.png (core50_128x128)"
     out = []

@@ -77,9 +77,21 @@ class L2P(ContinualLearner):
         super().__init__(**kwargs)
         self.save_hyperparameters()
         d = self.backbone.embed_dim
-        self.pool = PromptPool(pool_size, prompt_length, top_n, d, prompt_init, batchwise_vote, use_prompt_mask,
-                               shared_prompt_pool, shared_prompt_key, diversity, diversity_smoothing,
-                               pull_on_diversity_ids, seed=self.seed)
+        self.pool = PromptPool(
+            pool_size,
+            prompt_length,
+            top_n,
+            d,
+            prompt_init,
+            batchwise_vote,
+            use_prompt_mask,
+            shared_prompt_pool,
+            shared_prompt_key,
+            diversity,
+            diversity_smoothing,
+            pull_on_diversity_ids,
+            seed=self.seed,
+        )
         self.head = nn.Linear(d, self.num_classes)
         if head_init == "zeros":
             nn.init.zeros_(self.head.weight)
@@ -99,8 +111,9 @@ class L2P(ContinualLearner):
             return self.query_cache.get(uid, x, self.backbone.query)
         return self.backbone.query(x)
 
-    def forward_features(self, x: Tensor, uid: Tensor | None = None, query: Tensor | None = None,
-                         all_layers: bool = False) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def forward_features(
+        self, x: Tensor, uid: Tensor | None = None, query: Tensor | None = None, all_layers: bool = False
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
         """Pooled features of the prompted forward (one (B, D) per layer if ``all_layers``) and aux."""
         q = self.query(x, uid) if query is None else query  # (B, D)
         sel = self.pool(q)
@@ -118,7 +131,7 @@ class L2P(ContinualLearner):
 
     @torch.no_grad()
     def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
-        """Per-layer class logits for the decoding heads (no pool statistics are recorded).  -> (layers, B, C)."""
+        """Per-layer class logits for the decoding heads (no usage recorded).  -> (layers, B, C)."""
         was = self.pool.training
         self.pool.eval()
         feats, _ = self.forward_features(x, uid, all_layers=True)

@@ -111,8 +111,12 @@ class ContinualLearner(L.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.trainable_parameters(), lr=self.lr_effective, betas=self.betas,
-                                weight_decay=self.weight_decay)
+        return torch.optim.Adam(
+            self.trainable_parameters(),
+            lr=self.lr_effective,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+        )
 
     @staticmethod
     def mask_logits(logits: Tensor, classes: list[int]) -> Tensor:
@@ -140,15 +144,20 @@ class ContinualLearner(L.LightningModule):
         ce = F.cross_entropy(train_logits, y)
         extra = self.extra_loss(x, y, logits, aux)
         loss = ce + extra
-        self.log_dict({"train/loss": loss, "train/ce": ce, "train/extra": extra, "task": float(self.task)},
-                      prog_bar=True, batch_size=x.shape[0])
+        self.log_dict(
+            {"train/loss": loss, "train/ce": ce, "train/extra": extra, "task": float(self.task)},
+            prog_bar=True,
+            batch_size=x.shape[0],
+        )
         return loss
 
     # ---- evaluation: one loader per task, dataloader_idx = task id ------------------------------
     def on_validation_epoch_start(self) -> None:
         self._correct, self._total = {}, {}
 
-    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         x, y, uid = batch
         logits, _ = self.logits(x, uid)
         if self.eval_class_masks is not None:

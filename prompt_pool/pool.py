@@ -82,10 +82,14 @@ class PromptPool(nn.Module):
         if top_n <= 0:
             raise ValueError(f"top_n must be >= 1, got {top_n}.")
         if pool_size < top_n:
-            raise ValueError(f"pool_size {pool_size} < top_n {top_n}: the pool cannot supply {top_n} prompts; "
-                             f"raise pool_size to at least {top_n} or lower top_n.")
+            raise ValueError(
+                f"pool_size {pool_size} < top_n {top_n}: the pool cannot supply {top_n} prompts; "
+                f"raise pool_size to at least {top_n} or lower top_n."
+            )
         if use_prompt_mask and diversity:
-            raise ValueError("use_prompt_mask and diversity are alternatives (the code's and the paper's); pick one.")
+            raise ValueError(
+                "use_prompt_mask and diversity are alternatives (the code's and the paper's); pick one."
+            )
         self.pool_size, self.prompt_length, self.top_n = pool_size, prompt_length, top_n
         self.batchwise_vote, self.use_prompt_mask = batchwise_vote, use_prompt_mask
         self.shared_prompt_pool, self.shared_prompt_key = shared_prompt_pool, shared_prompt_key
@@ -93,11 +97,15 @@ class PromptPool(nn.Module):
         self.pull_on_diversity_ids = pull_on_diversity_ids
         g = torch.Generator().manual_seed(seed)
         if init == "uniform_small":
-            p, k = torch.rand(pool_size, prompt_length, embed_dim, generator=g) * 0.01, \
-                torch.rand(pool_size, embed_dim, generator=g) * 0.01
+            p, k = (
+                torch.rand(pool_size, prompt_length, embed_dim, generator=g) * 0.01,
+                torch.rand(pool_size, embed_dim, generator=g) * 0.01,
+            )
         elif init == "uniform":
-            p, k = torch.rand(pool_size, prompt_length, embed_dim, generator=g) * 2 - 1, \
-                torch.rand(pool_size, embed_dim, generator=g) * 2 - 1
+            p, k = (
+                torch.rand(pool_size, prompt_length, embed_dim, generator=g) * 2 - 1,
+                torch.rand(pool_size, embed_dim, generator=g) * 2 - 1,
+            )
         else:
             raise ValueError(f"unknown init {init!r}; use 'uniform_small' (JAX) or 'uniform' (l2p-pytorch).")
         self.prompts = nn.Parameter(p)  # (M, Lp, D)

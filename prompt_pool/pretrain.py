@@ -34,7 +34,13 @@ DIGITS_VIT_KWARGS: dict[str, Any] = dict(
     img_size=8, patch_size=2, in_chans=1, embed_dim=64, depth=2, num_heads=4
 )
 RECIPE: dict[str, Any] = dict(
-    epochs=100, lr=3e-3, weight_decay=0.05, batch_size=64, seed=0, max_shift=1, max_rotation_deg=10.0,
+    epochs=100,
+    lr=3e-3,
+    weight_decay=0.05,
+    batch_size=64,
+    seed=0,
+    max_shift=1,
+    max_rotation_deg=10.0,
     pretrain_fraction=0.3,
 )
 
@@ -45,13 +51,16 @@ def _augment(x: torch.Tensor, g: torch.Generator, max_shift: int, max_deg: float
     ang = (torch.rand(b, generator=g) * 2 - 1) * max_deg * torch.pi / 180
     sh = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=g).float() * 2 / x.shape[-1]
     cos, sin = torch.cos(ang), torch.sin(ang)
-    theta = torch.stack([torch.stack([cos, -sin, sh[:, 0]], 1), torch.stack([sin, cos, sh[:, 1]], 1)], 1)  # (B,2,3)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, sh[:, 0]], 1), torch.stack([sin, cos, sh[:, 1]], 1)], 1
+    )  # (B,2,3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def pretrain_digits_vit(out_dir: str | Path, model_kwargs: dict[str, Any] | None = None,
-                        recipe: dict[str, Any] | None = None) -> Path:
+def pretrain_digits_vit(
+    out_dir: str | Path, model_kwargs: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None
+) -> Path:
     """Train the tiny ViT on the reserved digits and save its backbone; returns the safetensors path."""
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -84,8 +93,11 @@ def pretrain_digits_vit(out_dir: str | Path, model_kwargs: dict[str, Any] | None
     tmp = out_dir / "model.safetensors.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, target)
-    (out_dir / "recipe.json").write_text(json.dumps({"model_kwargs": kw, "recipe": rc, "train_accuracy": acc,
-                                                     "n_pretrain_images": len(pre)}, indent=2))
+    (out_dir / "recipe.json").write_text(
+        json.dumps(
+            {"model_kwargs": kw, "recipe": rc, "train_accuracy": acc, "n_pretrain_images": len(pre)}, indent=2
+        )
+    )
     return target
 
 

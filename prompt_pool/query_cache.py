@@ -44,7 +44,7 @@ class QueryCache:
         self.values, self.filled = values, filled
 
     def get(self, uid: Tensor, x: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
-        """Features of the samples ``uid`` (B,), computing ``compute(x[missing])`` for unseen ids.  -> (B, D)."""
+        """Features of samples ``uid`` (B,); ``compute(x[missing])`` fills unseen ids.  -> (B, D)."""
         uid = uid.to(x.device)
         need = int(uid.max()) + 1
         if self.values is None:

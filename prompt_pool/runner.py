@@ -83,8 +83,9 @@ class TaskSequenceRunner:
         self.trainer_factory = trainer_factory
         self.out = Path(config.out_dir)
 
-    def _evaluate(self, learner: ContinualLearner, dm: TaskSequenceDataModule, upto: int,
-                  trainer: L.Trainer) -> tuple[list[int], list[int]]:
+    def _evaluate(
+        self, learner: ContinualLearner, dm: TaskSequenceDataModule, upto: int, trainer: L.Trainer
+    ) -> tuple[list[int], list[int]]:
         n = dm.num_tasks - 1 if self.cfg.eval_future_tasks else upto
         learner.eval_class_masks = [t.classes for t in dm.tasks[: n + 1]] if dm.setting == "task" else None
         trainer.validate(learner, dataloaders=dm.test_loaders(n), verbose=False)
@@ -93,8 +94,10 @@ class TaskSequenceRunner:
     def run(self, learner: ContinualLearner, dm: TaskSequenceDataModule) -> SequenceResult:
         """Train the whole sequence (or its remainder after a kill) and return A and the metrics."""
         if learner.num_classes < dm.num_classes:
-            raise ValueError(f"the learner's head has {learner.num_classes} classes but the data has "
-                             f"{dm.num_classes}; set model num_classes={dm.num_classes}.")
+            raise ValueError(
+                f"the learner's head has {learner.num_classes} classes but the data has "
+                f"{dm.num_classes}; set model num_classes={dm.num_classes}."
+            )
         T = dm.num_tasks
         self.out.mkdir(parents=True, exist_ok=True)
         state_path = self.out / "state.pt"
@@ -104,7 +107,9 @@ class TaskSequenceRunner:
         baseline, start = None, 0
         if state_path.exists():
             if not self.cfg.resume:
-                raise FileExistsError(f"{state_path} exists; pass resume=True to continue it or choose a new out_dir.")
+                raise FileExistsError(
+                    f"{state_path} exists; pass resume=True to continue it or choose a new out_dir."
+                )
             st = torch.load(state_path, map_location="cpu", weights_only=True)
             learner.before_load_state(st["model"])
             learner.load_state_dict(st["model"])
@@ -117,8 +122,11 @@ class TaskSequenceRunner:
             L.seed_everything(self.cfg.seed, workers=True)
             c, n = self._evaluate(learner, dm, 0, self.trainer_factory())
             baseline = 100.0 * torch.tensor(c, dtype=torch.float64) / torch.tensor(n)
-        stages = [(T - 1, sorted({c for t in dm.tasks for c in t.classes}))] if dm.joint else \
-            [(t.index, t.classes) for t in dm.tasks]
+        stages = (
+            [(T - 1, sorted({c for t in dm.tasks for c in t.classes}))]
+            if dm.joint
+            else [(t.index, t.classes) for t in dm.tasks]
+        )
         for t, classes in stages:
             if t < start:
                 continue
@@ -132,16 +140,28 @@ class TaskSequenceRunner:
             if usage is not None:
                 usage[t] = learner.pool.task_counts.cpu()
             acc = self._accuracy(correct, totals)
-            _atomic_save({"model": learner.state_dict(), "correct": correct, "next_task": torch.tensor(t + 1),
-                          "baseline": baseline, "seen_classes": torch.tensor(learner.seen_classes),
-                          "step_offset": torch.tensor(learner.step_offset),
-                          **({"usage": usage} if usage is not None else {})}, state_path)
+            _atomic_save(
+                {
+                    "model": learner.state_dict(),
+                    "correct": correct,
+                    "next_task": torch.tensor(t + 1),
+                    "baseline": baseline,
+                    "seen_classes": torch.tensor(learner.seen_classes),
+                    "step_offset": torch.tensor(learner.step_offset),
+                    **({"usage": usage} if usage is not None else {}),
+                },
+                state_path,
+            )
             self._report(trainer, acc, usage, t, T)
         acc = self._accuracy(correct, totals)
         result = SequenceResult(acc, correct, totals, baseline, usage)
-        result.metrics = summarise(acc, baseline) if not dm.joint else {"average_accuracy": float(acc[:, -1].mean())}
+        result.metrics = (
+            summarise(acc, baseline) if not dm.joint else {"average_accuracy": float(acc[:, -1].mean())}
+        )
         if not dm.joint:
-            result.metrics["average_incremental_accuracy"] = average_incremental_accuracy(correct.clamp(min=0), totals)
+            result.metrics["average_incremental_accuracy"] = average_incremental_accuracy(
+                correct.clamp(min=0), totals
+            )
         self._write(result)
         return result
 
@@ -150,7 +170,9 @@ class TaskSequenceRunner:
         acc = 100.0 * correct.to(torch.float64) / totals[:, None]
         return acc.masked_fill(correct < 0, math.nan)
 
-    def _report(self, trainer: L.Trainer, acc: torch.Tensor, usage: torch.Tensor | None, t: int, T: int) -> None:
+    def _report(
+        self, trainer: L.Trainer, acc: torch.Tensor, usage: torch.Tensor | None, t: int, T: int
+    ) -> None:
         col = acc[: t + 1, t]
         metrics = {"cl/average_accuracy": float(col.mean()), "cl/task": t}
         for i in range(t + 1):
@@ -172,9 +194,14 @@ class TaskSequenceRunner:
         import numpy as np
 
         np.savetxt(self.out / "accuracy_matrix.csv", r.accuracy.numpy(), delimiter=",", fmt="%.4f")
-        payload = {"metrics": r.metrics, "accuracy_matrix": r.accuracy.tolist(), "totals": r.totals.tolist(),
-                   "baseline": None if r.baseline is None else r.baseline.tolist(),
-                   "usage": None if r.usage is None else r.usage.tolist(), "config": asdict(self.cfg)}
+        payload = {
+            "metrics": r.metrics,
+            "accuracy_matrix": r.accuracy.tolist(),
+            "totals": r.totals.tolist(),
+            "baseline": None if r.baseline is None else r.baseline.tolist(),
+            "usage": None if r.usage is None else r.usage.tolist(),
+            "config": asdict(self.cfg),
+        }
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
         os.replace(tmp, self.out / "results.json")

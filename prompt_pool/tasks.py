@@ -17,11 +17,15 @@ domain-IL (every task has the same classes, inputs change)."""
 ClassOrder = Literal["natural", "shuffle"]
 
 
-def split_classes(classes: list[int], num_tasks: int, order: ClassOrder = "natural", seed: int = 0) -> list[list[int]]:
+def split_classes(
+    classes: list[int], num_tasks: int, order: ClassOrder = "natural", seed: int = 0
+) -> list[list[int]]:
     """Cut ``classes`` into ``num_tasks`` equal consecutive groups, in natural or seeded-shuffled order."""
     if num_tasks <= 0 or len(classes) % num_tasks:
-        raise ValueError(f"{len(classes)} classes cannot be split into {num_tasks} equal tasks; "
-                         f"choose num_tasks dividing {len(classes)} or give task_classes explicitly.")
+        raise ValueError(
+            f"{len(classes)} classes cannot be split into {num_tasks} equal tasks; "
+            f"choose num_tasks dividing {len(classes)} or give task_classes explicitly."
+        )
     cls = sorted(classes)
     if order == "shuffle":
         perm = torch.randperm(len(cls), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -41,15 +45,19 @@ def validate_task_classes(task_classes: list[list[int]], available: list[int], s
             raise ValueError(f"task {t} has no classes.")
         missing = sorted(set(cls) - have)
         if missing:
-            raise ValueError(f"task {t} names classes {missing} that the data set lacks "
-                             f"(it has classes {sorted(have)[:10]}{'...' if len(have) > 10 else ''}).")
+            raise ValueError(
+                f"task {t} names classes {missing} that the data set lacks "
+                f"(it has classes {sorted(have)[:10]}{'...' if len(have) > 10 else ''})."
+            )
         if len(set(cls)) != len(cls):
             raise ValueError(f"task {t} repeats a class: {cls}.")
         if setting != "domain":
             for c in cls:
                 if c in seen:
-                    raise ValueError(f"tasks {seen[c]} and {t} overlap on class {c}; class/task-incremental "
-                                     "splits must be disjoint (use setting='domain' for shared classes).")
+                    raise ValueError(
+                        f"tasks {seen[c]} and {t} overlap on class {c}; class/task-incremental "
+                        "splits must be disjoint (use setting='domain' for shared classes)."
+                    )
                 seen[c] = t
 
 
@@ -73,6 +81,6 @@ def class_tasks(train: ImageSet, test: ImageSet, task_classes: list[list[int]]) 
 
 
 def rotate_domain(x: Tensor, task: int) -> Tensor:
-    """Per-task input change of the digits domain-IL variant: rotate by 90 deg x (t mod 4); invert tasks 4-7."""
+    """Per-task input change of the digits domain-IL variant: rotate 90 deg x (t mod 4); invert tasks 4-7."""
     x = torch.rot90(x, k=task % 4, dims=(-2, -1))
     return 1.0 - x if task // 4 % 2 else x

@@ -1,6 +1,6 @@
 """Elastic weight consolidation (Kirkpatrick et al. 2017), diagonal empirical Fisher, summed over tasks.
 
-    loss = CE + (lambda / 2) * sum_p F_p * (theta_p - theta*_p)^2
+loss = CE + (lambda / 2) * sum_p F_p * (theta_p - theta*_p)^2
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Learning without Forgetting (Li & Hoiem 2016): distil the previous model's old-class outputs.
 
-    loss = CE + alpha * T^2 * KL(softmax(old_logits / T) || softmax(new_logits / T))   over seen classes
+loss = CE + alpha * T^2 * KL(softmax(old_logits / T) || softmax(new_logits / T))   over seen classes
 """
 
 from __future__ import annotations
@@ -58,4 +58,6 @@ class LwF(FineTune):
             old_logits = self.old["head"](feats)[:, self.old_classes]  # (B, C_old)
         t = self.temperature
         new = F.log_softmax(logits[:, self.old_classes] / t, dim=-1)
-        return self.lwf_alpha * t * t * F.kl_div(new, F.softmax(old_logits / t, dim=-1), reduction="batchmean")
+        return (
+            self.lwf_alpha * t * t * F.kl_div(new, F.softmax(old_logits / t, dim=-1), reduction="batchmean")
+        )
