@@ -47,7 +47,10 @@ class TaskDataset(Dataset):
         self.augment = augment
         self._aug = None
         if augment:
-            from torchvision.transforms import v2
+            try:
+                from torchvision.transforms import v2
+            except ImportError as err:  # torchvision is only needed for augmentation
+                raise ImportError("augment=True needs torchvision (pip install torchvision).") from err
 
             size = tuple(images.x.shape[-2:])
             self._aug = v2.Compose(
