@@ -33,8 +33,16 @@ def make_trainer():
     """Factory of real Trainers without logger, checkpoints or bars (gradient clipping as L2P)."""
 
     def make(max_epochs: int = 1, **kw) -> L.Trainer:
-        return L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                         gradient_clip_algorithm="norm", accelerator="cpu", **kw)
+        return L.Trainer(
+            max_epochs=max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
+            gradient_clip_algorithm="norm",
+            accelerator="cpu",
+            **kw,
+        )
 
     return make

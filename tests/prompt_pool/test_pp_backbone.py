@@ -50,7 +50,7 @@ def test_prompts_go_after_pos_embed_before_blocks(vit):
 
 
 def test_l2p_pytorch_layout_is_a_reparameterisation(vit):
-    """[T] puts prompts after CLS with the CLS pos-emb added: P_T = P_ours - cls_pos gives the same features."""
+    """[T]: prompts after CLS with the CLS pos-emb added; P_T = P_ours - cls_pos gives the same features."""
     x, p_ours = _x(), torch.randn(3, 4, 32)
     v = vit.vit
     cls_pos = v.pos_embed[:, :1]  # (1, 1, D)
@@ -90,3 +90,9 @@ def test_bad_sizes_and_names_give_clear_errors(tiny_vit_kwargs, vit):
         ViTBackbone(name="resnet18")
     with pytest.raises(ValueError, match=r"expects \(B, 1, 8, 8\)"):
         vit.query(torch.rand(2, 1, 16, 16))
+
+
+def test_hub_weights_offline_point_to_a_local_checkpoint(monkeypatch, tiny_vit_kwargs):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="checkpoint=<local .safetensors>"):
+        ViTBackbone(name="vit_tiny_patch16_224", pretrained=True, model_kwargs=tiny_vit_kwargs)

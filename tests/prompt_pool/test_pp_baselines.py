@@ -69,7 +69,9 @@ def test_lwf_distillation_is_zero_for_an_unchanged_model_and_positive_after_a_ch
         m.head.weight[0].add_(torch.randn(m.head.weight.shape[1], generator=torch.Generator().manual_seed(0)))
     logits, aux = m.logits(x, uid)
     old = m.old["head"](m.old["backbone"].query(x))[:, [0, 1]]
-    ref = 4.0 * F.kl_div(F.log_softmax(logits[:, [0, 1]] / 2, -1), F.softmax(old / 2, -1), reduction="batchmean")
+    ref = 4.0 * F.kl_div(
+        F.log_softmax(logits[:, [0, 1]] / 2, -1), F.softmax(old / 2, -1), reduction="batchmean"
+    )
     assert m.extra_loss(x, y, logits, aux).item() == pytest.approx(ref.item(), rel=1e-5) and ref > 0
 
 
@@ -79,24 +81,49 @@ class Kill(L.Callback):
             raise RuntimeError("killed")
 
 
-@pytest.mark.parametrize("cls,kw", [
-    (FineTune, dict(train_backbone=False, train_mask=False)),
-    (FineTune, dict(train_backbone=True, buffer_per_class=2)),
-    (EWC, dict(fisher_batches=1)),
-    (LwF, dict()),
-])
-def test_each_baseline_runs_and_resumes_through_the_same_runner(tmp_path, tiny_vit_kwargs, make_trainer, cls, kw):
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (FineTune, dict(train_backbone=False, train_mask=False)),
+        (FineTune, dict(train_backbone=True, buffer_per_class=2)),
+        (EWC, dict(fisher_batches=1)),
+        (LwF, dict()),
+    ],
+)
+def test_each_baseline_runs_and_resumes_through_the_same_runner(
+    tmp_path, tiny_vit_kwargs, make_trainer, cls, kw
+):
     def build():
-        return cls(num_classes=6, backbone_kwargs=tiny_vit_kwargs, batch_size=8, lr=1e-3, lr_reference_batch=None,
-                   **kw)
+        return cls(
+            num_classes=6,
+            backbone_kwargs=tiny_vit_kwargs,
+            batch_size=8,
+            lr=1e-3,
+            lr_reference_batch=None,
+            **kw,
+        )
 
     def data():
         return TaskSequenceDataModule("synthetic", num_tasks=3, batch_size=8, synthetic_classes=6)
 
-    ref = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path / "a"), plots=False), make_trainer).run(build(), data())
+    ref = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path / "a"), plots=False), make_trainer).run(
+        build(), data()
+    )
     assert ref.accuracy.shape == (3, 3) and ref.usage is None
     cfg = RunnerConfig(out_dir=str(tmp_path / "b"), plots=False)
     with pytest.raises(RuntimeError, match="killed"):
         TaskSequenceRunner(cfg, lambda: make_trainer(callbacks=[Kill()])).run(build(), data())
-    res = TaskSequenceRunner(cfg, make_trainer).run(build(), data())  # replay buffer / Fisher / old model restored
+    res = TaskSequenceRunner(cfg, make_trainer).run(
+        build(), data()
+    )  # replay buffer / Fisher / old model restored
     assert torch.equal(res.correct, ref.correct)
+
+
+def test_cached_frozen_features_equal_recomputed_ones(tiny_vit_kwargs, dm):
+    cached = FineTune(num_classes=6, backbone_kwargs=tiny_vit_kwargs, cache_features=True)
+    plain = FineTune(num_classes=6, backbone_kwargs=tiny_vit_kwargs, cache_features=False)
+    plain.load_state_dict(cached.state_dict())
+    for _ in range(2):  # second pass served from the cache
+        for x, _, uid in dm.train_loader(0):
+            assert torch.allclose(cached.logits(x, uid)[0], plain.logits(x, uid)[0], atol=1e-6)
+    assert cached.feature_cache.hits == len(dm.train_dataset(0))

@@ -1,4 +1,4 @@
-"""Task sequences and data sources: Split-Digits counts, class orders, validation errors, local folder layouts."""
+"""Task sequences and data sources: Split-Digits, class orders, validation errors, local folder layouts."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def test_split_digits_is_real_bundled_data_disjoint_from_the_pretraining_pool():
     assert train.x.shape[1:] == (1, 8, 8) and 0 <= float(train.x.min()) and float(train.x.max()) <= 1
     dm = TaskSequenceDataModule("digits")
     assert [t.classes for t in dm.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
-    assert sum(len(t.train) for t in dm.tasks) == len(train) and sum(len(t.test) for t in dm.tasks) == len(test)
+    assert sum(len(t.train) for t in dm.tasks) == len(train) and sum(len(t.test) for t in dm.tasks) == len(
+        test
+    )
     flat = lambda s: {tuple(r) for r in s.x.flatten(1).mul(16).round().int().tolist()}  # noqa: E731
     # no pretraining image reappears in a task (compare pixel tuples; duplicates inside digits are rare)
     assert len(flat(pre) & flat(train)) <= 2 and len(flat(pre) & flat(test)) <= 2
@@ -57,7 +59,10 @@ def test_cifar100_from_torchvision_layout(tmp_path):
     base.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", 200), ("test", 100)):
-        d = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(range(100)) * (n // 100)}
+        d = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "fine_labels": list(range(100)) * (n // 100),
+        }
         with open(base / split, "wb") as f:
             pickle.dump(d, f)
     dm = TaskSequenceDataModule("cifar100", root=str(tmp_path), num_tasks=10)

@@ -1,4 +1,4 @@
-"""L2P learner: train_mask, frozen parts bit-identical, optimiser state, query-cache equivalence, lr scaling."""
+"""L2P learner: train_mask, frozen parts bit-identical, optimiser state, cached queries, lr scaling."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ def dm() -> TaskSequenceDataModule:
 
 
 def _l2p(kw, **extra) -> L2P:
-    args = dict(num_classes=10, backbone_kwargs=kw, pool_size=6, prompt_length=2, top_n=2, batch_size=8,
-                head_init="default", lr_reference_batch=8)
+    args = dict(
+        num_classes=10,
+        backbone_kwargs=kw,
+        pool_size=6,
+        prompt_length=2,
+        top_n=2,
+        batch_size=8,
+        head_init="default",
+        lr_reference_batch=8,
+    )
     args.update(extra)
     return L2P(**args)
 
@@ -38,7 +46,8 @@ def test_train_mask_sets_minus_inf_and_gives_zero_gradient_on_other_rows(tiny_vi
 
 
 def test_after_a_task_backbone_and_old_head_rows_are_bit_identical_and_only_pool_and_head_have_state(
-        tiny_vit_kwargs, dm, make_trainer):
+    tiny_vit_kwargs, dm, make_trainer
+):
     m = _l2p(tiny_vit_kwargs)
     m.begin_task(0, dm.tasks[0].classes)
     trainer = make_trainer(2)
@@ -73,11 +82,15 @@ def test_cached_queries_give_same_selections_and_loss_as_recomputed(tiny_vit_kwa
         a = F.cross_entropy(a_logits, y) + cached.extra_loss(x, y, a_logits, a_aux)
         b = F.cross_entropy(b_logits, y) + plain.extra_loss(x, y, b_logits, b_aux)
         assert torch.allclose(a, b, atol=1e-6)
-    assert cached.query_cache.hits == len(dm.train_dataset(0)) and cached.query_cache.misses == len(dm.train_dataset(0))
+    assert cached.query_cache.hits == len(dm.train_dataset(0)) and cached.query_cache.misses == len(
+        dm.train_dataset(0)
+    )
 
 
 def test_learning_rate_is_scaled_by_batch_size(tiny_vit_kwargs):
-    m = L2P(num_classes=10, backbone_kwargs=tiny_vit_kwargs, batch_size=16, pool_size=4, top_n=2, prompt_length=1)
+    m = L2P(
+        num_classes=10, backbone_kwargs=tiny_vit_kwargs, batch_size=16, pool_size=4, top_n=2, prompt_length=1
+    )
     assert m.lr_effective == pytest.approx(0.03 * 16 / 256)  # l2p-pytorch: 0.001875
     m.batch_size = 128
     assert m.lr_effective == pytest.approx(0.015)  # official JAX (global batch 128)

@@ -18,9 +18,7 @@ from prompt_pool.metrics import (
 )
 
 # A[i, t]; entries below the diagonal... i.e. i > t, are evaluations of tasks not trained yet.
-A = torch.tensor([[90.0, 95.0, 70.0],
-                  [10.0, 60.0, 85.0],
-                  [20.0, 15.0, 95.0]])
+A = torch.tensor([[90.0, 95.0, 70.0], [10.0, 60.0, 85.0], [20.0, 15.0, 95.0]])
 B = torch.tensor([10.0, 5.0, 12.0])  # untrained-model accuracy per task
 
 

@@ -52,7 +52,10 @@ def test_prompt_mask_in_training_only_and_off_when_pool_too_small():
     pool.begin_task(1)
     assert pool.train()(q).ids.tolist() == [[2, 3]] * 3
     free = pool.eval()(q).ids
-    assert free.tolist() == torch.sort(pool.eval()(q).sim, dim=1, descending=True, stable=True).indices[:, :2].tolist()
+    assert (
+        free.tolist()
+        == torch.sort(pool.eval()(q).sim, dim=1, descending=True, stable=True).indices[:, :2].tolist()
+    )
     pool.begin_task(3)  # (3+1)*2 = 8 > 6: no mask
     assert pool.train()(q).ids.tolist() == free.tolist()
 
@@ -77,7 +80,9 @@ def test_counts_feed_the_diversity_rule_of_the_next_task():
     unused = [j for j in range(6) if j not in used]
     if len(unused) >= 2:  # never-used prompts score 0 and win
         assert set(second.flatten().tolist()) <= set(unused)
-    assert torch.equal(pool.eval()(q).ids, torch.sort(pool(q).sim, dim=1, descending=True, stable=True).indices[:, :2])
+    assert torch.equal(
+        pool.eval()(q).ids, torch.sort(pool(q).sim, dim=1, descending=True, stable=True).indices[:, :2]
+    )
 
 
 @pytest.mark.parametrize("init,low,high", [("uniform_small", 0.0, 0.01), ("uniform", -1.0, 1.0)])

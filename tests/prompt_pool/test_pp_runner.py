@@ -1,4 +1,4 @@
-"""Runner: the accuracy matrix, resume after a kill, task-IL masking, domain-IL, joint training, no overwrite."""
+"""Runner: accuracy matrix, resume after a kill, task-IL masking, domain-IL, joint training, no overwrite."""
 
 from __future__ import annotations
 
@@ -25,10 +25,19 @@ class Kill(L.Callback):
 
 
 def _setup(kw, setting="class", **dm_kw):
-    dm = TaskSequenceDataModule("synthetic", setting=setting, num_tasks=3, batch_size=8, synthetic_classes=6,
-                                **dm_kw)
-    m = L2P(num_classes=dm.num_classes, backbone_kwargs=kw, pool_size=6, prompt_length=2, top_n=2,
-            batch_size=8, lr_reference_batch=8, seed=0)
+    dm = TaskSequenceDataModule(
+        "synthetic", setting=setting, num_tasks=3, batch_size=8, synthetic_classes=6, **dm_kw
+    )
+    m = L2P(
+        num_classes=dm.num_classes,
+        backbone_kwargs=kw,
+        pool_size=6,
+        prompt_length=2,
+        top_n=2,
+        batch_size=8,
+        lr_reference_batch=8,
+        seed=0,
+    )
     return dm, m
 
 
@@ -36,15 +45,21 @@ def test_full_run_fills_matrix_and_writes_results(tmp_path, tiny_vit_kwargs, mak
     dm, m = _setup(tiny_vit_kwargs)
     r = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(2)).run(m, dm)
     assert r.accuracy.shape == (3, 3) and not torch.isnan(r.accuracy).any()  # future rows evaluated too
-    assert r.correct[:, 2].tolist() == [round(a * n / 100) for a, n in zip(r.accuracy[:, 2].tolist(), r.totals.tolist())]
+    assert r.correct[:, 2].tolist() == [
+        round(a * n / 100) for a, n in zip(r.accuracy[:, 2].tolist(), r.totals.tolist())
+    ]
     assert r.metrics["average_accuracy"] == pytest.approx(float(r.accuracy[:, 2].mean()))
     assert r.baseline is not None and r.usage.shape == (3, 6) and (r.usage.sum(1) > 0).all()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"]["forgetting"] == pytest.approx(r.metrics["forgetting"])
-    assert (tmp_path / "accuracy_matrix.png").stat().st_size > 0 and (tmp_path / "prompt_usage_task2.png").exists()
+    assert (tmp_path / "accuracy_matrix.png").stat().st_size > 0 and (
+        tmp_path / "prompt_usage_task2.png"
+    ).exists()
 
 
-def test_killed_run_resumes_at_its_task_and_ends_with_the_same_matrix(tmp_path, tiny_vit_kwargs, make_trainer):
+def test_killed_run_resumes_at_its_task_and_ends_with_the_same_matrix(
+    tmp_path, tiny_vit_kwargs, make_trainer
+):
     dm, m = _setup(tiny_vit_kwargs)
     ref = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path / "ref")), lambda: make_trainer(2)).run(m, dm)
 
@@ -65,7 +80,9 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, tiny_vit_kwarg
     dm, m = _setup(tiny_vit_kwargs)
     TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(1)).run(m, dm)
     with pytest.raises(FileExistsError, match="resume"):
-        TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path), resume=False), lambda: make_trainer(1)).run(m, dm)
+        TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path), resume=False), lambda: make_trainer(1)).run(
+            m, dm
+        )
 
 
 def test_task_incremental_evaluation_masks_to_the_task_classes(tmp_path, tiny_vit_kwargs, make_trainer):

@@ -53,15 +53,20 @@ def test_task_prompt_ids_and_off_when_pool_too_small():
 
 
 def _brute_force_eq4(sim: torch.Tensor, counts: torch.Tensor, n: int, smoothing: bool) -> list[list[int]]:
-    """Literal eq. 4: argmin over all N-subsets of sum (1-S)h; ties: larger summed S, then lexicographic ids."""
+    """Literal eq. 4: argmin over N-subsets of sum (1-S)h; ties: larger summed S, then lexicographic ids."""
     h = counts.double() / counts.sum()
     if smoothing:
         h = h + 1.0 / len(counts)
     out = []
     for row in sim.double():
-        best = min(itertools.combinations(range(len(row)), n),
-                   key=lambda s: (round(float(sum((1 - row[j]) * h[j] for j in s)), 12),
-                                  -round(float(sum(row[j] for j in s)), 12), s))
+        best = min(
+            itertools.combinations(range(len(row)), n),
+            key=lambda s: (
+                round(float(sum((1 - row[j]) * h[j] for j in s)), 12),
+                -round(float(sum(row[j] for j in s)), 12),
+                s,
+            ),
+        )
         out.append(sorted(best))
     return out
 
