@@ -39,10 +39,17 @@ CORE50_TEST_SESSIONS = [3, 7, 10]
 
 
 class TaskDataset(Dataset):
-    """Images of one task and split with their global ids; optional per-sample augmentation."""
+    """Images of one task and split with their global ids; resized and augmented per sample.
 
-    def __init__(self, images: ImageSet, uid_offset: int, augment: bool = False) -> None:
+    Images stay at their stored size in memory (CIFAR-100 at 224x224 would need 30 GB); ``image_size``
+    resizes each sample when it is read, and augmentation (RandomResizedCrop to ``image_size``) too.
+    """
+
+    def __init__(
+        self, images: ImageSet, uid_offset: int, augment: bool = False, image_size: int | None = None
+    ) -> None:
         self.x, self.y = images.x, images.y
+        self.image_size = image_size
         self.uid = torch.arange(uid_offset, uid_offset + len(images))
         self.augment = augment
         self._aug = None
@@ -52,7 +59,7 @@ class TaskDataset(Dataset):
             except ImportError as err:  # torchvision is only needed for augmentation
                 raise ImportError("augment=True needs torchvision (pip install torchvision).") from err
 
-            size = tuple(images.x.shape[-2:])
+            size = (image_size, image_size) if image_size else tuple(images.x.shape[-2:])
             self._aug = v2.Compose(
                 [v2.RandomResizedCrop(size, scale=(0.05, 1.0), antialias=True), v2.RandomHorizontalFlip()]
             )
@@ -60,8 +67,14 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
+    def prepare(self, x: Tensor) -> Tensor:
+        """Resize stored images (n, C, H, W) to ``image_size`` (no augmentation)."""
+        if self.image_size is None or tuple(x.shape[-2:]) == (self.image_size, self.image_size):
+            return x
+        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.x[i] if self._aug is None else self._aug(self.x[i])
+        x = self.prepare(self.x[i : i + 1])[0] if self._aug is None else self._aug(self.x[i])
         return x, self.y[i], self.uid[i]
 
 
@@ -138,8 +151,8 @@ class TaskSequenceDataModule(L.LightningDataModule):
             Task(
                 t.index,
                 t.classes,
-                self._fit(t.train, image_size, channels),
-                self._fit(t.test, image_size, channels),
+                self._fit(t.train, channels),
+                self._fit(t.test, channels),
             )
             for t in self.tasks
         ]
@@ -147,22 +160,21 @@ class TaskSequenceDataModule(L.LightningDataModule):
         offset = 0
         self._train_sets, self._test_sets = [], []
         for t in self.tasks:
-            self._train_sets.append(TaskDataset(t.train, offset, augment))
+            self._train_sets.append(TaskDataset(t.train, offset, augment, image_size))
             offset += len(t.train)
-            self._test_sets.append(TaskDataset(t.test, offset))
+            self._test_sets.append(TaskDataset(t.test, offset, image_size=image_size))
             offset += len(t.test)
         self.num_uids = offset
 
     @staticmethod
-    def _fit(s: ImageSet, image_size: int | None, channels: int | None) -> ImageSet:
+    def _fit(s: ImageSet, channels: int | None) -> ImageSet:
+        """Repeat single-channel images to ``channels`` (a view, no copy)."""
         x = s.x
         if channels is not None and channels != x.shape[1]:
             if x.shape[1] != 1:
                 raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels.")
             x = x.expand(-1, channels, -1, -1)
-        if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        return ImageSet(x.contiguous(), s.y)
+        return ImageSet(x, s.y)
 
     def _build_tasks(
         self,

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 
-def _tensors_of(dataset: Dataset) -> tuple[Tensor, Tensor, Tensor]:
-    """(x, y, uid) of a TaskDataset (un-augmented images) or of any dataset yielding such triples."""
-    if all(hasattr(dataset, a) for a in ("x", "y", "uid")):
-        return dataset.x, dataset.y, dataset.uid
-    xs, ys, us = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.stack(xs), torch.stack(ys), torch.stack(us)
+def _labels_of(dataset: Dataset) -> tuple[Tensor, Callable[[Tensor], Tensor], Tensor]:
+    """(y, images-of-rows function, uid) of a TaskDataset or of any dataset yielding (x, y, uid).
+
+    Images are materialised only for the rows kept (resized, not augmented, for a TaskDataset).
+    """
+    if all(hasattr(dataset, a) for a in ("x", "y", "uid", "prepare")):
+        return dataset.y, lambda k: dataset.prepare(dataset.x[k]), dataset.uid
+    items = [dataset[i] for i in range(len(dataset))]
+    return (
+        torch.stack([it[1] for it in items]),
+        lambda k: torch.stack([items[i][0] for i in k.tolist()]),
+        torch.stack([it[2] for it in items]),
+    )
 
 
 class ReplayBuffer(nn.Module):
@@ -37,14 +46,14 @@ class ReplayBuffer(nn.Module):
 
     def add(self, dataset: Dataset, classes: list[int], task: int) -> None:
         """Store up to ``per_class`` random samples of each class in ``classes`` from ``dataset``."""
-        x, y, uid = _tensors_of(dataset)
+        y, images, uid = _labels_of(dataset)
         g = torch.Generator().manual_seed(self.seed + 1000 + task)
         keep = []
         for c in classes:
             idx = torch.nonzero(y == c).flatten()
             keep.append(idx[torch.randperm(len(idx), generator=g)[: self.per_class]])
         k = torch.cat(keep)
-        new_x = x[k].to(self.y.device)
+        new_x = images(k).to(self.y.device)
         self.x = new_x if len(self) == 0 else torch.cat([self.x, new_x])
         self.y = torch.cat([self.y, y[k].to(self.y.device)])
         self.uid = torch.cat([self.uid, uid[k].to(self.y.device)])

@@ -108,3 +108,18 @@ def test_core50_sessions_are_domain_tasks_with_a_shared_test_set(tmp_path):
     assert len(dm.tasks[0].test) == 6 and torch.equal(dm.tasks[0].test.x, dm.tasks[7].test.x)
     with pytest.raises(ValueError, match="domain"):
         TaskSequenceDataModule("core50", root=str(tmp_path))
+
+
+def test_images_are_resized_per_sample_not_in_memory_and_replay_stores_resized_images():
+    from prompt_pool.replay import ReplayBuffer
+
+    dm = TaskSequenceDataModule("digits", image_size=16, channels=3)
+    assert dm.tasks[0].train.x.shape[1:] == (3, 8, 8)  # stored at native size (a channel view)
+    x, y, uid = dm.train_dataset(0)[0]
+    ref = torch.nn.functional.interpolate(dm.tasks[0].train.x[:1], size=(16, 16), mode="bilinear")[0]
+    assert x.shape == (3, 16, 16) and torch.allclose(x, ref)
+    batch = next(iter(dm.test_loaders()[0]))[0]
+    assert batch.shape[1:] == (3, 16, 16)
+    buf = ReplayBuffer(per_class=2)
+    buf.add(dm.train_dataset(0), [0, 1], 0)
+    assert buf.x.shape == (4, 3, 16, 16)
