@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 ARCHS = ("llama", "gpt2")
+BUILDER_VERSION = 2  # part of the cache key: bump when the corpus, tokenizer or model recipe changes
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
@@ -194,7 +195,7 @@ def ensure_tiny_lm(name: str) -> Path:
     """Return the folder of the tiny model ``name`` (``tiny:llama``...), building it if needed."""
     cfg = parse_tiny_name(name)
     key = "-".join(f"{k}{v}" for k, v in asdict(cfg).items())
-    out = tiny_cache_dir() / f"tiny-{key}"
+    out = tiny_cache_dir() / f"tiny-v{BUILDER_VERSION}-{key}"
     if not (out / "config.json").exists():
         try:
             build_tiny_lm(out, **asdict(cfg))

@@ -25,13 +25,11 @@ Optimizer = Literal["adamw", "adafactor", "sgd"]
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Distinct leaf names of ``nn.Linear`` modules (``q_proj``, ``c_attn``...), lm_head excluded."""
+    """Distinct leaf names of ``nn.Linear`` modules (``q_proj``, ``c_attn``, ``lm_head``...)."""
     from transformers.pytorch_utils import Conv1D
 
     names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and not name.endswith("lm_head")
+        name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))
     }
     return sorted(names)
 
@@ -56,7 +54,7 @@ def apply_lora(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=targets or available,
+        target_modules=targets or [name for name in available if name != "lm_head"],
         fan_in_fan_out=type(model).__name__.startswith("GPT2"),
     )
     return get_peft_model(model, config)

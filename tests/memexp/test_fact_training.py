@@ -109,3 +109,31 @@ def test_resume_after_crash_reproduces_uninterrupted_run(small_facts, tmp_path, 
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), name
     assert torch.equal(straight.fact_records["nll"], resumed.fact_records["nll"])
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(small_facts, tmp_path, monkeypatch):
+    """A write killed halfway (disk full, SIGKILL) never replaces a good last.ckpt with a partial one."""
+    import fsspec.implementations.local as local
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module, dm = small_facts("full", n=8)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    callback = ModelCheckpoint(dirpath=ckpt.parent, save_last=True)
+    quick_trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(module, datamodule=dm)
+    good, listing = ckpt.read_bytes(), sorted(ckpt.parent.iterdir())
+
+    real_write = local.LocalFileOpener.write
+
+    def write_half_then_die(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("simulated crash while writing")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", write_half_then_die)
+    with pytest.raises(OSError, match="simulated crash"):
+        quick_trainer(tmp_path, max_epochs=2, callbacks=[callback]).fit(
+            module, datamodule=dm, ckpt_path=str(ckpt)
+        )
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == good
+    assert sorted(ckpt.parent.iterdir()) == listing, "no partial files left behind"
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 0

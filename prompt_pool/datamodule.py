@@ -1,0 +1,276 @@
+"""Lightning data module of a continual task sequence: one train loader per task, one test loader per task.
+
+Every sample carries a unique integer id ``uid`` (batch = ``(x, y, uid)``), so that frozen query
+features can be cached per sample when inputs are deterministic (no augmentation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from prompt_pool.datasets import (
+    ImageSet,
+    load_cifar100,
+    load_core50,
+    load_digits_splits,
+    load_image_folder,
+    synthetic_splits,
+)
+from prompt_pool.tasks import (
+    ClassOrder,
+    Setting,
+    Task,
+    class_tasks,
+    rotate_domain,
+    split_classes,
+    validate_task_classes,
+)
+
+DatasetName = Literal["digits", "synthetic", "cifar100", "five_datasets", "core50"]
+FIVE_DATASETS_ORDER = ["cifar10", "mnist", "svhn", "not_mnist", "fashion_mnist"]  # official JAX order
+CORE50_TRAIN_SESSIONS = [1, 2, 4, 5, 6, 8, 9, 11]
+CORE50_TEST_SESSIONS = [3, 7, 10]
+
+
+class TaskDataset(Dataset):
+    """Images of one task and split with their global ids; resized and augmented per sample.
+
+    Images stay at their stored size in memory (CIFAR-100 at 224x224 would need 30 GB); ``image_size``
+    resizes each sample when it is read, and augmentation (RandomResizedCrop to ``image_size``) too.
+    """
+
+    def __init__(
+        self, images: ImageSet, uid_offset: int, augment: bool = False, image_size: int | None = None
+    ) -> None:
+        self.x, self.y = images.x, images.y
+        self.image_size = image_size
+        self.uid = torch.arange(uid_offset, uid_offset + len(images))
+        self.augment = augment
+        self._aug = None
+        if augment:
+            try:
+                from torchvision.transforms import v2
+            except ImportError as err:  # torchvision is only needed for augmentation
+                raise ImportError("augment=True needs torchvision (pip install torchvision).") from err
+
+            size = (image_size, image_size) if image_size else tuple(images.x.shape[-2:])
+            self._aug = v2.Compose(
+                [v2.RandomResizedCrop(size, scale=(0.05, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Resize stored images (n, C, H, W) to ``image_size`` (no augmentation)."""
+        if self.image_size is None or tuple(x.shape[-2:]) == (self.image_size, self.image_size):
+            return x
+        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        x = self.prepare(self.x[i : i + 1])[0] if self._aug is None else self._aug(self.x[i])
+        return x, self.y[i], self.uid[i]
+
+
+class TaskSequenceDataModule(L.LightningDataModule):
+    """A sequence of tasks over one data source.
+
+    Args:
+        dataset: ``digits`` (bundled), ``synthetic``, or ``cifar100``/``five_datasets``/``core50``
+            (local ``root``).
+        root: data folder for the local data sets.
+        setting: ``class`` (default), ``task`` (masked evaluation) or ``domain`` incremental.
+        num_tasks: number of tasks when classes are split automatically (5 for digits, 10 for CIFAR-100).
+        task_classes: explicit class lists per task (overrides ``num_tasks``/``class_order``).
+        class_order: ``natural`` or seeded ``shuffle`` (seed ``order_seed``).
+        order_seed: seed of the shuffled class order.
+        batch_size: training batch size (also scales the learning rate).
+        eval_batch_size: evaluation batch size (16 matches the references under the batch vote).
+        image_size: resize images to this size (square) when given, e.g. 224 for ViT-B/16.
+        channels: repeat single-channel images to 3 channels when set to 3.
+        augment: RandomResizedCrop(0.05-1) + flip on training images (disables the query cache).
+        joint: train once on the union of all tasks (upper bound); evaluation is still per task.
+        digits_pretrain_fraction: share of the digits reserved for backbone pretraining (never in tasks).
+        five_datasets_order: sub-folders of ``root`` in task order (5-datasets, class-IL, labels offset).
+        synthetic_classes: number of classes of the synthetic source.
+        synthetic_image_size: side of the synthetic images.
+        num_workers: DataLoader workers.
+        seed: seed of the synthetic data (the digits split is fixed).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "digits",
+        root: str | None = None,
+        setting: Setting = "class",
+        num_tasks: int = 5,
+        task_classes: list[list[int]] | None = None,
+        class_order: ClassOrder = "natural",
+        order_seed: int = 0,
+        batch_size: int = 16,
+        eval_batch_size: int = 16,
+        image_size: int | None = None,
+        channels: int | None = None,
+        augment: bool = False,
+        joint: bool = False,
+        digits_pretrain_fraction: float = 0.3,
+        five_datasets_order: list[str] | None = None,
+        synthetic_classes: int = 10,
+        synthetic_image_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if setting not in ("class", "task", "domain"):
+            raise ValueError(f"unknown setting {setting!r}; use 'class', 'task' or 'domain'.")
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be positive, got {batch_size}/{eval_batch_size}.")
+        self.save_hyperparameters()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.setting, self.augment, self.joint = setting, augment, joint
+        self.tasks = self._build_tasks(
+            dataset,
+            root,
+            num_tasks,
+            task_classes,
+            class_order,
+            order_seed,
+            digits_pretrain_fraction,
+            five_datasets_order,
+            synthetic_classes,
+            synthetic_image_size,
+            seed,
+        )
+        self.tasks = [
+            Task(
+                t.index,
+                t.classes,
+                self._fit(t.train, channels),
+                self._fit(t.test, channels),
+            )
+            for t in self.tasks
+        ]
+        self.num_classes = 1 + max(c for t in self.tasks for c in t.classes)
+        offset = 0
+        self._train_sets, self._test_sets = [], []
+        for t in self.tasks:
+            self._train_sets.append(TaskDataset(t.train, offset, augment, image_size))
+            offset += len(t.train)
+            self._test_sets.append(TaskDataset(t.test, offset, image_size=image_size))
+            offset += len(t.test)
+        self.num_uids = offset
+
+    @staticmethod
+    def _fit(s: ImageSet, channels: int | None) -> ImageSet:
+        """Repeat single-channel images to ``channels`` (a view, no copy)."""
+        x = s.x
+        if channels is not None and channels != x.shape[1]:
+            if x.shape[1] != 1:
+                raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels.")
+            x = x.expand(-1, channels, -1, -1)
+        return ImageSet(x, s.y)
+
+    def _build_tasks(
+        self,
+        dataset,
+        root,
+        num_tasks,
+        task_classes,
+        class_order,
+        order_seed,
+        pretrain_fraction,
+        five_order,
+        syn_classes,
+        syn_size,
+        seed,
+    ) -> list[Task]:
+        if dataset in ("cifar100", "five_datasets", "core50") and root is None:
+            raise ValueError(f"dataset {dataset!r} reads a local folder: pass data.root=<folder>.")
+        if dataset == "five_datasets":
+            return self._five_datasets(root, five_order or FIVE_DATASETS_ORDER)
+        if dataset == "core50":
+            if self.setting != "domain":
+                raise ValueError("CORe50 is domain-incremental: set setting='domain'.")
+            test = load_core50(root, CORE50_TEST_SESSIONS)
+            test_all = ImageSet(torch.cat([s.x for s in test]), torch.cat([s.y for s in test]))
+            trains = load_core50(root, CORE50_TRAIN_SESSIONS)
+            cls = sorted(set(torch.cat([s.y for s in trains]).tolist()))
+            return [Task(i, cls, tr, test_all) for i, tr in enumerate(trains)]
+        if dataset == "digits":
+            _, train, test = load_digits_splits(pretrain_fraction)
+        elif dataset == "synthetic":
+            train, test = synthetic_splits(syn_classes, image_size=syn_size, seed=seed)
+        elif dataset == "cifar100":
+            train, test = load_cifar100(root)
+        else:
+            raise ValueError(
+                f"unknown dataset {dataset!r}; use one of digits, synthetic, cifar100, five_datasets, core50."
+            )
+        available = sorted(set(train.y.tolist()))
+        if self.setting == "domain":
+            cls = task_classes[0] if task_classes else available
+            validate_task_classes([cls], available, "domain")
+            base = class_tasks(train, test, [cls])[0]
+            return [
+                Task(
+                    t,
+                    cls,
+                    ImageSet(rotate_domain(base.train.x, t), base.train.y),
+                    ImageSet(rotate_domain(base.test.x, t), base.test.y),
+                )
+                for t in range(num_tasks)
+            ]
+        if task_classes is None:
+            task_classes = split_classes(available, num_tasks, class_order, order_seed)
+        validate_task_classes(task_classes, available, self.setting)
+        return class_tasks(train, test, task_classes)
+
+    def _five_datasets(self, root: str, order: list[str]) -> list[Task]:
+        from pathlib import Path
+
+        tasks, offset = [], 0
+        for i, name in enumerate(order):
+            tr, te = load_image_folder(Path(root) / name)
+            n = int(tr.y.max()) + 1
+            cls = list(range(offset, offset + n))
+            tasks.append(Task(i, cls, ImageSet(tr.x, tr.y + offset), ImageSet(te.x, te.y + offset)))
+            offset += n
+        return tasks
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks in the sequence."""
+        return len(self.tasks)
+
+    def train_dataset(self, task: int) -> Dataset:
+        """Training set of one task (of all tasks when ``joint``)."""
+        if self.joint:
+            return torch.utils.data.ConcatDataset(self._train_sets)
+        return self._train_sets[task]
+
+    def train_loader(self, task: int, seed: int = 0) -> DataLoader:
+        """Shuffled training loader of a task, seeded for reproducible (resumable) runs."""
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            self.train_dataset(task),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=g,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def test_loaders(self, upto: int | None = None) -> list[DataLoader]:
+        """One evaluation loader per task 0..upto (all tasks by default)."""
+        sets = self._test_sets if upto is None else self._test_sets[: upto + 1]
+        return [
+            DataLoader(
+                s, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.hparams.num_workers
+            )
+            for s in sets
+        ]

@@ -1,0 +1,174 @@
+"""Image sources for task sequences, all loaded into memory as tensors (no download, ever).
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 real images, values 0-16 -> [0, 1]).
+- ``synthetic``: seeded class prototypes plus noise, for fast tests.
+- ``cifar100``: the torchvision folder layout ``<root>/cifar-100-python/{train,test}`` (pickles).
+- ``image folders``: ``<root>/{train,test}/<class>/*.png`` (5-datasets: one such folder per data set).
+- ``core50``: ``<root>/s<session>/o<object>/*.png`` (the core50_128x128 layout).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class ImageSet:
+    """Images (n, C, H, W) float in [0, 1] and integer labels (n,)."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"{self.x.shape[0]} images but {self.y.shape[0]} labels.")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, mask: Tensor) -> ImageSet:
+        """Rows where ``mask`` (bool (n,) or indices) selects."""
+        return ImageSet(self.x[mask], self.y[mask])
+
+
+def load_digits_splits(
+    pretrain_fraction: float = 0.3, test_size: float = 0.3
+) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """scikit-learn digits as (pretrain, train, test), stratified, disjoint, always with random_state 0.
+
+    ``pretrain_fraction`` of all samples (every class) is reserved first for backbone pretraining
+    (``prompt_pool.pretrain``); the rest is split ``1 - test_size`` / ``test_size``. The split is fixed
+    (not seeded per run) so that the pretraining images can never leak into a task.
+    """
+    seed = 0
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]  # (1797, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx = np.arange(len(y))
+    pre = np.array([], dtype=int)
+    if pretrain_fraction > 0:
+        pre, idx = train_test_split(idx, train_size=pretrain_fraction, stratify=y[idx], random_state=seed)
+    tr, te = train_test_split(idx, test_size=test_size, stratify=y[idx], random_state=seed)
+    return tuple(ImageSet(x[torch.as_tensor(i)], y[torch.as_tensor(i)]) for i in (pre, tr, te))  # type: ignore
+
+
+def synthetic_splits(
+    num_classes: int = 10,
+    train_per_class: int = 20,
+    test_per_class: int = 10,
+    image_size: int = 8,
+    channels: int = 1,
+    noise: float = 0.3,
+    seed: int = 0,
+) -> tuple[ImageSet, ImageSet]:
+    """Seeded synthetic images: a random prototype per class plus Gaussian noise, clipped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, channels, image_size, image_size, generator=g)  # (C, ch, H, W)
+
+    def draw(per_class: int) -> ImageSet:
+        y = torch.arange(num_classes).repeat_interleave(per_class)
+        x = protos[y] + noise * torch.randn(len(y), channels, image_size, image_size, generator=g)
+        return ImageSet(x.clamp(0, 1), y)
+
+    return draw(train_per_class), draw(test_per_class)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def load_cifar100(root: str | Path) -> tuple[ImageSet, ImageSet]:
+    """Split-CIFAR-100 source from torchvision's extracted layout (no integrity check, no download)."""
+    base = Path(root) / "cifar-100-python"
+    out = []
+    for split in ("train", "test"):
+        f = base / split
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"CIFAR-100 file {str(f)!r} not found. Expected torchvision's layout: "
+                f"<root>/cifar-100-python/{{train,test}} (pickles with 'data' (n, 3072) uint8 "
+                "and 'fine_labels')."
+            )
+        d = _unpickle(f)
+        if "data" not in d or "fine_labels" not in d:
+            raise ValueError(f"{str(f)!r} lacks 'data'/'fine_labels'; is it a CIFAR-100 python pickle?")
+        x = torch.as_tensor(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)).float() / 255.0
+        out.append(ImageSet(x, torch.as_tensor(d["fine_labels"], dtype=torch.long)))
+    return out[0], out[1]
+
+
+def _read_image(path: Path, size: int, channels: int) -> Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.as_tensor(arr).reshape(size, size, channels).permute(2, 0, 1)  # (C, H, W)
+
+
+def _class_dirs(folder: Path, expected: str) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {str(folder)!r} not found; expected layout: {expected}.")
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not dirs:
+        raise ValueError(f"{str(folder)!r} has no class sub-folders; expected layout: {expected}.")
+    return dirs
+
+
+def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3) -> tuple[ImageSet, ImageSet]:
+    """``<root>/{train,test}/<class>/*.png``; classes are the sorted sub-folder names of train/."""
+    root, layout = Path(root), "<root>/{train,test}/<class_name>/<image>.png"
+    classes = [p.name for p in _class_dirs(root / "train", layout)]
+    out = []
+    for split in ("train", "test"):
+        dirs = _class_dirs(root / split, layout)
+        unknown = sorted({p.name for p in dirs} - set(classes))
+        if unknown:
+            raise ValueError(
+                f"{str(root / split)!r} has classes {unknown} that train/ lacks; layout: {layout}."
+            )
+        xs, ys = [], []
+        for d in dirs:
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    xs.append(_read_image(f, image_size, channels))
+                    ys.append(classes.index(d.name))
+        if not xs:
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root / split)!r}; layout: {layout}."
+            )
+        out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
+    return out[0], out[1]
+
+
+def load_core50(
+    root: str | Path, sessions: list[int], image_size: int = 32, channels: int = 3
+) -> list[ImageSet]:
+    """One ImageSet per CORe50 session ``<root>/s<k>/o<j>/*.png``; label = object id - 1 (0..49)."""
+    root, layout = Path(root), "<root>/s<session 1-11>/o<object 1-50>/<image>.png (core50_128x128)"
+    out = []
+    for s in sessions:
+        xs, ys = [], []
+        for d in _class_dirs(root / f"s{s}", layout):
+            if not (d.name.startswith("o") and d.name[1:].isdigit()):
+                raise ValueError(f"unexpected folder {str(d)!r}; expected object folders o1..o50 ({layout}).")
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    xs.append(_read_image(f, image_size, channels))
+                    ys.append(int(d.name[1:]) - 1)
+        if not xs:
+            raise ValueError(f"session folder {str(root / f's{s}')!r} holds no images; layout: {layout}.")
+        out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
+    return out

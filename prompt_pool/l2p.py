@@ -1,0 +1,153 @@
+"""L2P (Wang et al., CVPR 2022): a prompt pool on a frozen ViT, trained task after task.
+
+    q = frozen_vit(x)[CLS]              (cached per sample when inputs are deterministic)
+    sel = pool(q)                       ids (B,N), prompts (B, N*Lp, D), pull
+    h = frozen_vit.blocks([prompts; CLS; patches]) -> norm
+    logits = head(mean(h[:, :N*Lp]))   ('prompt' head; 'cls' uses h[:, N*Lp])
+    loss = CE(train_mask(logits), y) - pull_coef * pull
+
+Only the prompts, the keys and the head are trainable (and hold optimiser state).
+
+Decoding heads on a classifier. :meth:`L2P.layer_logits` returns per-layer class logits
+(layers, B, C): the hidden state after each block goes through the final norm, the same pooling and
+the head (a "logit lens"). On these:
+
+- DoLa contrasts the last layer's log-probabilities with a premature layer's.
+- SLED treats the per-layer logits as evidence about the latent "true" class distribution and moves
+  the final logits a step toward it (self-logits evolution over the C classes instead of a vocabulary).
+- DeRa interpolates between the prompted model and a reference. For L2P the natural reference is the
+  *same* backbone without prompts: :meth:`L2P.reference_logits` applies the head to the prompt-free
+  query feature q(x) (free: it is computed anyway). DeRa(alpha) = ref + alpha * (prompted - ref).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from prompt_pool.backbone import HeadType
+from prompt_pool.learner import ContinualLearner
+from prompt_pool.pool import PromptInit, PromptPool
+from prompt_pool.query_cache import QueryCache
+
+
+class L2P(ContinualLearner):
+    """L2P learner.
+
+    Args:
+        pool_size: M.
+        prompt_length: Lp.
+        top_n: N.
+        pull_coef: lambda of the pull constraint (paper 0.5; JAX CIFAR 1.0; l2p-pytorch CIFAR 0.1).
+        prompt_init: ``uniform_small`` U[0, 0.01) (JAX) or ``uniform`` U[-1, 1] (l2p-pytorch).
+        batchwise_vote: batch-majority selection (both codebases; off by default, spec §10).
+        use_prompt_mask: training task t uses prompts [tN, (t+1)N) (code substitute for eq. 4).
+        shared_prompt_pool: copy the previous task's prompts into the new slice at task start.
+        shared_prompt_key: also copy the keys.
+        diversity: the paper's eq. 4 frequency penalty (training only).
+        diversity_smoothing: h + 1/M in eq. 4.
+        pull_on_diversity_ids: pull the eq. 4 keys (default: the eq. 3 keys, as paper eq. 5).
+        head_type: ``prompt`` (mean of prompt outputs, paper) or ``cls``.
+        head_init: ``zeros`` (JAX kernel init) or ``default`` (PyTorch Linear init).
+        cache_queries: reuse per-sample frozen query features (only for deterministic inputs).
+        **kwargs: :class:`ContinualLearner` arguments (backbone, lr, batch_size, train_mask...).
+    """
+
+    def __init__(
+        self,
+        pool_size: int = 10,
+        prompt_length: int = 5,
+        top_n: int = 5,
+        pull_coef: float = 0.5,
+        prompt_init: PromptInit = "uniform_small",
+        batchwise_vote: bool = False,
+        use_prompt_mask: bool = False,
+        shared_prompt_pool: bool = False,
+        shared_prompt_key: bool = False,
+        diversity: bool = False,
+        diversity_smoothing: bool = False,
+        pull_on_diversity_ids: bool = False,
+        head_type: HeadType = "prompt",
+        head_init: Literal["zeros", "default"] = "zeros",
+        cache_queries: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        d = self.backbone.embed_dim
+        self.pool = PromptPool(
+            pool_size,
+            prompt_length,
+            top_n,
+            d,
+            prompt_init,
+            batchwise_vote,
+            use_prompt_mask,
+            shared_prompt_pool,
+            shared_prompt_key,
+            diversity,
+            diversity_smoothing,
+            pull_on_diversity_ids,
+            seed=self.seed,
+        )
+        self.head = nn.Linear(d, self.num_classes)
+        if head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        elif head_init != "default":
+            raise ValueError(f"unknown head_init {head_init!r}; use 'zeros' or 'default'.")
+        self.pull_coef, self.head_type, self.cache_queries = pull_coef, head_type, cache_queries
+        self.query_cache = QueryCache()
+
+    def begin_task(self, task: int, classes: list[int]) -> None:
+        super().begin_task(task, classes)
+        self.pool.begin_task(task)
+
+    def query(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
+        """Frozen prompt-free [CLS] feature (B, D), from the cache when allowed."""
+        if self.cache_queries and uid is not None:
+            return self.query_cache.get(uid, x, self.backbone.query)
+        return self.backbone.query(x)
+
+    def forward_features(
+        self, x: Tensor, uid: Tensor | None = None, query: Tensor | None = None, all_layers: bool = False
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Pooled features of the prompted forward (one (B, D) per layer if ``all_layers``) and aux."""
+        q = self.query(x, uid) if query is None else query  # (B, D)
+        sel = self.pool(q)
+        hs = self.backbone.encode(x, sel.prompts, all_layers=all_layers)  # [(B, N*Lp+1+L, D)]
+        feats = [self.backbone.pool(h, self.pool.num_prompt_tokens, self.head_type) for h in hs]
+        return feats, {"pull": sel.pull, "ids": sel.ids, "query": q}
+
+    def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        feats, aux = self.forward_features(x, uid)
+        return self.head(feats[-1]), aux  # (B, C)
+
+    def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor, aux: dict[str, Tensor]) -> Tensor:
+        """- pull_coef * mean_b sum_{j in ids_b} cos(q_b, k_j)."""
+        return -self.pull_coef * aux["pull"]
+
+    @torch.no_grad()
+    def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
+        """Per-layer class logits for the decoding heads (no usage recorded).  -> (layers, B, C)."""
+        was = self.pool.training
+        self.pool.eval()
+        feats, _ = self.forward_features(x, uid, all_layers=True)
+        self.pool.train(was)
+        return self.head(torch.stack(feats))
+
+    @torch.no_grad()
+    def layer_features(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
+        """Per-layer pooled features (layers, B, D)."""
+        was = self.pool.training
+        self.pool.eval()
+        feats, _ = self.forward_features(x, uid, all_layers=True)
+        self.pool.train(was)
+        return torch.stack(feats)
+
+    @torch.no_grad()
+    def reference_logits(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
+        """DeRa reference: the head on the prompt-free query feature.  -> (B, C)."""
+        return self.head(self.query(x, uid))

@@ -1,0 +1,172 @@
+"""The Lightning module shared by L2P and every baseline: train_mask, optimiser, evaluation, replay.
+
+A strategy subclasses :class:`ContinualLearner` and implements :meth:`logits` (and optionally
+:meth:`extra_loss`, :meth:`begin_task`, :meth:`end_task`). The runner (``prompt_pool.runner``) drives
+the task loop; a fresh ``Trainer.fit`` per task re-creates the optimiser (Adam reset per task, spec §3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prompt_pool.backbone import ViTBackbone
+from prompt_pool.replay import ReplayBuffer
+
+
+class ContinualLearner(L.LightningModule):
+    """Base continual learner.
+
+    Args:
+        num_classes: size of the single classifier head (linked from the data module by the CLI).
+        backbone: timm ViT name.
+        backbone_kwargs: ``timm.create_model`` kwargs (img_size, patch_size, in_chans, embed_dim, depth...).
+        pretrained: timm hub weights (offline: use ``checkpoint``).
+        checkpoint: local ViT weights (.safetensors), e.g. from ``prompt_pool.pretrain``.
+        checkpoint_sha256: pin of the checkpoint file.
+        lr: base learning rate; the optimiser uses ``lr * batch_size / lr_reference_batch``.
+        lr_reference_batch: batch size at which ``lr`` applies (256 in L2P); None = no scaling.
+        batch_size: training batch size (linked from the data module by the CLI).
+        betas: Adam betas.
+        weight_decay: Adam weight decay.
+        train_mask: set training logits outside the current task's classes to -inf before CE.
+        buffer_per_class: rehearsal: keep this many training samples per class and add a batch of them
+            to every training step (0 = off). Works with every strategy (ER; with L2P: L2P-R).
+        seed: seed of parameter initialisation and of the replay sampling.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        backbone: str = "vit_tiny_patch16_224",
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        checkpoint: str | None = None,
+        checkpoint_sha256: str | None = None,
+        lr: float = 0.03,
+        lr_reference_batch: int | None = 256,
+        batch_size: int = 16,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        train_mask: bool = True,
+        buffer_per_class: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}.")
+        torch.manual_seed(seed)
+        self.num_classes, self.lr, self.lr_reference_batch = num_classes, lr, lr_reference_batch
+        self.batch_size, self.betas, self.weight_decay = batch_size, tuple(betas), weight_decay
+        self.train_mask, self.seed = train_mask, seed
+        self.backbone = ViTBackbone(backbone, pretrained, checkpoint, checkpoint_sha256, backbone_kwargs)
+        self.replay = ReplayBuffer(buffer_per_class, seed) if buffer_per_class > 0 else None
+        self.task = 0
+        self.task_classes: list[int] = list(range(num_classes))
+        self.seen_classes: list[int] = []
+        self.eval_class_masks: list[list[int]] | None = None  # task-IL: classes of each eval loader
+        self._correct: dict[int, int] = {}
+        self._total: dict[int, int] = {}
+        self.step_offset = 0
+
+    # ---- to implement ---------------------------------------------------------------------------
+    def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Class logits (B, C) and auxiliary outputs (e.g. the pull term) for a batch."""
+        raise NotImplementedError
+
+    def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor, aux: dict[str, Tensor]) -> Tensor:
+        """Strategy-specific loss added to CE (pull constraint, EWC penalty, distillation)."""
+        return logits.new_zeros(())
+
+    # ---- task hooks -----------------------------------------------------------------------------
+    def begin_task(self, task: int, classes: list[int]) -> None:
+        """Called by the runner before fitting task ``task`` on ``classes``."""
+        self.task, self.task_classes = task, list(classes)
+        self.seen_classes = sorted(set(self.seen_classes) | set(classes))
+
+    def end_task(self, task: int, dataset: torch.utils.data.Dataset) -> None:
+        """Called after fitting a task with its training set (fills the replay buffer by default)."""
+        if self.replay is not None:
+            self.replay.add(dataset, self.task_classes, task)
+
+    def before_load_state(self, state: dict[str, Tensor]) -> None:
+        """Prepare lazily created buffers (replay, EWC, LwF) before ``load_state_dict`` on resume."""
+        if self.replay is not None:
+            self.replay.resize_like(state, prefix="replay.")
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    @property
+    def lr_effective(self) -> float:
+        """lr * batch / reference batch (0.03 * 16 / 256 = 0.001875 as l2p-pytorch)."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that receive optimiser state (everything frozen is excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.trainable_parameters(),
+            lr=self.lr_effective,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+        )
+
+    @staticmethod
+    def mask_logits(logits: Tensor, classes: list[int]) -> Tensor:
+        """Logits with every class outside ``classes`` set to -inf.  (B, C) -> (B, C)."""
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        keep[torch.as_tensor(classes, device=logits.device)] = True
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def on_train_start(self) -> None:
+        # keep logger steps increasing across the per-task Trainers
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.step_offset
+
+    def on_train_end(self) -> None:
+        self.step_offset = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y, uid = batch
+        mask_classes = self.task_classes
+        if self.replay is not None and len(self.replay) > 0:
+            rx, ry, ruid = self.replay.sample(x.shape[0], x.device)
+            x, y, uid = torch.cat([x, rx]), torch.cat([y, ry]), torch.cat([uid, ruid])
+            mask_classes = self.seen_classes
+        logits, aux = self.logits(x, uid)  # (B, C)
+        train_logits = self.mask_logits(logits, mask_classes) if self.train_mask else logits
+        ce = F.cross_entropy(train_logits, y)
+        extra = self.extra_loss(x, y, logits, aux)
+        loss = ce + extra
+        self.log_dict(
+            {"train/loss": loss, "train/ce": ce, "train/extra": extra, "task": float(self.task)},
+            prog_bar=True,
+            batch_size=x.shape[0],
+        )
+        return loss
+
+    # ---- evaluation: one loader per task, dataloader_idx = task id ------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._correct, self._total = {}, {}
+
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        x, y, uid = batch
+        logits, _ = self.logits(x, uid)
+        if self.eval_class_masks is not None:
+            logits = self.mask_logits(logits, self.eval_class_masks[dataloader_idx])
+        pred = logits.argmax(dim=-1)
+        self._correct[dataloader_idx] = self._correct.get(dataloader_idx, 0) + int((pred == y).sum())
+        self._total[dataloader_idx] = self._total.get(dataloader_idx, 0) + int(y.numel())
+
+    def eval_counts(self) -> tuple[list[int], list[int]]:
+        """(correct, total) per evaluation loader of the last validation run."""
+        keys = sorted(self._total)
+        return [self._correct[k] for k in keys], [self._total[k] for k in keys]

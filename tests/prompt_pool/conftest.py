@@ -1,0 +1,48 @@
+"""Fixtures of the prompt_pool tests: a tiny random timm ViT and a seeded synthetic task sequence."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+import pytest
+import torch
+
+TINY_VIT = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The CI box is 2 cores shared by several jobs: one intra-op thread avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(eval mode|val_dataloader|log_every_n_steps|LeafSpec).*")
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_vit_kwargs() -> dict:
+    return dict(TINY_VIT)
+
+
+@pytest.fixture
+def make_trainer():
+    """Factory of real Trainers without logger, checkpoints or bars (gradient clipping as L2P)."""
+
+    def make(max_epochs: int = 1, **kw) -> L.Trainer:
+        return L.Trainer(
+            max_epochs=max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
+            gradient_clip_algorithm="norm",
+            accelerator="cpu",
+            **kw,
+        )
+
+    return make

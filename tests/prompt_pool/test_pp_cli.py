@@ -1,0 +1,159 @@
+"""CLI: --help, --print_config of every shipped config (spec §4 presets incl. lr_eff), an end-to-end fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prompt_pool.cli import main
+
+CFG = Path(__file__).resolve().parents[2] / "configs" / "prompt_pool"
+
+
+def _print_config(capsys, *configs: str) -> dict:
+    args = ["fit"]
+    for c in configs:
+        args += ["--config", str(CFG / c)]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--print_config"])
+    assert e.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_help_lists_the_fit_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "fit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "configs,expect",
+    [
+        # paper [P]: 10/5/5, lambda 0.5, batch 128 -> lr_eff 0.015
+        (
+            ["split_cifar100.yaml"],
+            dict(
+                pool_size=10,
+                prompt_length=5,
+                top_n=5,
+                pull_coef=0.5,
+                batch=128,
+                lr_eff=0.015,
+                prompt_init="uniform_small",
+            ),
+        ),
+        # official JAX [J]: Lp 10, N 4, lambda 1.0
+        (
+            ["split_cifar100.yaml", "split_cifar100_official_jax.yaml"],
+            dict(pool_size=10, prompt_length=10, top_n=4, pull_coef=1.0, batch=128, lr_eff=0.015),
+        ),
+        # l2p-pytorch [T]: 10/5/5, lambda 0.1, U[-1, 1], batch 16 -> 0.001875
+        (
+            ["split_cifar100.yaml", "split_cifar100_l2p_pytorch.yaml"],
+            dict(
+                pool_size=10,
+                prompt_length=5,
+                top_n=5,
+                pull_coef=0.1,
+                batch=16,
+                lr_eff=0.001875,
+                prompt_init="uniform",
+            ),
+        ),
+        # paper 5-datasets: 20/5/4, lambda 0.5, eq. 4 diversity
+        (
+            ["five_datasets.yaml"],
+            dict(
+                pool_size=20, prompt_length=5, top_n=4, pull_coef=0.5, diversity=True, use_prompt_mask=False
+            ),
+        ),
+        (
+            ["five_datasets.yaml", "five_datasets_official_jax.yaml"],
+            dict(
+                pool_size=20,
+                prompt_length=10,
+                top_n=4,
+                diversity=False,
+                use_prompt_mask=True,
+                shared_prompt_pool=True,
+            ),
+        ),
+        (
+            ["five_datasets.yaml", "five_datasets_l2p_pytorch.yaml"],
+            dict(prompt_length=10, use_prompt_mask=True, prompt_init="uniform", batch=16, lr_eff=0.001875),
+        ),
+    ],
+)
+def test_presets_reproduce_the_spec_columns(capsys, configs, expect):
+    cfg = _print_config(capsys, *configs)
+    init = cfg["model"]["init_args"]
+    for k, v in expect.items():
+        if k == "batch":
+            assert cfg["data"]["batch_size"] == v
+        elif k == "lr_eff":
+            assert init["lr"] * cfg["data"]["batch_size"] / init["lr_reference_batch"] == pytest.approx(v)
+        else:
+            assert init[k] == v, k
+    assert cfg["trainer"]["max_epochs"] == 5 and cfg["trainer"]["gradient_clip_val"] == 1.0
+
+
+@pytest.mark.parametrize("baseline", sorted(p.name for p in (CFG / "baselines").glob("*.yaml")))
+def test_every_baseline_config_parses_on_top_of_split_digits(capsys, baseline):
+    cfg = _print_config(capsys, "split_digits.yaml", f"baselines/{baseline}")
+    assert cfg["model"]["class_path"].startswith("prompt_pool.baselines.")
+    assert cfg["model"]["init_args"]["checkpoint"] == "tiny:digits"
+
+
+def test_fit_runs_a_whole_sequence_from_the_cli(tmp_path, capsys, tiny_vit_kwargs):
+    out = tmp_path / "run"
+    main(
+        [
+            "fit",
+            "--config",
+            str(CFG / "split_digits.yaml"),
+            "--data.dataset",
+            "synthetic",
+            "--data.num_tasks",
+            "2",
+            "--data.synthetic_classes",
+            "4",
+            "--model.init_args.checkpoint",
+            "null",
+            "--model.init_args.backbone_kwargs",
+            json.dumps(tiny_vit_kwargs),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--runner.out_dir",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])
+    saved = json.loads((out / "results.json").read_text())
+    assert metrics["average_accuracy"] == pytest.approx(saved["metrics"]["average_accuracy"])
+    assert len(saved["accuracy_matrix"]) == 2 and (out / "accuracy_matrix.png").exists()
+
+
+@pytest.mark.slow
+def test_shipped_split_digits_config_end_to_end(tmp_path, capsys):
+    """The real thing: pretrains the tiny digits ViT (cached), then L2P over the 5 tasks (~1 min)."""
+    main(
+        [
+            "fit",
+            "--config",
+            str(CFG / "split_digits.yaml"),
+            "--trainer.logger",
+            "false",
+            "--runner.out_dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["metrics"]["average_accuracy"] > 60

@@ -1,0 +1,114 @@
+"""Runner: accuracy matrix, resume after a kill, task-IL masking, domain-IL, joint training, no overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from prompt_pool.datamodule import TaskSequenceDataModule
+from prompt_pool.l2p import L2P
+from prompt_pool.runner import RunnerConfig, TaskSequenceRunner
+
+
+class Kill(L.Callback):
+    """Simulates a killed process in the middle of a given task."""
+
+    def __init__(self, task: int) -> None:
+        self.task = task
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.task == self.task and batch_idx == 1:
+            raise RuntimeError("killed")
+
+
+def _setup(kw, setting="class", **dm_kw):
+    dm = TaskSequenceDataModule(
+        "synthetic", setting=setting, num_tasks=3, batch_size=8, synthetic_classes=6, **dm_kw
+    )
+    m = L2P(
+        num_classes=dm.num_classes,
+        backbone_kwargs=kw,
+        pool_size=6,
+        prompt_length=2,
+        top_n=2,
+        batch_size=8,
+        lr_reference_batch=8,
+        seed=0,
+    )
+    return dm, m
+
+
+def test_full_run_fills_matrix_and_writes_results(tmp_path, tiny_vit_kwargs, make_trainer):
+    dm, m = _setup(tiny_vit_kwargs)
+    r = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(2)).run(m, dm)
+    assert r.accuracy.shape == (3, 3) and not torch.isnan(r.accuracy).any()  # future rows evaluated too
+    assert r.correct[:, 2].tolist() == [
+        round(a * n / 100) for a, n in zip(r.accuracy[:, 2].tolist(), r.totals.tolist())
+    ]
+    assert r.metrics["average_accuracy"] == pytest.approx(float(r.accuracy[:, 2].mean()))
+    assert r.baseline is not None and r.usage.shape == (3, 6) and (r.usage.sum(1) > 0).all()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"]["forgetting"] == pytest.approx(r.metrics["forgetting"])
+    assert (tmp_path / "accuracy_matrix.png").stat().st_size > 0 and (
+        tmp_path / "prompt_usage_task2.png"
+    ).exists()
+
+
+def test_killed_run_resumes_at_its_task_and_ends_with_the_same_matrix(
+    tmp_path, tiny_vit_kwargs, make_trainer
+):
+    dm, m = _setup(tiny_vit_kwargs)
+    ref = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path / "ref")), lambda: make_trainer(2)).run(m, dm)
+
+    dm, m = _setup(tiny_vit_kwargs)
+    cfg = RunnerConfig(out_dir=str(tmp_path / "killed"))
+    with pytest.raises(RuntimeError, match="killed"):
+        TaskSequenceRunner(cfg, lambda: make_trainer(2, callbacks=[Kill(1)])).run(m, dm)
+    state = torch.load(tmp_path / "killed" / "state.pt", weights_only=True)
+    assert int(state["next_task"]) == 1  # task 0 finished, task 1 was running
+
+    dm, fresh = _setup(tiny_vit_kwargs)  # a new process: fresh objects
+    res = TaskSequenceRunner(cfg, lambda: make_trainer(2)).run(fresh, dm)
+    assert torch.equal(res.correct, ref.correct)
+    assert torch.equal(res.usage, ref.usage)
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path, tiny_vit_kwargs, make_trainer):
+    dm, m = _setup(tiny_vit_kwargs)
+    TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(1)).run(m, dm)
+    with pytest.raises(FileExistsError, match="resume"):
+        TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path), resume=False), lambda: make_trainer(1)).run(
+            m, dm
+        )
+
+
+def test_task_incremental_evaluation_masks_to_the_task_classes(tmp_path, tiny_vit_kwargs, make_trainer):
+    dm, m = _setup(tiny_vit_kwargs, setting="task")
+    r = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path / "t")), lambda: make_trainer(1)).run(m, dm)
+    # an independent check on the final model: masked argmax per task
+    m.eval()
+    for i, task in enumerate(dm.tasks):
+        x, y = task.test.x, task.test.y
+        uid = torch.arange(len(y)) + 10_000  # fresh ids: no cache involvement
+        logits = m.logits(x, uid)[0]
+        pred = torch.tensor(task.classes)[logits[:, task.classes].argmax(1)]
+        assert r.correct[i, 2] == int((pred == y).sum())
+
+
+def test_domain_incremental_tasks_share_classes_and_change_inputs(tmp_path, tiny_vit_kwargs, make_trainer):
+    dm, m = _setup(tiny_vit_kwargs, setting="domain")
+    assert all(t.classes == list(range(6)) for t in dm.tasks)
+    assert torch.equal(dm.tasks[1].train.x, torch.rot90(dm.tasks[0].train.x, 1, (-2, -1)))
+    r = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(1)).run(m, dm)
+    assert r.accuracy.shape == (3, 3)
+
+
+def test_joint_training_is_one_stage_evaluated_per_task(tmp_path, tiny_vit_kwargs, make_trainer):
+    dm, m = _setup(tiny_vit_kwargs, joint=True)
+    r = TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(1)).run(m, dm)
+    assert torch.isnan(r.accuracy[:, :2]).all() and not torch.isnan(r.accuracy[:, 2]).any()
+    assert r.metrics["average_accuracy"] == pytest.approx(float(r.accuracy[:, 2].mean()))
+    assert m.task_classes == list(range(6))
