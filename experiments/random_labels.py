@@ -23,6 +23,7 @@ from typing import Any
 
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
+from experiments.image_labels import IMAGE_METHODS, ImageStudyConfig, run_image_cell
 from experiments.methods import check_method
 from experiments.run_folder import (
     apply_quick,
@@ -55,6 +56,7 @@ class RandomLabelsConfig:
         code_len: characters per word code (answers have twice as many).
         base: the starting model (pretrained on disjoint true facts).
         train: training of each cell.
+        image: the image half (digits with corrupted labels on prompt_pool's tiny ViT).
         wandb: log every cell and the summary to wandb (offline).
         quick_settings: overrides applied by ``--quick`` (dotted keys such as ``train.max_epochs``).
     """
@@ -69,6 +71,7 @@ class RandomLabelsConfig:
     code_len: int = 3
     base: BaseConfig = field(default_factory=BaseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    image: ImageStudyConfig = field(default_factory=ImageStudyConfig)
     wandb: bool = True
     quick_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +85,9 @@ class RandomLabelsConfig:
             raise ValueError("methods is empty; choose from full, lora, mome")
         for method in self.methods:
             check_method(method)
+        for method in self.image.methods if self.image.enabled else []:
+            if method not in IMAGE_METHODS:
+                raise ValueError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -95,12 +101,14 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return (centre - half, centre + half)
 
 
-def cell_row(p: float, summary: dict[str, Any], fact_rows: list[dict[str, float]]) -> dict[str, Any]:
-    """One row of the study table from a cell's summary and its final per-fact records."""
-    last_epoch = max(r["epoch"] for r in fact_rows)
-    final = [r for r in fact_rows if r["epoch"] == last_epoch]
-    clean = [r["exact"] for r in final if not r["corrupted"]]
-    noisy = [r["exact"] for r in final if r["corrupted"]]
+def cell_row(p: float, summary: dict[str, Any], fact_rows: list[dict[str, float]] | None) -> dict[str, Any]:
+    """One row of the study table from a cell's summary and its final per-fact records (text cells)."""
+    clean = noisy = None
+    if fact_rows:
+        last_epoch = max(r["epoch"] for r in fact_rows)
+        final = [r for r in fact_rows if r["epoch"] == last_epoch]
+        clean = [r["exact"] for r in final if not r["corrupted"]]
+        noisy = [r["exact"] for r in final if r["corrupted"]]
     n = summary["num_heldout"]
     lo, hi = wilson_interval(summary["heldout_exact_after"] * n, n) if n else (None, None)
     return {
@@ -122,7 +130,9 @@ def cell_row(p: float, summary: dict[str, Any], fact_rows: list[dict[str, float]
     }
 
 
-def plot_study(rows: list[dict[str, Any]], curves: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot_study(
+    rows: list[dict[str, Any]], curves: list[dict[str, Any]], out: Path, prefix: str
+) -> list[Path]:
     """Training loss / exact match over epochs per method and p; steps to fit and held-out accuracy vs p."""
     import matplotlib
 
@@ -148,7 +158,7 @@ def plot_study(rows: list[dict[str, Any]], curves: list[dict[str, Any]], out: Pa
         axes[1, j].set_ylim(-0.02, 1.02)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    curves_png = out / "random_labels_curves.png"
+    curves_png = out / f"{prefix}_curves.png"
     fig.savefig(curves_png, dpi=80)
     plt.close(fig)
 
@@ -171,7 +181,7 @@ def plot_study(rows: list[dict[str, Any]], curves: list[dict[str, Any]], out: Pa
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    summary_png = out / "random_labels_summary.png"
+    summary_png = out / f"{prefix}_summary.png"
     fig.savefig(summary_png, dpi=80)
     plt.close(fig)
     return [curves_png, summary_png]
@@ -181,6 +191,7 @@ TABLE_COLUMNS = [
     "p", "method", "train_exact", "exact_true_part", "exact_random_part", "final_loss",
     "epochs_to_90", "epochs_to_100", "steps_to_100", "heldout_before", "heldout_after",
 ]  # fmt: skip
+IMAGE_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("exact_true_part", "exact_random_part")]
 
 
 def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -213,7 +224,23 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
 
     write_rows(root / "table.csv", rows)
     write_rows(root / "curves.csv", curves)
-    images = plot_study(rows, curves, root)
+    images = plot_study(rows, curves, root, "random_labels")
+
+    image_rows, image_curves = [], []
+    cells = [(p, m) for p in cfg.fractions for m in cfg.image.methods] if cfg.image.enabled else []
+    for p, method in tqdm(cells, desc="image cells"):
+        cell_dir = root / "image_cells" / f"p{p:.2f}_{method}"
+        logger = wandb_logger(
+            cfg.wandb, root, "memexp-experiments", f"{cfg.run}/image_p{p:.2f}_{method}", NAME
+        )
+        summary = run_image_cell(cell_dir, method, p, cfg.image, cfg.seed, logger)
+        finish_wandb(logger)
+        image_rows.append(cell_row(p, summary, None))
+        image_curves += [{"p": p, "method": method, **c} for c in read_rows(cell_dir / "curve.csv")]
+    if image_rows:
+        write_rows(root / "image_table.csv", image_rows)
+        write_rows(root / "image_curves.csv", image_curves)
+        images += plot_study(image_rows, image_curves, root, "image_labels")
     entropy = answer_entropy_nats(2 * cfg.code_len)
     report = [
         f"# Random-label study `{cfg.run}`",
@@ -228,9 +255,34 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         "![summary](random_labels_summary.png)",
         "",
     ]
+    if image_rows:
+        report += [
+            "## Digits with corrupted labels (tiny pretrained ViT of prompt_pool)",
+            "",
+            "880 training images, 378 test images (true labels); `heldout_before` is the untrained head.",
+            "",
+            markdown_table(image_rows, IMAGE_COLUMNS),
+            "",
+            "![image curves](image_labels_curves.png)",
+            "![image summary](image_labels_summary.png)",
+            "",
+        ]
     atomic_write_text(root / "report.md", "\n".join(report))
-    log_summary_to_wandb(cfg.wandb, root, "memexp-experiments", f"{cfg.run}/summary", images, {"table": rows})
-    results = {"status": "finished", "table": rows, "answer_entropy_nats": entropy, "backbone": backbone}
+    log_summary_to_wandb(
+        cfg.wandb,
+        root,
+        "memexp-experiments",
+        f"{cfg.run}/summary",
+        images,
+        {"table": rows, "image": image_rows},
+    )
+    results = {
+        "status": "finished",
+        "table": rows,
+        "image_table": image_rows,
+        "answer_entropy_nats": entropy,
+        "backbone": backbone,
+    }
     atomic_write_json(root / RESULTS_FILE, results)
     return results
 
@@ -241,6 +293,8 @@ def main(args: list[str] | None = None) -> None:
     apply_quick(cfg, flags["quick"])
     results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
     print(markdown_table(results["table"], TABLE_COLUMNS))
+    if results["image_table"]:
+        print(markdown_table(results["image_table"], IMAGE_COLUMNS))
 
 
 if __name__ == "__main__":
