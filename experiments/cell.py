@@ -64,6 +64,9 @@ class GivenFactsDataModule(FactsDataModule):
 
     def __init__(self, tokenizer: str, train: list[Fact], heldout: list[Fact], batch_size: int, seed: int):
         super().__init__(tokenizer=tokenizer, batch_size=batch_size, seed=seed)
+        for key in ("train", "heldout"):  # keep checkpoints loadable with weights_only=True
+            self._hparams.pop(key, None)
+            self._hparams_initial.pop(key, None)
         self._given = (list(train), list(heldout))
 
     def setup(self, stage: str | None = None) -> None:

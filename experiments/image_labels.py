@@ -83,7 +83,7 @@ class ImageTuning(L.LightningModule):
     """Digits classifier on the tiny pretrained ViT: full fine-tuning or LoRA + a linear head."""
 
     def __init__(self, method: str = "full", num_classes: int = 10, lr: float = 3e-3, lora_r: int = 8,
-                 lora_alpha: float = 16.0) -> None:  # fmt: skip
+                 lora_alpha: float = 16.0, checkpoint: str | None = "tiny:digits") -> None:  # fmt: skip
         super().__init__()
         if method not in IMAGE_METHODS:
             raise ValueError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
@@ -91,7 +91,7 @@ class ImageTuning(L.LightningModule):
         from prompt_pool.backbone import ViTBackbone
         from prompt_pool.pretrain import DIGITS_VIT_KWARGS
 
-        self.backbone = ViTBackbone(checkpoint="tiny:digits", model_kwargs=DIGITS_VIT_KWARGS, frozen=False)
+        self.backbone = ViTBackbone(checkpoint=checkpoint, model_kwargs=DIGITS_VIT_KWARGS, frozen=False)
         if method == "lora":
             from peft import LoraConfig, inject_adapter_in_model
 

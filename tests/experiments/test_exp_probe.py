@@ -1,0 +1,115 @@
+"""Per-fact records: a loop oracle, the ln 2 recall bound, head columns, DeRa's base-weights reference."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from exp_helpers import QUICK_MODEL
+
+from experiments.methods import build_method, reference_of
+from experiments.probe import evaluate_facts, fact_columns
+from memexp.data import collate_examples, tokenize_fact
+from memexp.facts import random_facts
+from memexp.recall import answer_stats, parse_head_spec
+
+
+def loop_oracle(logits, labels):
+    """Literal per-row, per-position computation of the spec's fields."""
+    rows = []
+    for b in range(logits.shape[0]):
+        nlls, hits = [], []
+        for t in range(logits.shape[1] - 1):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            logp = torch.log_softmax(logits[b, t].double(), -1)
+            nlls.append(-float(logp[target]))
+            hits.append(int(logits[b, t].argmax()) == target)
+        rows.append((sum(nlls), sum(nlls) / len(nlls), max(nlls), all(hits), len(nlls)))
+    return rows
+
+
+def synthetic(seed: int, B: int = 6, T: int = 7, V: int = 5, scale: float = 3.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g) * scale
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[:, :2] = -100  # prompt
+    labels[0, 5:] = -100  # a shorter answer
+    return logits, labels
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fact_columns_match_a_loop_oracle_and_answer_stats(seed):
+    logits, labels = synthetic(seed)
+    cols = fact_columns(logits, labels)
+    for b, (nll_sum, nll_tok, worst, exact, n) in enumerate(loop_oracle(logits, labels)):
+        assert cols["nll_sum"][b].item() == pytest.approx(nll_sum, rel=1e-5)
+        assert cols["nll_tok"][b].item() == pytest.approx(nll_tok, rel=1e-5)
+        assert cols["max_tok_nll"][b].item() == pytest.approx(worst, rel=1e-5)
+        assert cols["min_tok_p"][b].item() == pytest.approx(math.exp(-worst), rel=1e-5)
+        assert bool(cols["exact"][b]) == exact and int(cols["num_tokens"][b]) == n
+    ref = answer_stats(logits, labels)  # the foundation's metric agrees
+    assert torch.allclose(cols["nll_tok"], ref.nll) and torch.equal(cols["exact"], ref.exact)
+
+
+def test_every_fact_below_ln2_summed_nll_is_recalled_exactly():
+    """Spec §4.4: nll_sum < ln 2 implies greedy exact match (each token then has p > 1/2)."""
+    below = 0
+    for seed in range(100):
+        logits, labels = synthetic(seed, B=16, scale=3.0)
+        g = torch.Generator().manual_seed(1000 + seed)
+        boost = torch.rand(16, 1, generator=g) * 12  # (B, 1): from no help to near-certain gold tokens
+        gold = torch.zeros_like(logits[:, :-1]).scatter_(-1, labels.clamp_min(0)[:, 1:, None], 1.0)  # (B, T-1, V)
+        logits[:, :-1] += boost[:, :, None] * gold * (labels[:, 1:, None] != -100)
+        cols = fact_columns(logits, labels)
+        ok = cols["nll_sum"] < math.log(2)
+        below += int(ok.sum())
+        assert cols["exact"][ok].all()
+    assert 100 < below < 1500  # the property was exercised, and not trivially on every fact
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    from decoding.models import load_tokenizer
+
+    tok = load_tokenizer(QUICK_MODEL)
+    examples = [
+        tokenize_fact(f, tok, "Q: {question}\nA:") for f in random_facts(6, seed=0, min_len=4, max_len=6)
+    ]
+    return tok, examples
+
+
+def test_greedy_head_column_equals_the_exact_column_and_dera_lam1_too(tiny_batch):
+    tok, examples = tiny_batch
+    L.seed_everything(0)
+    module = build_method("lora", QUICK_MODEL, 0, {"lora_r": 2})
+    with torch.no_grad():  # move the adapter off zero so that adapter on != off
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    heads = {"greedy": parse_head_spec("greedy"), "dera:lam=1": parse_head_spec("dera:lam=1")}
+    cols = evaluate_facts(module, examples, tok.pad_token_id, heads, reference_of(module, None), batch_size=4)
+    assert torch.equal(cols["exact/greedy"], cols["exact"])
+    assert torch.equal(cols["exact/dera:lam=1"], cols["exact"])
+    assert cols["fact_id"].tolist() == list(range(6))
+
+
+def test_swapped_weights_runs_the_base_model_and_restores_the_tuned_one(tiny_batch):
+    tok, examples = tiny_batch
+    L.seed_everything(0)
+    module = build_method("full", QUICK_MODEL, 0)
+    base_state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    batch = collate_examples(examples, tok.pad_token_id)
+    base_logits = module(batch)
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    tuned_logits = module(batch)
+    assert not torch.allclose(tuned_logits, base_logits)
+    reference = reference_of(module, base_state)
+    with reference():
+        assert torch.equal(module(batch), base_logits)
+    assert torch.equal(module(batch), tuned_logits)
