@@ -92,6 +92,7 @@ class ImageTuning(L.LightningModule):
         from prompt_pool.pretrain import DIGITS_VIT_KWARGS
 
         self.backbone = ViTBackbone(checkpoint=checkpoint, model_kwargs=DIGITS_VIT_KWARGS, frozen=False)
+        self.head = torch.nn.Linear(self.backbone.embed_dim, num_classes)  # before LoRA: same init for all
         if method == "lora":
             from peft import LoraConfig, inject_adapter_in_model
 
@@ -99,7 +100,6 @@ class ImageTuning(L.LightningModule):
             inject_adapter_in_model(config, self.backbone.vit)
             for name, param in self.backbone.named_parameters():
                 param.requires_grad_("lora_" in name)
-        self.head = torch.nn.Linear(self.backbone.embed_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, classes) from the [CLS] feature."""

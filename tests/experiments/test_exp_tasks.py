@@ -83,3 +83,20 @@ def test_corrupt_labels_redraws_round_p_n_labels_uniformly_and_nested():
 def test_entropy_of_random_answers_matches_the_spec_figures():
     assert answer_entropy_nats(32) == pytest.approx(114.7, abs=0.05)  # spec §3: 165.4 bits
     assert answer_entropy_nats(32) / math.log(2) == pytest.approx(165.4, abs=0.05)
+
+
+def test_image_lora_trains_only_the_adapter_and_the_head_and_starts_like_full():
+    from experiments.image_labels import ImageTuning
+
+    torch.manual_seed(0)
+    lora = ImageTuning("lora", checkpoint=None, lora_r=2)
+    torch.manual_seed(0)
+    full = ImageTuning("full", checkpoint=None)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)
+    assert all(p.requires_grad for p in full.parameters())
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(lora(x), full(x), atol=1e-6)  # LoRA B starts at zero: same function at step 0
+    with pytest.raises(ValueError, match="unknown image method 'mome'"):
+        ImageTuning("mome", checkpoint=None)
