@@ -12,6 +12,8 @@ override :meth:`FactTuning.forward` / :meth:`FactTuning.configure_optimizers` on
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -218,6 +220,24 @@ class FactTuning(L.LightningModule):
             )
 
     # ---- checkpoints --------------------------------------------------------------------------
+    def export_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """Write the trained model with ``save_pretrained`` (full weights, or the LoRA adapter that
+        names its base) + tokenizer, so ``decoding generate --model out_dir`` and
+        :func:`decoding.models.load_causal_lm` load it. Written to a temporary folder, then renamed.
+        """
+        out = Path(out_dir)
+        tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return out
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights when the backbone is frozen (LoRA): it is referenced, not copied."""
         if self.hparams.method == "full":

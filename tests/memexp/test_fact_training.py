@@ -137,3 +137,23 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(small_facts, tm
     assert ckpt.read_bytes() == good
     assert sorted(ckpt.parent.iterdir()) == listing, "no partial files left behind"
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_exported_model_reloads_with_identical_logits(small_facts, tmp_path, method):
+    from decoding.models import load_tokenizer
+
+    module, dm = small_facts(method, n=8)
+    quick_trainer(tmp_path, max_epochs=2).fit(module, datamodule=dm)
+    out = module.export_pretrained(tmp_path / "model", dm.tokenizer)
+    module.export_pretrained(tmp_path / "model", dm.tokenizer)  # a second export replaces the first
+    assert (out / ("adapter_config.json" if method == "lora" else "config.json")).exists()
+    reloaded = load_causal_lm(out).eval()
+    batch = next(iter(dm.val_dataloader()[0]))
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=batch["input_ids"]).logits, module.model(batch["input_ids"]).logits
+        )
+    assert load_tokenizer(out).get_vocab() == dm.tokenizer.get_vocab()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == []
