@@ -157,3 +157,13 @@ def test_exported_model_reloads_with_identical_logits(small_facts, tmp_path, met
         )
     assert load_tokenizer(out).get_vocab() == dm.tokenizer.get_vocab()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == []
+
+
+def test_cosine_schedule_decays_to_a_tenth(small_facts, tmp_path):
+    module, dm = small_facts("full", n=8, lr=2e-3, lr_schedule="cosine")
+    trainer = quick_trainer(tmp_path, max_epochs=3)
+    trainer.fit(module, datamodule=dm)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == 6
+    assert scheduler.get_last_lr()[0] == pytest.approx(2e-4)
+    assert [scheduler.lr_lambdas[0](s) for s in (0, 3)] == pytest.approx([1.0, 0.55])
