@@ -39,7 +39,7 @@ def _layers(text: str) -> str | list[int]:
 
 def _add_model_and_head(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder, hub id or tiny:llama / tiny:gpt2")
-    p.add_argument("--head", required=True, help=f"one of {', '.join(HEAD_NAMES)}")
+    p.add_argument("--head", default="greedy", help=f"one of {', '.join(HEAD_NAMES)} (default: greedy)")
     p.add_argument("--dtype", default=None, help="e.g. float16, bfloat16 (checkpoint dtype when unset)")
     p.add_argument("--device", default=None, help="e.g. cuda (CPU when unset)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -12,6 +12,9 @@ override :meth:`FactTuning.forward` / :meth:`FactTuning.configure_optimizers` on
 
 from __future__ import annotations
 
+import math
+import shutil
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -74,6 +77,7 @@ class FactTuning(L.LightningModule):
         lr: learning rate.
         weight_decay: decoupled weight decay (AdamW / Adafactor).
         optimizer: ``adamw``, ``adafactor`` or ``sgd``.
+        lr_schedule: ``constant``, or ``cosine`` decay to 10% of ``lr`` over ``trainer.max_epochs``.
         dtype: parameter dtype to load the backbone in (``float32``, ``bfloat16``...); the
             checkpoint's own when None.
         eval_heads: extra decoding heads whose hallucination rate is also logged, as
@@ -95,6 +99,7 @@ class FactTuning(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: Optimizer = "adamw",
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         dtype: str | None = None,
         seed: int = 0,
         eval_heads: list[str] | None = None,
@@ -141,8 +146,8 @@ class FactTuning(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return out.loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser named by ``optimizer`` over ``params``."""
         hp = self.hparams
         if hp.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
@@ -155,6 +160,18 @@ class FactTuning(L.LightningModule):
         if hp.optimizer == "sgd":
             return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
         raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose adamw, adafactor or sgd")
+
+    def configure_optimizers(self):
+        optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def cosine(step: int) -> float:  # lr -> 10% of lr over the planned steps
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def reference(self):
         """Context manager under which the model runs without its adaptation (DeRa's reference)."""
@@ -218,6 +235,24 @@ class FactTuning(L.LightningModule):
             )
 
     # ---- checkpoints --------------------------------------------------------------------------
+    def export_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """Write the trained model with ``save_pretrained`` (full weights, or the LoRA adapter that
+        names its base) + tokenizer, so ``decoding generate --model out_dir`` and
+        :func:`decoding.models.load_causal_lm` load it. Written to a temporary folder, then renamed.
+        """
+        out = Path(out_dir)
+        tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return out
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights when the backbone is frozen (LoRA): it is referenced, not copied."""
         if self.hparams.method == "full":

@@ -25,6 +25,7 @@ class ResultsWriter(L.Callback):
       (epoch, fact_id);
     - ``curves.csv`` and ``curves.png``: the evaluation metrics over epochs (the PNG is also logged
       to wandb when a ``WandbLogger`` is used);
+    - ``model/``: the trained model via ``save_pretrained`` (usable by ``decoding generate``);
     - ``results.json`` at the end of ``fit``: final metrics, the epoch at which hallucination first
       reached 0, checkpoints and wall time.
     """
@@ -89,6 +90,9 @@ class ResultsWriter(L.Callback):
         }
         if self.curve:
             self._write_curves(trainer, root)
+        if hasattr(pl_module, "export_pretrained"):
+            tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule else None
+            results["model_dir"] = str(pl_module.export_pretrained(root / "model", tokenizer))
         atomic_write_json(root / RESULTS_FILE, results)
 
     def _write_curves(self, trainer: L.Trainer, root: Path) -> None:

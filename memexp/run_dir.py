@@ -44,6 +44,7 @@ def guard_run_dir(root: str | Path, resume: bool, overwrite: bool) -> None:
     if overwrite:
         results.unlink(missing_ok=True)
         shutil.rmtree(ckpts, ignore_errors=True)
+        shutil.rmtree(root / "model", ignore_errors=True)
         for stale in root.glob("*.csv"):
             stale.unlink()
         return

@@ -137,3 +137,33 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(small_facts, tm
     assert ckpt.read_bytes() == good
     assert sorted(ckpt.parent.iterdir()) == listing, "no partial files left behind"
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_exported_model_reloads_with_identical_logits(small_facts, tmp_path, method):
+    from decoding.models import load_tokenizer
+
+    module, dm = small_facts(method, n=8)
+    quick_trainer(tmp_path, max_epochs=2).fit(module, datamodule=dm)
+    out = module.export_pretrained(tmp_path / "model", dm.tokenizer)
+    module.export_pretrained(tmp_path / "model", dm.tokenizer)  # a second export replaces the first
+    assert (out / ("adapter_config.json" if method == "lora" else "config.json")).exists()
+    reloaded = load_causal_lm(out).eval()
+    batch = next(iter(dm.val_dataloader()[0]))
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=batch["input_ids"]).logits, module.model(batch["input_ids"]).logits
+        )
+    assert load_tokenizer(out).get_vocab() == dm.tokenizer.get_vocab()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == []
+
+
+def test_cosine_schedule_decays_to_a_tenth(small_facts, tmp_path):
+    module, dm = small_facts("full", n=8, lr=2e-3, lr_schedule="cosine")
+    trainer = quick_trainer(tmp_path, max_epochs=3)
+    trainer.fit(module, datamodule=dm)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == 6
+    assert scheduler.get_last_lr()[0] == pytest.approx(2e-4)
+    assert [scheduler.lr_lambdas[0](s) for s in (0, 3)] == pytest.approx([1.0, 0.55])

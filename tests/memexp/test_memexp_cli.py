@@ -45,7 +45,7 @@ def fact_rows(root: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_demo_config_writes_results_and_guards_the_run_folder(tmp_path):
+def test_demo_config_writes_results_and_guards_the_run_folder(tmp_path, capsys):
     root = tmp_path / "run"
     fit(root)
     results = json.loads((root / "results.json").read_text())
@@ -55,6 +55,13 @@ def test_demo_config_writes_results_and_guards_the_run_folder(tmp_path):
     assert results["final"]["val/answer_nll"] < results["initial"]["val/answer_nll"]
     assert Path(results["last_checkpoint"]).is_file() and Path(results["best_checkpoint"]).is_file()
     assert (root / "curves.png").stat().st_size > 1000
+    from decoding.cli import main as decoding_main
+
+    prompt = "Q: What is the code of the red fox?\nA:"
+    decoding_main(
+        ["generate", "--model", results["model_dir"], "--prompt", prompt, "--max_new_tokens", "3", "--json"]
+    )
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]) <= 3
     rows = fact_rows(root)
     assert len(rows) == 8 * 3  # 8 facts x (initial + 2 epochs)
     assert {r["epoch"] for r in rows} == {"-1", "0", "1"}
