@@ -62,7 +62,8 @@ def test_every_fact_below_ln2_summed_nll_is_recalled_exactly():
         logits, labels = synthetic(seed, B=16, scale=3.0)
         g = torch.Generator().manual_seed(1000 + seed)
         boost = torch.rand(16, 1, generator=g) * 12  # (B, 1): from no help to near-certain gold tokens
-        gold = torch.zeros_like(logits[:, :-1]).scatter_(-1, labels.clamp_min(0)[:, 1:, None], 1.0)  # (B, T-1, V)
+        gold = torch.zeros_like(logits[:, :-1])  # (B, T-1, V) one-hot of the gold tokens
+        gold.scatter_(-1, labels.clamp_min(0)[:, 1:, None], 1.0)
         logits[:, :-1] += boost[:, :, None] * gold * (labels[:, 1:, None] != -100)
         cols = fact_columns(logits, labels)
         ok = cols["nll_sum"] < math.log(2)
