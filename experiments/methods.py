@@ -92,14 +92,16 @@ def swapped_weights(model: torch.nn.Module, base_state: dict[str, torch.Tensor])
 def reference_of(module: L.LightningModule, base_state: dict[str, torch.Tensor] | None):
     """Context-manager factory that switches ``module``'s adaptation off (DeRa's reference).
 
-    Uses ``module.reference()`` when the module provides it (LoRA: adapter off; MoME: experts off);
-    otherwise (full fine-tuning) the base weights in ``base_state`` are loaded in place.
+    Uses ``module.reference()`` when the module provides it (LoRA: adapter off; MoME: experts off), else
+    peft's ``disable_adapter``; for full fine-tuning the base weights in ``base_state`` are loaded in place.
     """
     from memexp.module import FactTuning
 
     full = type(module) is FactTuning and module.hparams.method == "full"
     if not full and hasattr(module, "reference"):
         return module.reference
+    if not full and hasattr(module.model, "disable_adapter"):  # a peft model without module.reference()
+        return module.model.disable_adapter
     if base_state is None:
         return None
     return lambda: swapped_weights(module.model, base_state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +119,8 @@ def log_summary_to_wandb(
         return
     import wandb
 
-    run = wandb.init(project=project, name=name, dir=str(save_dir), mode="offline", reinit=True)
+    mode = os.environ.get("WANDB_MODE", "offline")  # offline unless the environment says otherwise
+    run = wandb.init(project=project, name=name, dir=str(save_dir), mode=mode, reinit="finish_previous")
     run.log({p.stem: wandb.Image(str(p)) for p in images})
     for key, rows in tables.items():
         if rows:
