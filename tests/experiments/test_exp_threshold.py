@@ -53,3 +53,28 @@ def test_binned_exact_counts_by_hand():
     ]
     edges = log_edges([0.0, 0.01, 7.0])
     assert edges[0] == 0 and edges[-1] > 7.0 and all(a < b for a, b in zip(edges, edges[1:]))
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    from experiments.random_labels import wilson_interval
+
+    lo, hi = wilson_interval(7, 10)  # textbook: 0.3968 .. 0.8922
+    assert (lo, hi) == (pytest.approx(0.3968, abs=1e-4), pytest.approx(0.8922, abs=1e-4))
+    assert wilson_interval(0, 20)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_head_thresholds_put_every_head_on_the_greedy_nll_axis():
+    from experiments.hallucination_vs_loss import head_thresholds
+
+    records = [  # two evaluations of two facts; the head recalls one fact at a higher loss than greedy
+        {"epoch": 1, "nll_sum": 5.0, "nll_tok": 1.0, "exact": 0, "exact/sled": 0},
+        {"epoch": 1, "nll_sum": 3.0, "nll_tok": 0.6, "exact": 0, "exact/sled": 1},
+        {"epoch": 2, "nll_sum": 1.0, "nll_tok": 0.2, "exact": 1, "exact/sled": 1},
+        {"epoch": 2, "nll_sum": 0.5, "nll_tok": 0.1, "exact": 1, "exact/sled": 1},
+    ]
+    rows = {r["head"]: r for r in head_thresholds("full", records, entropy=20.0)}
+    assert rows["greedy"]["threshold_nll_sum"] == pytest.approx(2.0)  # between 1.0 and 3.0
+    assert rows["sled"]["threshold_nll_sum"] == pytest.approx(4.0)  # between 3.0 and 5.0: a higher loss
+    assert rows["greedy"]["safe_nll_sum"] == 3.0 and rows["sled"]["safe_nll_sum"] == 5.0
+    assert rows["greedy"]["exact_below_ln2"] == 1.0  # the 0.5-nat record
+    assert rows["greedy"]["final_hallucination"] == 0.0 and rows["sled"]["stump_accuracy"] == 1.0
