@@ -6,9 +6,8 @@ where it has not landed yet. A new method is one :func:`register_method` call::
 
     register_method("mome", lambda backbone, seed, options: MoMETuning(backbone, seed=seed, **options))
 
-Each method also says how to run the model *without* its adaptation (DeRa's reference):
-``module.reference()`` where the module has one (peft adapter off, experts off), else
-:func:`swapped_weights` (the base weights loaded in place for the duration of the reference pass).
+:func:`reference_of` runs the model *without* its adaptation (DeRa's reference): experts off (MoME),
+adapter off (LoRA), or the base weights loaded in place for the reference pass (full fine-tuning).
 """
 
 from __future__ import annotations
@@ -90,18 +89,18 @@ def swapped_weights(model: torch.nn.Module, base_state: dict[str, torch.Tensor])
 
 
 def reference_of(module: L.LightningModule, base_state: dict[str, torch.Tensor] | None):
-    """Context-manager factory that switches ``module``'s adaptation off (DeRa's reference).
+    """Context-manager factory that switches ``module``'s adaptation off (DeRa's reference), or None.
 
-    Uses ``module.reference()`` when the module provides it (LoRA: adapter off; MoME: experts off), else
-    peft's ``disable_adapter``; for full fine-tuning the base weights in ``base_state`` are loaded in place.
+    MoME (``model.experts_off``): experts off; peft LoRA (``model.disable_adapter``): adapter off; full
+    fine-tuning: the base weights in ``base_state`` loaded in place (:func:`swapped_weights`).
     """
-    from memexp.module import FactTuning
+    from peft import PeftModel
 
-    full = type(module) is FactTuning and module.hparams.method == "full"
-    if not full and hasattr(module, "reference"):
-        return module.reference
-    if not full and hasattr(module.model, "disable_adapter"):  # a peft model without module.reference()
-        return module.model.disable_adapter
+    model = module.model
+    if hasattr(model, "experts_off"):
+        return model.experts_off
+    if isinstance(model, PeftModel):
+        return model.disable_adapter
     if base_state is None:
         return None
-    return lambda: swapped_weights(module.model, base_state)
+    return lambda: swapped_weights(model, base_state)

@@ -91,10 +91,17 @@ def test_greedy_head_column_equals_the_exact_column_and_dera_lam1_too(tiny_batch
         for name, p in module.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    heads = {"greedy": parse_head_spec("greedy"), "dera:lam=1": parse_head_spec("dera:lam=1")}
-    cols = evaluate_facts(module, examples, tok.pad_token_id, heads, reference_of(module, None), batch_size=4)
+    specs = ["greedy", "dera:lam=1", "dera:lam=0"]
+    heads = {spec: parse_head_spec(spec) for spec in specs}
+    reference = reference_of(module, None)
+    cols = evaluate_facts(module, examples, tok.pad_token_id, heads, reference, batch_size=4)
     assert torch.equal(cols["exact/greedy"], cols["exact"])
     assert torch.equal(cols["exact/dera:lam=1"], cols["exact"])
+    batch = collate_examples(examples, tok.pad_token_id)
+    with reference():  # adapter off: DeRa at lambda 0 is greedy decoding of the reference
+        base = fact_columns(module(batch), batch["labels"])
+    assert torch.equal(cols["exact/dera:lam=0"], base["exact"])
+    assert not torch.allclose(base["nll_sum"], cols["nll_sum"])  # the reference really differs
     assert cols["fact_id"].tolist() == list(range(6))
 
 
