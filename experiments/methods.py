@@ -104,3 +104,37 @@ def reference_of(module: L.LightningModule, base_state: dict[str, torch.Tensor] 
     if base_state is None:
         return None
     return lambda: swapped_weights(model, base_state)
+
+
+class RoutedLM(torch.nn.Module):
+    """A memory-expert model seen as a plain HF causal LM, routing on the question tokens of one batch.
+
+    The decoding heads read per-layer logits from an HF model (``config``, ``get_output_embeddings``,
+    ``forward(..., output_hidden_states=True)``); MoME's router pools over the question (``prompt_mask``),
+    which a plain HF call cannot pass. This wrapper forwards every call with that mask.
+    """
+
+    def __init__(self, mome_model: torch.nn.Module, question_mask: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = mome_model
+        self.question_mask = question_mask  # (B, T) bool
+        self.config = mome_model.backbone.config
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        return self.inner(
+            input_ids, attention_mask=attention_mask, question_mask=self.question_mask, **kwargs
+        )
+
+
+def head_model(module: L.LightningModule, batch: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The HF-style model the decoding heads read for ``batch`` (MoME: :class:`RoutedLM`)."""
+    model = module.model
+    if hasattr(model, "experts_off") and hasattr(model, "backbone"):
+        return RoutedLM(model, batch["prompt_mask"])
+    return model

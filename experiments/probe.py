@@ -21,6 +21,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from experiments.methods import head_model
 from memexp.data import IGNORE_INDEX, Example, collate_examples
 from memexp.recall import head_exact
 
@@ -85,7 +86,7 @@ def evaluate_facts(
             batch = {k: v.to(module.device) for k, v in collate_examples(chunk, pad_id).items()}
             cols = fact_columns(module(batch), batch["labels"])
             for spec, head in (heads or {}).items():
-                cols[f"exact/{spec}"] = head_exact(module.model, batch, head, reference)
+                cols[f"exact/{spec}"] = head_exact(head_model(module, batch), batch, head, reference)
             cols["fact_id"] = batch["fact_ids"]
             parts.append({k: v.cpu() for k, v in cols.items()})
     finally:

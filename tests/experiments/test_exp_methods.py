@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import types
 
 import pytest
+import torch
 from exp_helpers import QUICK_MODEL
 
 from experiments.methods import available_methods, build_method, check_method, register_method
@@ -38,3 +41,48 @@ def test_registering_a_method_makes_it_buildable():
         from experiments import methods
 
         methods._REGISTRY.pop("probe-only")
+
+
+class FakeMoME(torch.nn.Module):
+    """The MoME model interface the heads need: ``backbone``, ``experts_off``, ``forward(question_mask=)``."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone, self.seen = backbone, []
+
+    def forward(self, input_ids, attention_mask=None, question_mask=None, **kwargs):
+        self.seen.append(question_mask)
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def experts_off(self):
+        return contextlib.nullcontext()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.backbone.get_output_embeddings()
+
+
+def test_heads_read_a_memory_expert_model_routed_on_the_question_tokens():
+    from decoding.models import load_causal_lm, load_tokenizer
+    from experiments.methods import RoutedLM, head_model, reference_of
+    from memexp.data import collate_examples, tokenize_fact
+    from memexp.facts import random_facts
+    from memexp.recall import answer_stats, head_exact, parse_head_spec
+
+    tok = load_tokenizer(QUICK_MODEL)
+    batch = collate_examples(
+        [tokenize_fact(f, tok, "Q: {question}\nA:") for f in random_facts(4)], tok.pad_token_id
+    )
+    module = types.SimpleNamespace(model=FakeMoME(load_causal_lm(QUICK_MODEL)))
+    model = head_model(module, batch)
+    assert isinstance(model, RoutedLM)
+    exact = head_exact(model, batch, parse_head_spec("greedy"))
+    assert module.model.seen and all(torch.equal(m, batch["prompt_mask"]) for m in module.model.seen)
+    with torch.no_grad():
+        logits = module.model.backbone(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    assert torch.equal(exact, answer_stats(logits, batch["labels"]).exact)
+    assert reference_of(module, None) == module.model.experts_off
