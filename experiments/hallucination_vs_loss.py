@@ -264,7 +264,10 @@ def main(args: list[str] | None = None) -> None:
     """``python -m experiments.hallucination_vs_loss --config FILE [--quick] [--resume|--overwrite]``."""
     cfg, flags = parse_study_args(HallucinationVsLossConfig, args, __doc__.splitlines()[0])
     apply_quick(cfg, flags["quick"])
-    results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
+    try:
+        results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
+    except (ValueError, FileExistsError) as err:  # bad input: the message names the value and the fix
+        raise SystemExit(f"error: {err}") from err
     print(markdown_table(results["thresholds"], TABLE_COLUMNS))
 
 

@@ -291,7 +291,10 @@ def main(args: list[str] | None = None) -> None:
     """``python -m experiments.random_labels --config FILE [--quick] [--resume|--overwrite]``."""
     cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0])
     apply_quick(cfg, flags["quick"])
-    results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
+    try:
+        results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
+    except (ValueError, FileExistsError) as err:  # bad input: the message names the value and the fix
+        raise SystemExit(f"error: {err}") from err
     print(markdown_table(results["table"], TABLE_COLUMNS))
     if results["image_table"]:
         print(markdown_table(results["image_table"], IMAGE_COLUMNS))

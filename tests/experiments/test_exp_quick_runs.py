@@ -31,7 +31,7 @@ def test_random_labels_quick_end_to_end(tmp_path):
     ):
         assert (root / f"{name}.png").stat().st_size > 10_000
     assert "| p | method |" in (root / "report.md").read_text()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SystemExit, match="holds a finished run"):
         random_labels.main([*args, "--wandb", "false"])
 
 

@@ -60,13 +60,13 @@ def test_yaml_flags_and_quick_settings_reach_the_config(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--fractions", "[0.0, 1.2]"], r"must be a number in \[0, 1\].*1\.2"),
+        (["--fractions", "[0.0, 1.2]"], r"corruption fraction p must be a number in \[0, 1\].*1\.2"),
         (["--methods", "[full, ewc]"], r"unknown method 'ewc'"),
         (["--image.methods", "[mome]"], r"unknown image method 'mome'"),
     ],
 )
 def test_bad_input_on_the_command_line_fails_before_any_work(tmp_path, args, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit, match="error: " + message):
         main(["--output_root", str(tmp_path), "--wandb", "false", *args])
     assert not (tmp_path / "random_labels").exists()
 
