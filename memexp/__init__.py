@@ -1,0 +1,1 @@
+"""memexp: frozen backbones, memory experts, fact data and hallucination metrics."""
