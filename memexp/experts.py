@@ -78,7 +78,11 @@ def check_bank_size(num_experts: int, rank: int, k: int | None = None) -> None:
 
 
 def expert_delta(
-    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, a_table: nn.Embedding, b_table: nn.Embedding,
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    a_table: nn.Embedding,
+    b_table: nn.Embedding,
     rank: int,
 ) -> torch.Tensor:
     """Per-sequence routed LoRA update ``sum_i w_i B_i A_i x`` by gather + bmm.
@@ -105,7 +109,11 @@ def expert_delta(
 
 
 def expert_delta_per_token(
-    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, a_table: nn.Embedding, b_table: nn.Embedding,
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    a_table: nn.Embedding,
+    b_table: nn.Embedding,
     rank: int,
 ) -> torch.Tensor:
     """Per-token routed update, computed over the batch's unique experts (no ``(T, K, r, d)`` tensor).
@@ -178,8 +186,12 @@ class ExpertLinear(nn.Module):
         self.routing = routing
         d_in, d_out = base.in_features, base.out_features
         device = base.weight.device
-        self.A = nn.Embedding(num_experts, rank * d_in, sparse=sparse, device=device, dtype=dtype)  # (E, r*d_in)
-        self.B = nn.Embedding(num_experts, rank * d_out, sparse=sparse, device=device, dtype=dtype)  # (E, r*d_out)
+        self.A = nn.Embedding(
+            num_experts, rank * d_in, sparse=sparse, device=device, dtype=dtype
+        )  # (E, r*d_in)
+        self.B = nn.Embedding(
+            num_experts, rank * d_out, sparse=sparse, device=device, dtype=dtype
+        )  # (E, r*d_out)
         with torch.no_grad():
             self.A.weight.normal_(0.0, init_std if init_std is not None else d_in**-0.5)
             self.B.weight.zero_()

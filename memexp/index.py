@@ -45,7 +45,9 @@ def keys_fingerprint(keys: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def exact_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_topk(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inner-product top-k, chunked over queries so the score matrix stays ``(chunk, E)``.
 
     Args:
@@ -174,7 +176,9 @@ class KeyIndex:
         return self._maybe_to_gpu(index, keys.device)
 
     def _maybe_to_gpu(self, index, device: torch.device):
-        if not (self.config.use_gpu and device.type == "cuda" and self.config.kind != "hnsw" and faiss_has_gpu()):
+        if not (
+            self.config.use_gpu and device.type == "cuda" and self.config.kind != "hnsw" and faiss_has_gpu()
+        ):
             return index
         faiss = _faiss()
         self._gpu_res = faiss.StandardGpuResources()
@@ -221,7 +225,9 @@ class KeyIndex:
 
     # ----------------------------------------------------------------------------- search
     @torch.no_grad()
-    def search(self, queries: torch.Tensor, k: int, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: torch.Tensor, k: int, keys: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k inner-product search.
 
         Args:
@@ -237,7 +243,9 @@ class KeyIndex:
         if self.fingerprint is None:
             raise RuntimeError("the index is empty: call KeyIndex.build(keys) first")
         if queries.shape[-1] != self.dim:
-            raise ValueError(f"query dimension {queries.shape[-1]} differs from the index dimension {self.dim}")
+            raise ValueError(
+                f"query dimension {queries.shape[-1]} differs from the index dimension {self.dim}"
+            )
         if not 1 <= k <= self.size:
             raise ValueError(f"k={k} must be in 1..{self.size} (the number of keys)")
         if self._faiss_index is None:
@@ -282,7 +290,12 @@ class KeyIndex:
         """Write the index files into an existing (temporary) folder."""
         if self.config.kind == "exact" and self._keys is not None:
             self.fingerprint = keys_fingerprint(self._keys)  # exact search follows the live keys
-        meta = {"config": asdict(self.config), "fingerprint": self.fingerprint, "dim": self.dim, "size": self.size}
+        meta = {
+            "config": asdict(self.config),
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "size": self.size,
+        }
         if self._faiss_index is not None:
             faiss = _faiss()
             index = self._faiss_index
@@ -304,7 +317,9 @@ class KeyIndex:
             meta = json.loads((folder / "index.json").read_text())
             config = IndexConfig(**meta["config"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot read the index in {folder}: {err}; rebuild it with KeyIndex.build") from err
+            raise ValueError(
+                f"cannot read the index in {folder}: {err}; rebuild it with KeyIndex.build"
+            ) from err
         if meta["dim"] != keys.shape[-1]:
             raise ValueError(
                 f"index dimension {meta['dim']} differs from key dimension {keys.shape[-1]}: this index "
@@ -318,8 +333,10 @@ class KeyIndex:
             except RuntimeError as err:
                 raise ValueError(f"corrupt FAISS index file in {folder}: {err}") from err
             if raw.d != meta["dim"] or raw.ntotal != meta["size"]:
-                raise ValueError(f"FAISS index in {folder} has d={raw.d}, n={raw.ntotal}; index.json says "
-                                 f"d={meta['dim']}, n={meta['size']}: rebuild it")
+                raise ValueError(
+                    f"FAISS index in {folder} has d={raw.d}, n={raw.ntotal}; index.json says "
+                    f"d={meta['dim']}, n={meta['size']}: rebuild it"
+                )
             index._faiss_index = index._maybe_to_gpu(raw, keys.device)
         index._keys, index._version = keys, None
         index.ensure_fresh(keys)
@@ -335,4 +352,3 @@ def atomic_replace_dir(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-

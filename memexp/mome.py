@@ -94,8 +94,16 @@ class MoMEModel(nn.Module):
         self.config = config
         self.backbone = backbone.requires_grad_(False)
         self.routing = RoutingState()
-        self.sites = inject_experts(backbone, config.sites, config.num_experts, config.rank, self.routing,
-                                    sparse=config.sparse, scale=config.scale, dtype=getattr(torch, config.dtype))
+        self.sites = inject_experts(
+            backbone,
+            config.sites,
+            config.num_experts,
+            config.rank,
+            self.routing,
+            sparse=config.sparse,
+            scale=config.scale,
+            dtype=getattr(torch, config.dtype),
+        )
         layers = find_decoder_layers(backbone)
         site_layers = {name: layer_of(backbone, layers, name) for name in self.sites}
         first = min(site_layers.values())
@@ -109,8 +117,18 @@ class MoMEModel(nn.Module):
                 f"first site: use query_layer <= {first} or move the sites to later layers"
             )
         hidden = backbone.config.hidden_size
-        self.router = Router(hidden, config.num_experts, config.k, config.key_dim, config.heads, config.balance,
-                             config.aux_weight, config.temperature, config.per_token, config.index)
+        self.router = Router(
+            hidden,
+            config.num_experts,
+            config.k,
+            config.key_dim,
+            config.heads,
+            config.balance,
+            config.aux_weight,
+            config.temperature,
+            config.per_token,
+            config.index,
+        )
         self.last_routing: Routing | None = None
         self._question_mask: torch.Tensor | None = None
         self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -164,7 +182,9 @@ class MoMEModel(nn.Module):
         """
         if expert_ids is not None:
             if expert_weights is None:
-                expert_weights = torch.full(expert_ids.shape, 1.0 / expert_ids.shape[-1], device=expert_ids.device)
+                expert_weights = torch.full(
+                    expert_ids.shape, 1.0 / expert_ids.shape[-1], device=expert_ids.device
+                )
             self._fixed = (expert_ids, expert_weights)
         self._question_mask = question_mask
         try:
@@ -174,8 +194,12 @@ class MoMEModel(nn.Module):
             self._fixed = None
 
     @torch.no_grad()
-    def route(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              question_mask: torch.Tensor | None = None) -> Routing:
+    def route(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
+    ) -> Routing:
         """Routing of a batch without the LM head (runs the blocks up to ``query_layer`` only)."""
 
         class _Stop(Exception):

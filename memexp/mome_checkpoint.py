@@ -57,8 +57,9 @@ def backbone_signature(model: MoMEModel) -> dict:
     }
 
 
-def save_mome(model: MoMEModel, directory: str | os.PathLike, overwrite: bool = False,
-              backbone_name: str | None = None) -> Path:
+def save_mome(
+    model: MoMEModel, directory: str | os.PathLike, overwrite: bool = False, backbone_name: str | None = None
+) -> Path:
     """Write the MoME part of ``model`` atomically into ``directory``.
 
     Args:
@@ -76,8 +77,12 @@ def save_mome(model: MoMEModel, directory: str | os.PathLike, overwrite: bool = 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        config = {"format": FORMAT, "mome": asdict(model.config), "query_layer": model.query_layer,
-                  "backbone": {**backbone_signature(model), "name_or_path": backbone_name}}
+        config = {
+            "format": FORMAT,
+            "mome": asdict(model.config),
+            "query_layer": model.query_layer,
+            "backbone": {**backbone_signature(model), "name_or_path": backbone_name},
+        }
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         experts = {}
         for name, site in model.sites.items():
@@ -108,18 +113,26 @@ def verify_manifest(folder: Path) -> dict:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"{folder} is not a complete MoME checkpoint (manifest.json unreadable: {err}); "
-                         "it was not written by save_mome or was cut short: save it again") from err
+        raise ValueError(
+            f"{folder} is not a complete MoME checkpoint (manifest.json unreadable: {err}); "
+            "it was not written by save_mome or was cut short: save it again"
+        ) from err
     for name, entry in manifest["files"].items():
         path = folder / name
         if not path.exists():
-            raise ValueError(f"checkpoint file {path} is missing; the checkpoint is incomplete: save it again")
+            raise ValueError(
+                f"checkpoint file {path} is missing; the checkpoint is incomplete: save it again"
+            )
         size = path.stat().st_size
         if size != entry["bytes"]:
-            raise ValueError(f"checkpoint file {path} is truncated or altered ({size} bytes, manifest says "
-                             f"{entry['bytes']}): save the checkpoint again")
+            raise ValueError(
+                f"checkpoint file {path} is truncated or altered ({size} bytes, manifest says "
+                f"{entry['bytes']}): save the checkpoint again"
+            )
         if _sha256(path) != entry["sha256"]:
-            raise ValueError(f"checkpoint file {path} is corrupt (sha256 mismatch): save the checkpoint again")
+            raise ValueError(
+                f"checkpoint file {path} is corrupt (sha256 mismatch): save the checkpoint again"
+            )
     return json.loads((folder / "config.json").read_text())
 
 
@@ -127,18 +140,24 @@ def check_backbone(backbone: nn.Module, saved: dict) -> None:
     """Refuse a backbone whose hidden size or expert-site modules differ from the saved ones."""
     hidden = backbone.config.hidden_size
     if hidden != saved["hidden_size"]:
-        raise ValueError(f"these experts were trained on a backbone with hidden size {saved['hidden_size']}, "
-                         f"this one has {hidden}: load them onto the backbone they were trained with "
-                         f"({saved.get('name_or_path')!r})")
+        raise ValueError(
+            f"these experts were trained on a backbone with hidden size {saved['hidden_size']}, "
+            f"this one has {hidden}: load them onto the backbone they were trained with "
+            f"({saved.get('name_or_path')!r})"
+        )
     modules = dict(backbone.named_modules())
     for name, (d_in, d_out) in saved["sites"].items():
         mod = modules.get(name)
         if not isinstance(mod, nn.Linear):
-            raise ValueError(f"expert site {name!r} is not an nn.Linear of this backbone; these experts belong "
-                             f"to another architecture ({saved.get('name_or_path')!r})")
+            raise ValueError(
+                f"expert site {name!r} is not an nn.Linear of this backbone; these experts belong "
+                f"to another architecture ({saved.get('name_or_path')!r})"
+            )
         if (mod.in_features, mod.out_features) != (d_in, d_out):
-            raise ValueError(f"expert site {name!r} has shape {(mod.in_features, mod.out_features)} here but "
-                             f"{(d_in, d_out)} in the checkpoint: wrong backbone")
+            raise ValueError(
+                f"expert site {name!r} has shape {(mod.in_features, mod.out_features)} here but "
+                f"{(d_in, d_out)} in the checkpoint: wrong backbone"
+            )
 
 
 def load_mome(backbone: nn.Module | str, directory: str | os.PathLike) -> MoMEModel:

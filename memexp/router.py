@@ -128,7 +128,12 @@ class Router(nn.Module):
         if heads < 1 or key_dim < 1:
             raise ValueError(f"heads={heads} and key_dim={key_dim} must be >= 1")
         self.num_experts, self.k, self.key_dim, self.heads = num_experts, k, key_dim, heads
-        self.balance, self.aux_weight, self.temperature, self.per_token = balance, aux_weight, temperature, per_token
+        self.balance, self.aux_weight, self.temperature, self.per_token = (
+            balance,
+            aux_weight,
+            temperature,
+            per_token,
+        )
         self.query = nn.Linear(hidden_size, heads * key_dim)
         self.norm = nn.BatchNorm1d(heads * key_dim, affine=False) if balance == "batchnorm" else None
         self.keys = nn.Embedding(num_experts, key_dim, sparse=True)  # (E, d_k)
@@ -141,8 +146,14 @@ class Router(nn.Module):
         q = self.query(pooled.to(self.query.weight.dtype))  # (N, heads*d_k)
         if self.norm is not None:
             use_batch = self.training and self.norm.training and q.shape[0] > 1
-            q = F.batch_norm(q, self.norm.running_mean, self.norm.running_var, training=use_batch,
-                             momentum=self.norm.momentum, eps=self.norm.eps)
+            q = F.batch_norm(
+                q,
+                self.norm.running_mean,
+                self.norm.running_var,
+                training=use_batch,
+                momentum=self.norm.momentum,
+                eps=self.norm.eps,
+            )
         return q.view(-1, self.heads, self.key_dim)
 
     def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,8 +69,9 @@ def inject_experts(
     for name in match_sites(model, patterns):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = ExpertLinear(getattr(parent, child), num_experts, rank, routing, sparse=sparse, scale=scale,
-                             dtype=dtype)
+        layer = ExpertLinear(
+            getattr(parent, child), num_experts, rank, routing, sparse=sparse, scale=scale, dtype=dtype
+        )
         setattr(parent, child, layer)
         sites[name] = layer
     return sites

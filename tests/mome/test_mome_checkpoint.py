@@ -16,8 +16,12 @@ from memexp.mome_checkpoint import load_mome, save_mome
 
 def trained_model(backbone, kind="flat"):
     torch.manual_seed(0)
-    model = MoMEModel(backbone, MoMEConfig(num_experts=50, k=3, rank=1, sites=["*.layers.1.mlp.*_proj"],
-                                           index=IndexConfig(kind=kind)))
+    model = MoMEModel(
+        backbone,
+        MoMEConfig(
+            num_experts=50, k=3, rank=1, sites=["*.layers.1.mlp.*_proj"], index=IndexConfig(kind=kind)
+        ),
+    )
     for site in model.sites.values():
         torch.nn.init.normal_(site.B.weight, std=0.2)
     model.router.train()
@@ -87,8 +91,11 @@ def test_index_for_other_keys_is_refused(backbone, tiny_llama_dir, tmp_path):
     manifest_path = tmp_path / "ckpt" / "manifest.json"  # re-sign, so only the dimension check can object
     manifest = json.loads(manifest_path.read_text())
     import hashlib
-    manifest["files"]["index/index.json"] = {"bytes": meta_path.stat().st_size,
-                                             "sha256": hashlib.sha256(meta_path.read_bytes()).hexdigest()}
+
+    manifest["files"]["index/index.json"] = {
+        "bytes": meta_path.stat().st_size,
+        "sha256": hashlib.sha256(meta_path.read_bytes()).hexdigest(),
+    }
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="index dimension 32 differs from key dimension 64"):
         load_mome(tiny_llama_dir, tmp_path / "ckpt")

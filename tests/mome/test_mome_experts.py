@@ -108,8 +108,10 @@ def test_bytes_per_expert_by_hand():
     assert layer.A.weight.numel() * 4 + layer.B.weight.numel() * 4 == 3 * layer.bytes_per_expert()
 
 
-@pytest.mark.parametrize(("num_experts", "rank", "k", "message"), [
-    (10, 1, 11, "k=11"), (10, 0, 2, "rank=0"), (10, -2, 2, "rank=-2"), (0, 1, None, "num_experts=0")])
+@pytest.mark.parametrize(
+    ("num_experts", "rank", "k", "message"),
+    [(10, 1, 11, "k=11"), (10, 0, 2, "rank=0"), (10, -2, 2, "rank=-2"), (0, 1, None, "num_experts=0")],
+)
 def test_bad_bank_sizes_are_refused(num_experts, rank, k, message):
     with pytest.raises(ValueError, match=message):
         check_bank_size(num_experts, rank, k)

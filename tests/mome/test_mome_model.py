@@ -13,8 +13,14 @@ SITE = "model.layers.1.mlp.down_proj"
 
 
 def make(backbone, **kw):
-    args = dict(num_experts=64, k=4, rank=2, sites=[SITE, "model.layers.1.self_attn.v_proj"], query_layer=1,
-                balance="none")
+    args = dict(
+        num_experts=64,
+        k=4,
+        rank=2,
+        sites=[SITE, "model.layers.1.self_attn.v_proj"],
+        query_layer=1,
+        balance="none",
+    )
     args.update(kw)
     torch.manual_seed(0)
     model = MoMEModel(backbone, MoMEConfig(**args))
@@ -44,6 +50,7 @@ def test_forward_equals_two_pass_oracle_with_loop_over_experts(backbone, batch, 
                     bb = site.B.weight[e].view(2, -1)  # (r, d_out)
                     extra[b] += w * (x[b] @ a.t() @ bb)
             return output + extra
+
         return hook
 
     for name, site in model.sites.items():
@@ -65,14 +72,23 @@ def test_experts_off_is_bit_identical_to_the_backbone(backbone, batch, tiny_llam
 def test_training_step_never_changes_the_backbone(backbone, batch):
     ids, attn, qmask = batch
     model = make(backbone)
-    frozen = {n: p.detach().clone() for n, p in model.backbone.named_parameters()
-              if not n.endswith((".A.weight", ".B.weight"))}
+    frozen = {
+        n: p.detach().clone()
+        for n, p in model.backbone.named_parameters()
+        if not n.endswith((".A.weight", ".B.weight"))
+    }
     assert len(frozen) == len(list(backbone.parameters())) - 4 and not any(
-        model.backbone.get_parameter(n).requires_grad for n in frozen)
+        model.backbone.get_parameter(n).requires_grad for n in frozen
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(n.startswith("router.") or n.endswith((".A.weight", ".B.weight")) for n in trainable)
-    sparse = [p for n, p in model.named_parameters() if p.requires_grad and (n.endswith("A.weight")
-              or n.endswith("B.weight") or n == "router.keys.weight")]
+    assert trainable and all(
+        n.startswith("router.") or n.endswith((".A.weight", ".B.weight")) for n in trainable
+    )
+    sparse = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and (n.endswith("A.weight") or n.endswith("B.weight") or n == "router.keys.weight")
+    ]
     dense = [p for n, p in model.named_parameters() if p.requires_grad and all(p is not s for s in sparse)]
     opts = [torch.optim.SparseAdam(sparse, lr=1e-2), torch.optim.AdamW(dense, lr=1e-2)]
     before = model.sites[SITE].B.weight.detach().clone()
@@ -92,8 +108,9 @@ def test_training_step_never_changes_the_backbone(backbone, batch):
 def test_cached_generation_reuses_the_prompt_routing(backbone):
     model = make(backbone)
     prompt = torch.randint(5, 300, (1, 6), generator=torch.Generator().manual_seed(3))
-    gen = model.backbone.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5,
-                                  do_sample=False, pad_token_id=0)
+    gen = model.backbone.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False, pad_token_id=0
+    )
     seq = prompt  # oracle: no cache, the router always pools over the prompt only
     qmask_len = prompt.shape[1]
     for _ in range(5):
@@ -119,12 +136,16 @@ def test_site_pattern_that_matches_nothing_lists_candidates(backbone):
     with pytest.raises(ValueError, match=r"matches no nn.Linear.*model\.layers\.0\.self_attn\.q_proj"):
         match_sites(backbone, ["model.layers.9.mlp.up_proj"])
     assert match_sites(backbone, ["*.layers.[01].mlp.down_proj"]) == [
-        "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+        "model.layers.0.mlp.down_proj",
+        "model.layers.1.mlp.down_proj",
+    ]
 
 
 def test_query_layer_after_first_site_is_refused(backbone):
     with pytest.raises(ValueError, match="query_layer=1 comes after the expert site in layer 0"):
-        MoMEModel(backbone, MoMEConfig(num_experts=8, k=2, sites=["model.layers.0.mlp.down_proj"], query_layer=1))
+        MoMEModel(
+            backbone, MoMEConfig(num_experts=8, k=2, sites=["model.layers.0.mlp.down_proj"], query_layer=1)
+        )
 
 
 def test_k_larger_than_bank_is_refused():
