@@ -91,6 +91,9 @@ class IndexConfig:
         on_stale: ``rebuild`` or ``error`` when the keys changed since the build.
         use_gpu: move flat/ivf indexes to the GPU when the keys are on CUDA and FAISS supports it.
         gpu_temp_memory: bytes of scratch FAISS may reserve on the GPU (None: FAISS default).
+        rebuild_every: for a FAISS index over keys that still train: rebuild after every N searches
+            instead of checking the fingerprint (explicit opt-in: results may lag the keys by up to N-1
+            searches); 0 checks the fingerprint on every search.
     """
 
     kind: str = "exact"
@@ -102,6 +105,7 @@ class IndexConfig:
     on_stale: str = "rebuild"
     use_gpu: bool = True
     gpu_temp_memory: int | None = None
+    rebuild_every: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -142,6 +146,7 @@ class KeyIndex:
         self._version: int | None = None
         self._faiss_index = None
         self._gpu_res = None
+        self._searches = 0
 
     # ----------------------------------------------------------------------------- build
     @torch.no_grad()
@@ -151,6 +156,7 @@ class KeyIndex:
             raise ValueError(f"keys must be (num_experts, key_dim), got shape {tuple(keys.shape)}")
         self._keys = keys
         self._version = keys._version
+        self._searches = 0
         self.size, self.dim = keys.shape
         self.fingerprint = keys_fingerprint(keys)
         self._faiss_index = None if self.config.kind == "exact" else self._build_faiss(keys)
@@ -214,6 +220,11 @@ class KeyIndex:
             )
         if self.config.kind == "exact" and self._keys is keys:
             return  # exact search reads the live tensor: never stale
+        if self.config.rebuild_every > 0 and self.fingerprint is not None:
+            self._searches += 1
+            if self._searches >= self.config.rebuild_every:
+                self.build(keys)
+            return
         if not self.is_stale(keys):
             return
         if self.config.on_stale == "error":

@@ -122,3 +122,16 @@ def test_bad_settings():
     index = KeyIndex().build(random_keys(10))
     with pytest.raises(ValueError, match="k=11"):
         index.search(random_keys(1), 11)
+
+
+def test_rebuild_every_n_searches_while_keys_train():
+    keys = random_keys(300)
+    index = KeyIndex(IndexConfig(kind="flat", rebuild_every=3)).build(keys)
+    q = random_keys(4, seed=7)
+    old = exact_topk(q, keys, 3)[1]
+    with torch.no_grad():
+        keys.mul_(-1.0)
+    new = exact_topk(q, keys, 3)[1]
+    assert torch.equal(index.search(q, 3, keys=keys)[1], old)  # lags by design (opt-in)
+    assert torch.equal(index.search(q, 3, keys=keys)[1], old)
+    assert torch.equal(index.search(q, 3, keys=keys)[1], new)  # third search rebuilds first
