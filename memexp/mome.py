@@ -128,6 +128,7 @@ class MoMEModel(nn.Module):
             config.temperature,
             config.per_token,
             config.index,
+            sparse=config.sparse,
         )
         self.last_routing: Routing | None = None
         self._question_mask: torch.Tensor | None = None
@@ -217,6 +218,22 @@ class MoMEModel(nn.Module):
         finally:
             handle.remove()
         return self.last_routing
+
+    # ------------------------------------------------------------------------------------ HF-style access
+    @property
+    def hf_config(self):
+        """The backbone's HF config."""
+        return self.backbone.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    def generate(self, *args, **kwargs):
+        """``backbone.generate`` with experts routed on the prompt (decode steps reuse its routing)."""
+        return self.backbone.generate(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------ helpers
     @contextlib.contextmanager

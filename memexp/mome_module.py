@@ -131,21 +131,17 @@ class MoMETuning(FactTuning):
     def start_phase2(self) -> None:
         """Freeze the router, build the phase-2 index, cache each fact's experts and log usage."""
         mome = self.model
+        examples = self.trainer.datamodule.train_examples
+        self._calibrate_query_norm(examples)
         mome.freeze_router()
         keys = mome.router.keys.weight
         mome.router.index.config = self.phase2_index
         mome.router.index.build(keys)
-        dm = self.trainer.datamodule
-        examples = dm.train_examples
         n_ids = max(e.fact_id for e in examples) + 1
         ids = torch.zeros(n_ids, self.cached_ids.shape[1], dtype=torch.long, device=self.device)
         weights = torch.zeros(n_ids, self.cached_ids.shape[1], device=self.device)
         queries = []
-        for start in range(0, len(examples), dm.hparams.eval_batch_size):
-            batch = collate_examples(
-                examples[start : start + dm.hparams.eval_batch_size], dm.tokenizer.pad_token_id
-            )
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+        for batch in self._fact_batches(examples):
             routing = mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
             ids[batch["fact_ids"]] = routing.ids
             weights[batch["fact_ids"]] = routing.weights
@@ -166,6 +162,31 @@ class MoMETuning(FactTuning):
         self.usage = stats["usage"]
         for name, value in metrics.items():
             self.log(name, float(value), rank_zero_only=True)
+
+    def _fact_batches(self, examples: list):
+        """All training facts in order, collated like the data module does, on this device."""
+        dm = self.trainer.datamodule
+        size = dm.hparams.eval_batch_size
+        for start in range(0, len(examples), size):
+            batch = collate_examples(examples[start : start + size], dm.tokenizer.pad_token_id)
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def _calibrate_query_norm(self, examples: list) -> None:
+        """Exact query batch-norm statistics over all facts before they freeze.
+
+        Phase 1 is short, so the running averages (momentum 0.1) are still far from the facts' query
+        statistics; frozen as they are, they would send most facts to the same experts.
+        """
+        norm = self.model.router.norm
+        if norm is None:
+            return
+        norm.reset_running_stats()
+        momentum, norm.momentum = norm.momentum, None  # cumulative average over the pass
+        self.model.router.train()
+        for batch in self._fact_batches(examples):
+            self.model.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+        norm.momentum = momentum
 
     # ---- training -----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -203,8 +224,12 @@ class MoMETuning(FactTuning):
         for opt in opts:
             opt.zero_grad()
         self.manual_backward(loss)
-        for opt in opts:
-            opt.step()
+        anyone = torch.tensor(float(weight > 0), device=self.device)
+        if self.trainer.world_size > 1:
+            anyone = self.all_gather(anyone).max()
+        if anyone > 0:  # Adam moments would move rows even on an all-zero gradient
+            for opt in opts:
+                opt.step()
         if self.in_phase2 and self.hparams.stop_nll > 0:
             done = torch.zeros_like(self.memorised, dtype=torch.uint8)
             if weight > 0:

@@ -106,6 +106,7 @@ class Router(nn.Module):
         temperature: softmax temperature of the re-scored keys.
         per_token: route every position separately instead of pooling over the question.
         index: settings of the candidate search (exact torch search by default).
+        sparse: sparse key gradients (for ``SparseAdam``); False for dense optimisers.
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class Router(nn.Module):
         temperature: float = 1.0,
         per_token: bool = False,
         index: IndexConfig | None = None,
+        sparse: bool = True,
     ) -> None:
         super().__init__()
         check_bank_size(num_experts, 1, k)
@@ -136,7 +138,7 @@ class Router(nn.Module):
         )
         self.query = nn.Linear(hidden_size, heads * key_dim)
         self.norm = nn.BatchNorm1d(heads * key_dim, affine=False) if balance == "batchnorm" else None
-        self.keys = nn.Embedding(num_experts, key_dim, sparse=True)  # (E, d_k)
+        self.keys = nn.Embedding(num_experts, key_dim, sparse=sparse)  # (E, d_k)
         with torch.no_grad():
             self.keys.weight.normal_(0.0, key_dim**-0.5)
         self.index = KeyIndex(index)
@@ -145,15 +147,12 @@ class Router(nn.Module):
         """``(N, H)`` pooled hidden states -> ``(N, heads, d_k)`` queries."""
         q = self.query(pooled.to(self.query.weight.dtype))  # (N, heads*d_k)
         if self.norm is not None:
-            use_batch = self.training and self.norm.training and q.shape[0] > 1
-            q = F.batch_norm(
-                q,
-                self.norm.running_mean,
-                self.norm.running_var,
-                training=use_batch,
-                momentum=self.norm.momentum,
-                eps=self.norm.eps,
-            )
+            if self.training and q.shape[0] > 1:
+                q = self.norm(q)  # batch statistics; updates the running ones
+            else:  # one input, or inference: the running statistics
+                q = F.batch_norm(
+                    q, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
+                )
         return q.view(-1, self.heads, self.key_dim)
 
     def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
