@@ -153,10 +153,8 @@ def main() -> None:
         done = [r for r in lora if r["train_s_to_zero"] is not None]
         if done:
             best = min(done, key=lambda r: r["train_s_to_zero"])
-            print(
-                f"MoME / best LoRA time to 0% hallucination: {mome['train_s_to_zero'] / best['train_s_to_zero']:.2f} "
-                f"(best LoRA: {best['run']})"
-            )
+            ratio = mome["train_s_to_zero"] / best["train_s_to_zero"]
+            print(f"MoME / best LoRA time to 0% hallucination: {ratio:.2f} (best LoRA: {best['run']})")
         else:
             print("no LoRA run reached 0% hallucination within the cap; MoME did")
 

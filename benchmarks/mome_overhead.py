@@ -5,8 +5,10 @@ Run (8-layer, hidden-512 tiny Llama; a few minutes on 2 CPU cores, ~3.5 GB peak 
     python benchmarks/mome_overhead.py --experts 65536 --k 32 --ranks 1 2 4
     python benchmarks/mome_overhead.py --million        # E = 1,000,000 forward+backward, peak RSS
 
-Both steps run the same input through the same frozen backbone and back-propagate to the router's query
-layer (the frozen step makes that layer's input require grad, so its backward covers the same blocks).
+Three timings per rank, interleaved: the frozen backbone's inference forward; the frozen backbone's
+forward + backward from the loss down to the router's query layer (that layer's input is made to require
+grad, so the backward covers the same blocks a MoME step must traverse) -- the "frozen-backbone step";
+and the MoME training step.
 The MoME step adds routing (exact search over E keys + re-scoring), the gathered experts at the sites,
 the sparse backward and a sparse optimizer step (SGD on the sparse rows; SparseAdam's dense moment
 buffers would triple the table memory). Times are medians of ``--steps`` after ``--warmup`` steps,
@@ -51,6 +53,13 @@ def frozen_step(model, layers, query_layer, ids, labels) -> None:
         handle.remove()
 
 
+@torch.no_grad()
+def frozen_forward(model, ids) -> None:
+    """Inference forward of the frozen backbone (experts off): the floor of any training step."""
+    with model.experts_off():
+        model(ids)
+
+
 def mome_step(model, opt, ids, qmask, labels) -> None:
     model(ids, question_mask=qmask, labels=labels).loss.backward()
     opt.step()
@@ -76,19 +85,22 @@ def bench(args, model_dir: str, rank: int, num_experts: int) -> tuple[float, flo
     qmask = torch.zeros_like(ids, dtype=torch.bool)
     qmask[:, : args.seq // 2] = True
     labels = ids.masked_fill(qmask, -100)
-    t_frozen, t_mome = [], []
+    t_fwd, t_frozen, t_mome = [], [], []
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        frozen_step(model, layers, model.query_layer, ids, labels)
+        frozen_forward(model, ids)
         t1 = time.perf_counter()
-        mome_step(model, opt, ids, qmask, labels)
+        frozen_step(model, layers, model.query_layer, ids, labels)
         t2 = time.perf_counter()
+        mome_step(model, opt, ids, qmask, labels)
+        t3 = time.perf_counter()
         if step >= args.warmup:
-            t_frozen.append(t1 - t0)
-            t_mome.append(t2 - t1)
+            t_fwd.append(t1 - t0)
+            t_frozen.append(t2 - t1)
+            t_mome.append(t3 - t2)
     del model, backbone, opt
     gc.collect()
-    return statistics.median(t_frozen), statistics.median(t_mome)
+    return statistics.median(t_fwd), statistics.median(t_frozen), statistics.median(t_mome)
 
 
 def main() -> None:
@@ -128,20 +140,22 @@ def main() -> None:
                 1,
             )
             base = peak_rss_gib()
-            frozen, mome = bench(args, model_dir, rank=1, num_experts=1_000_000)
+            _, frozen, mome = bench(args, model_dir, rank=1, num_experts=1_000_000)
             print(
                 f"E=1,000,000 r=1 k={args.k} bf16 tables, 1 site: frozen step {frozen * 1e3:.0f} ms, "
                 f"MoME step {mome * 1e3:.0f} ms (x{mome / frozen:.2f}); peak RSS {peak_rss_gib():.2f} GiB "
                 f"(before the bank: {base:.2f} GiB)"
             )
             return
-        print("| E | k | r | frozen step ms | MoME step ms | ratio |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| E | k | r | frozen fwd ms | frozen fwd+bwd ms | MoME step ms | MoME / frozen fwd+bwd | MoME / fwd |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for rank in args.ranks:
-            frozen, mome = bench(args, model_dir, rank, args.experts)
+            fwd, frozen, mome = bench(args, model_dir, rank, args.experts)
             print(
-                f"| {args.experts} | {args.k} | {rank} | {frozen * 1e3:.1f} | {mome * 1e3:.1f} | "
-                f"{mome / frozen:.2f} |",
+                f"| {args.experts} | {args.k} | {rank} | {fwd * 1e3:.1f} | {frozen * 1e3:.1f} | "
+                f"{mome * 1e3:.1f} | {mome / frozen:.2f} | {mome / fwd:.2f} |",
                 flush=True,
             )
         print(f"peak RSS {peak_rss_gib():.2f} GiB")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 
+import lightning as L
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from memexp.mome import MoMEConfig, MoMEModel
@@ -88,3 +91,47 @@ def test_ddp_synchronises_sparse_expert_gradients(tmp_path):
         assert got.keys() == want.keys()
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class SaveTables(L.Callback):
+    """Each rank writes its expert tables and keys after training."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, module) -> None:
+        state = {
+            n: p.detach().clone()
+            for n, p in module.model.named_parameters()
+            if p.requires_grad or n == "router.keys.weight"
+        }
+        torch.save(state, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+@pytest.mark.slow
+def test_lightning_ddp_two_cpu_processes_keep_ranks_identical(tiny_llama_dir, tmp_path):
+    from test_mome_module import make_data, make_module
+
+    module = make_module(tiny_llama_dir)
+    initial = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    trainer = L.Trainer(
+        strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo", find_unused_parameters=True),
+        accelerator="cpu",
+        devices=2,
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=3,
+        default_root_dir=str(tmp_path),
+        callbacks=[SaveTables(str(tmp_path))],
+    )
+    trainer.fit(module, make_data(tiny_llama_dir, n=16))
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    moved = [n for n in initial if n in rank0 and not torch.equal(initial[n], rank0[n])]
+    assert any(n.endswith("B.weight") for n in moved) and "router.keys.weight" in moved
+    for name in rank0:  # different data shards, same parameters: the sparse gradients were all-reduced
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=1e-6, msg=name)
