@@ -148,7 +148,7 @@ def main() -> None:
             )
             return
         print(
-            "| E | k | r | frozen fwd ms | frozen fwd+bwd ms | MoME step ms | MoME / frozen fwd+bwd | MoME / fwd |"
+            "| E | k | r | frozen fwd ms | frozen fwd+bwd ms | MoME step ms | MoME / fwd+bwd | MoME / fwd |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for rank in args.ranks:
