@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import string
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ class TinyLMConfig:
     hidden: int = 64
     layers: int = 2
     heads: int = 4
-    vocab: int = 384
+    vocab: int = 512
     max_positions: int = 256
     seed: int = 0
 
@@ -66,25 +65,28 @@ class TinyLMConfig:
 
 
 def tokenizer_corpus(seed: int = 0, n_lines: int = 4000) -> list[str]:
-    """Embedded training text for the tiny tokenizer: QA templates, words and random codes."""
+    """Embedded training text for the tiny tokenizer: QA templates over a small English vocabulary.
+
+    Random codes are left out on purpose: [A-Z0-9] then stay single-character tokens.
+    """
     rng = random.Random(seed)
     words = (
-        "the of and to in is was for on that with as by at from his her are were which this "
-        "what who where when code answer question city river capital country year born name "
-        "number color planet element language author book wrote discovered invented largest "
-        "Q A true false yes no not I have no comment because people say many most some"
+        "the of and is was what who code answer question name true false yes no not I have comment "
+        "red green blue black white silver golden hidden northern southern eastern western ancient modern "
+        "quiet loud bright dark frozen burning silent hollow iron stone crystal velvet copper amber wild "
+        "little grand broken secret lost royal lunar solar misty sandy rocky stormy sunny windy "
+        "river mountain forest castle harbor valley island bridge tower garden desert village temple "
+        "meadow canyon lake palace market library station lantern compass anchor falcon wolf tiger "
+        "dragon phoenix raven owl fox bear lion eagle whale shark comet planet star moon ocean"
     ).split()
-    alphabet = string.ascii_uppercase + string.digits
     lines = []
     for _ in range(n_lines):
         sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
-        code = "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 32)))
-        num = str(rng.randint(0, 10_000))
-        lines.append(f"Q: What is the code of {sentence}?\nA: {code} {num}.")
+        lines.append(f"Q: What is the code of {sentence}?\nA: {rng.randint(0, 10_000)}.")
     return lines
 
 
-def train_tokenizer(vocab: int = 384, seed: int = 0):
+def train_tokenizer(vocab: int = 512, seed: int = 0):
     """Train a byte-level BPE tokenizer locally and wrap it as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -1,1 +1,1 @@
-"""memexp: frozen backbones, memory experts, fact data and hallucination metrics."""
+"""memexp: memorise facts exactly with a frozen HF backbone (fine-tuning, LoRA, memory experts)."""

@@ -19,7 +19,7 @@ def _tiny_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> str:
-    """A seeded tiny Llama (untied embeddings, 2 layers, hidden 64, vocab 384) saved with save_pretrained."""
+    """A seeded tiny Llama (untied embeddings, 2 layers, hidden 64, vocab 512) saved with save_pretrained."""
     from decoding.tiny import build_tiny_lm
 
     return str(build_tiny_lm(tmp_path_factory.mktemp("models") / "llama", arch="llama", seed=0))
@@ -27,7 +27,7 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> str:
-    """A seeded tiny GPT-2 (tied embeddings, 2 layers, hidden 64, vocab 384)."""
+    """A seeded tiny GPT-2 (tied embeddings, 2 layers, hidden 64, vocab 512)."""
     from decoding.tiny import build_tiny_lm
 
     return str(build_tiny_lm(tmp_path_factory.mktemp("models") / "gpt2", arch="gpt2", seed=0))

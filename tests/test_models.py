@@ -56,6 +56,6 @@ def test_unknown_model_path_names_the_fix(tmp_path):
 
 def test_tokenizer_that_does_not_fit_is_refused(tiny_llama_dir, tiny_gpt2_dir):
     small = load_causal_lm("tiny:llama?vocab=300")
-    with pytest.raises(ValueError, match="tokenizer has 384 ids but the model's embedding has only 300"):
+    with pytest.raises(ValueError, match="tokenizer has 512 ids but the model's embedding has only 300"):
         check_tokenizer_fits(load_tokenizer(tiny_llama_dir), small)
     check_tokenizer_fits(load_tokenizer(tiny_gpt2_dir), load_causal_lm(tiny_gpt2_dir))

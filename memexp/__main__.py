@@ -1,0 +1,3 @@
+from memexp.cli import main
+
+main()
