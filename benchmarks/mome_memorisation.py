@@ -44,6 +44,11 @@ class TrainClock(L.Callback):
 
     def on_validation_end(self, trainer, module) -> None:
         rate = trainer.callback_metrics.get("val/hallucination_rate")
+        if rate is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            print(
+                f"  epoch {trainer.current_epoch} train {self.train_s:.0f}s hallucination {float(rate):.3f}",
+                flush=True,
+            )
         if not trainer.sanity_checking and rate is not None and float(rate) == 0.0 and self.to_zero_s is None:
             self.to_zero_s, self.zero_epoch = self.train_s, trainer.current_epoch
 
