@@ -151,9 +151,10 @@ class MoMEModel(nn.Module):
         if self._fixed is not None:
             state.ids, state.weights = self._fixed
             return
-        if self._decoding and state.ids is not None and not self.config.per_token:
-            return  # keep the prompt's routing for cached decode steps
         hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H)
+        if self._decoding and state.ids is not None and not self.config.per_token:
+            if state.ids.shape[0] == hidden.shape[0]:
+                return  # keep the prompt's routing for cached decode steps
         mask = self._question_mask
         if mask is None and self._call_mask is not None and self._call_mask.shape == hidden.shape[:2]:
             mask = self._call_mask
@@ -187,6 +188,7 @@ class MoMEModel(nn.Module):
                     expert_ids.shape, 1.0 / expert_ids.shape[-1], device=expert_ids.device
                 )
             self._fixed = (expert_ids, expert_weights)
+            self.routing.ids, self.routing.weights = self._fixed
         self._question_mask = question_mask
         try:
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -45,6 +45,8 @@ from memexp.mome import MoMEConfig, MoMEModel
 from memexp.mome_checkpoint import save_mome
 from memexp.router import collision_stats
 
+torch.serialization.add_safe_globals([MoMEConfig, IndexConfig])  # hparams of weights_only checkpoints
+
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 
 
@@ -133,7 +135,7 @@ class MoMETuning(FactTuning):
         mome = self.model
         examples = self.trainer.datamodule.train_examples
         self._calibrate_query_norm(examples)
-        mome.freeze_router()
+        self._freeze_router()
         keys = mome.router.keys.weight
         mome.router.index.config = self.phase2_index
         mome.router.index.build(keys)
@@ -219,6 +221,8 @@ class MoMETuning(FactTuning):
         loss = weight * nll.sum() / tokens
         if not self.in_phase2 and self.model.last_routing is not None:
             loss = loss + self.model.last_routing.aux_loss
+        if self.in_phase2 and getattr(self, "_touch_keys", False):
+            loss = loss + 0.0 * self.model.router.keys(extra["expert_ids"]).sum()
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         for opt in opts:
@@ -228,7 +232,7 @@ class MoMETuning(FactTuning):
         if self.trainer.world_size > 1:
             anyone = self.all_gather(anyone).max()
         if anyone > 0:  # Adam moments would move rows even on an all-zero gradient
-            for opt in opts:
+            for opt in opts[:1] if self.in_phase2 else opts:
                 opt.step()
         if self.in_phase2 and self.hparams.stop_nll > 0:
             done = torch.zeros_like(self.memorised, dtype=torch.uint8)
@@ -255,10 +259,9 @@ class MoMETuning(FactTuning):
         keys = [mome.router.keys.weight]
         dense_router = [p for n, p in mome.router.named_parameters() if n != "keys.weight"]
         if hp.optimizer == "sparse_adam":
-            return [
-                torch.optim.SparseAdam(
-                    [{"params": tables, "lr": hp.lr}, {"params": keys, "lr": hp.router_lr}]
-                ),
+            return [  # the first one (expert tables) is the only one stepped in phase 2
+                torch.optim.SparseAdam(tables, lr=hp.lr),
+                torch.optim.SparseAdam(keys, lr=hp.router_lr),
                 torch.optim.AdamW(dense_router, lr=hp.router_lr, weight_decay=hp.weight_decay),
             ]
         groups = [{"params": tables, "lr": hp.lr}, {"params": keys + dense_router, "lr": hp.router_lr}]
@@ -286,8 +289,21 @@ class MoMETuning(FactTuning):
             if name in sd:
                 setattr(self, name, torch.empty_like(sd[name]))
         if sd.get("cached_ids") is not None and sd["cached_ids"].shape[0] > 0:
-            self.model.freeze_router()
+            self._freeze_router()
             self.model.router.index.config = self.phase2_index
+
+    def _freeze_router(self) -> None:
+        """Freeze the router for phase 2.
+
+        Under DDP the sparse key table keeps ``requires_grad`` and receives an all-zero gradient each step
+        (DDP cannot leave a sparse parameter unused: "Expected sparse gradient to be defined"); its
+        optimiser is never stepped in phase 2, so the keys stay bit-identical.
+        """
+        self.model.freeze_router()
+        keys = self.model.router.keys
+        self._touch_keys = keys.sparse and self._trainer is not None and self._trainer.world_size > 1
+        if self._touch_keys:
+            keys.weight.requires_grad_(True)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

@@ -152,3 +152,40 @@ def test_bad_settings(tiny_llama_dir):
         make_module(tiny_llama_dir, optimizer="sgd")
     with pytest.raises(ValueError, match="k=300"):
         make_module(tiny_llama_dir, mome=MoMEConfig(num_experts=256, k=300))
+
+
+def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = make_data(tiny_llama_dir, n=8)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10,
+        callbacks=[ckpt],
+        default_root_dir=str(tmp_path),
+    )
+    first = make_module(tiny_llama_dir)
+    trainer.fit(first, data)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not any(".base." in k or "embed_tokens" in k for k in state)  # the backbone is not copied
+    resumed = make_module(tiny_llama_dir)
+    again = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path / "b"),
+    )
+    again.fit(resumed, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(resumed.cached_ids, first.cached_ids)
+    assert not any(p.requires_grad for p in resumed.model.router.parameters())
