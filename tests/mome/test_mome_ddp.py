@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
