@@ -1,0 +1,336 @@
+"""``MoMETuning``: memorise facts in a bank of memory experts on a frozen backbone, in two phases.
+
+::
+
+    memexp fit --config configs/memexp/mome_demo.yaml
+
+Phase 1 (epochs ``0 .. phase1_epochs-1``): router (query projection, keys) and experts train together;
+candidate search is exact on the live keys; the query-decorrelation loss (``aux_weight``) and query
+batch-norm push distinct facts toward distinct experts.
+
+Phase 2 (from epoch ``phase1_epochs``): the router is frozen, the configured index is built once over the
+frozen keys (its recall@k against exact search is logged), every training fact's expert ids and weights
+are cached, and only the selected expert rows train. A fact leaves training once its summed answer NLL
+falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that validation finds not recalled
+exactly comes back.
+
+Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
+they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
+and the cache; at the end of ``fit`` the experts are also written as a MoME folder
+(:func:`memexp.mome_checkpoint.save_mome`) in ``<default_root_dir>/mome``.
+
+Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
+projection; only touched rows move), ``adamw`` or ``adafactor`` (dense gradients: every step touches the
+whole bank, spec §9.2; fine for small banks). Training uses Lightning manual optimisation because the
+sparse and dense parameter groups need different optimisers.
+
+Deviation from the spec on purpose: memorised facts are removed from each batch before the forward pass
+(the data module's sampler is not replaced), which keeps every DDP rank in lock-step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from memexp.data import IGNORE_INDEX, collate_examples
+from memexp.index import IndexConfig, exact_topk, recall_at_k
+from memexp.module import FactTuning
+from memexp.mome import MoMEConfig, MoMEModel
+from memexp.mome_checkpoint import save_mome
+from memexp.router import collision_stats
+
+torch.serialization.add_safe_globals([MoMEConfig, IndexConfig])  # hparams of weights_only checkpoints
+
+MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
+
+
+def summed_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed answer NLL per example (nats), ``(B,)``, from ``(B, T, V)`` logits and ``(B, T)`` labels."""
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (B, T-1, V), (B, T-1)
+    mask = targets != IGNORE_INDEX
+    token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # (B, T-1)
+    return (token * mask).sum(1)
+
+
+class MoMETuning(FactTuning):
+    """Two-phase memory-expert tuning of a frozen backbone.
+
+    Args:
+        backbone: model folder, hub id or ``tiny:`` name.
+        mome: bank and router settings (:class:`memexp.mome.MoMEConfig`); its ``index`` is the phase-2
+            index (phase 1 always searches exactly).
+        phase1_epochs: epochs of joint router + expert training (0 skips phase 1).
+        lr: learning rate of the expert tables.
+        router_lr: learning rate of query projection and keys (phase 1).
+        weight_decay: decoupled weight decay of dense optimisers.
+        optimizer: ``sparse_adam``, ``adamw`` or ``adafactor``.
+        stop_nll: a fact leaves training when its summed answer NLL (nats) is below this (<= 0 disables).
+        recall_queries: facts whose queries measure the phase-2 index's recall@k (0 disables).
+        dtype: backbone dtype.
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tiny:llama",
+        mome: MoMEConfig | None = None,
+        phase1_epochs: int = 1,
+        lr: float = 1e-2,
+        router_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: MoMEOptimizer = "sparse_adam",
+        stop_nll: float = math.log(2),
+        recall_queries: int = 256,
+        dtype: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            backbone=backbone, method="full", lr=lr, weight_decay=weight_decay, dtype=dtype, seed=seed
+        )
+        if optimizer not in ("sparse_adam", "adamw", "adafactor"):
+            raise ValueError(f"optimizer={optimizer!r}; choose sparse_adam, adamw or adafactor")
+        if phase1_epochs < 0:
+            raise ValueError(f"phase1_epochs={phase1_epochs} must be >= 0")
+        config = dataclasses.replace(mome or MoMEConfig())  # hparams keep the user's config untouched
+        config.sparse = optimizer == "sparse_adam"
+        self.phase2_index = config.index
+        config.index = IndexConfig(kind="exact")  # phase 1 searches the live keys
+        self.model = MoMEModel(self.model, config)
+        self.automatic_optimization = False
+        self.strict_loading = False
+        self.register_buffer("cached_ids", torch.zeros(0, config.k * config.heads, dtype=torch.long))
+        self.register_buffer("cached_weights", torch.zeros(0, config.k * config.heads))
+        self.register_buffer("memorised", torch.zeros(0, dtype=torch.bool))
+
+    # ---- phases -------------------------------------------------------------------------------
+    @property
+    def in_phase2(self) -> bool:
+        return self.current_epoch >= self.hparams.phase1_epochs
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.in_phase2 and self.cached_ids.shape[0] == 0:
+            self.start_phase2()
+        self._ensure_index()
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._ensure_index()
+
+    def _ensure_index(self) -> None:
+        """After a resume in phase 2 the index is rebuilt from the restored (frozen) keys."""
+        index = self.model.router.index
+        if self.cached_ids.shape[0] > 0 and index.fingerprint is None:
+            index.build(self.model.router.keys.weight)
+
+    @torch.no_grad()
+    def start_phase2(self) -> None:
+        """Freeze the router, build the phase-2 index, cache each fact's experts and log usage."""
+        mome = self.model
+        examples = self.trainer.datamodule.train_examples
+        self._calibrate_query_norm(examples)
+        self._freeze_router()
+        keys = mome.router.keys.weight
+        mome.router.index.config = self.phase2_index
+        mome.router.index.build(keys)
+        n_ids = max(e.fact_id for e in examples) + 1
+        ids = torch.zeros(n_ids, self.cached_ids.shape[1], dtype=torch.long, device=self.device)
+        weights = torch.zeros(n_ids, self.cached_ids.shape[1], device=self.device)
+        queries = []
+        for batch in self._fact_batches(examples):
+            routing = mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+            ids[batch["fact_ids"]] = routing.ids
+            weights[batch["fact_ids"]] = routing.weights
+            queries.append(routing.queries.reshape(-1, mome.config.key_dim))
+        self.cached_ids, self.cached_weights = ids, weights
+        self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)
+        fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
+        stats = collision_stats(ids[fact_ids], mome.config.num_experts)
+        metrics = {
+            "mome/collision_rate": stats["collision_rate"],
+            "mome/distinct_experts": stats["distinct_experts"],
+            "mome/max_usage": stats["max_usage"],
+        }
+        q = torch.cat(queries)[: self.hparams.recall_queries]
+        if q.shape[0]:
+            _, approx = mome.router.index.search(q, mome.config.k)
+            metrics["mome/index_recall"] = recall_at_k(approx, exact_topk(q, keys, mome.config.k)[1])
+        self.usage = stats["usage"]
+        for name, value in metrics.items():
+            self.log(name, float(value), rank_zero_only=True)
+
+    def _fact_batches(self, examples: list):
+        """All training facts in order, collated like the data module does, on this device."""
+        dm = self.trainer.datamodule
+        size = dm.hparams.eval_batch_size
+        for start in range(0, len(examples), size):
+            batch = collate_examples(examples[start : start + size], dm.tokenizer.pad_token_id)
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def _calibrate_query_norm(self, examples: list) -> None:
+        """Exact query batch-norm statistics over all facts before they freeze.
+
+        Phase 1 is short, so the running averages (momentum 0.1) are still far from the facts' query
+        statistics; frozen as they are, they would send most facts to the same experts.
+        """
+        norm = self.model.router.norm
+        if norm is None:
+            return
+        norm.reset_running_stats()
+        momentum, norm.momentum = norm.momentum, None  # cumulative average over the pass
+        self.model.router.train()
+        for batch in self._fact_batches(examples):
+            self.model.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+        norm.momentum = momentum
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, T, V)`` of the routed model (router + index, as at inference)."""
+        return self.model(
+            batch["input_ids"], attention_mask=batch["attention_mask"], question_mask=batch.get("prompt_mask")
+        ).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        fact_ids = batch["fact_ids"]
+        extra = {}
+        if self.in_phase2:
+            active = ~self.memorised[fact_ids]
+            weight = 1.0
+            if not active.any():  # keep DDP ranks in lock-step: one row, zero loss weight
+                active[0], weight = True, 0.0
+            batch = {k: v[active] for k, v in batch.items()}
+            fact_ids = batch["fact_ids"]
+            extra = {"expert_ids": self.cached_ids[fact_ids], "expert_weights": self.cached_weights[fact_ids]}
+        else:
+            weight = 1.0
+        out = self.model(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            question_mask=batch["prompt_mask"],
+            **extra,
+        )
+        nll = summed_answer_nll(out.logits, batch["labels"])  # (B,)
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().clamp_min(1)
+        loss = weight * nll.sum() / tokens
+        if not self.in_phase2 and self.model.last_routing is not None:
+            loss = loss + self.model.last_routing.aux_loss
+        if self.in_phase2 and getattr(self, "_touch_keys", False):
+            loss = loss + 0.0 * self.model.router.keys(extra["expert_ids"]).sum()
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        for opt in opts:
+            opt.zero_grad()
+        self.manual_backward(loss)
+        anyone = torch.tensor(float(weight > 0), device=self.device)
+        if self.trainer.world_size > 1:
+            anyone = self.all_gather(anyone).max()
+        if anyone > 0:  # Adam moments would move rows even on an all-zero gradient
+            for opt in opts[:1] if self.in_phase2 else opts:
+                opt.step()
+        if self.in_phase2 and self.hparams.stop_nll > 0:
+            done = torch.zeros_like(self.memorised, dtype=torch.uint8)
+            if weight > 0:
+                done[fact_ids[nll.detach() < self.hparams.stop_nll]] = 1
+            if self.trainer.world_size > 1:  # every rank drops the same facts
+                done = self.all_gather(done).reshape(-1, done.shape[0]).amax(0)
+            self.memorised |= done.bool()
+            self.log("train/active_facts", float((~self.memorised).sum()), batch_size=1)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        records = self.fact_records
+        if records and self.memorised.numel():  # facts that validation does not recall come back
+            missed = records["fact_id"][~records["exact"]].to(self.device)
+            self.memorised[missed] = False
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        mome = self.model
+        tables = mome.expert_parameters()
+        keys = [mome.router.keys.weight]
+        dense_router = [p for n, p in mome.router.named_parameters() if n != "keys.weight"]
+        if hp.optimizer == "sparse_adam":
+            return [  # the first one (expert tables) is the only one stepped in phase 2
+                torch.optim.SparseAdam(tables, lr=hp.lr),
+                torch.optim.SparseAdam(keys, lr=hp.router_lr),
+                torch.optim.AdamW(dense_router, lr=hp.router_lr, weight_decay=hp.weight_decay),
+            ]
+        groups = [{"params": tables, "lr": hp.lr}, {"params": keys + dense_router, "lr": hp.router_lr}]
+        if hp.optimizer == "adamw":
+            return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            groups, lr=hp.lr, weight_decay=hp.weight_decay, scale_parameter=False, relative_step=False
+        )
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the MoME weights, buffers and cache; the backbone is referenced, not copied."""
+        keep = ("model.router.", "cached_ids", "cached_weights", "memorised")
+        checkpoint["state_dict"] = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith(keep) or k.endswith((".A.weight", ".B.weight"))
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        for name in ("cached_ids", "cached_weights", "memorised"):
+            if name in sd:
+                setattr(self, name, torch.empty_like(sd[name]))
+        if sd.get("cached_ids") is not None and sd["cached_ids"].shape[0] > 0:
+            self._freeze_router()
+            self.model.router.index.config = self.phase2_index
+
+    def _freeze_router(self) -> None:
+        """Freeze the router for phase 2.
+
+        Under DDP the sparse key table keeps ``requires_grad`` and receives an all-zero gradient each step
+        (DDP cannot leave a sparse parameter unused: "Expected sparse gradient to be defined"); its
+        optimiser is never stepped in phase 2, so the keys stay bit-identical.
+        """
+        self.model.freeze_router()
+        keys = self.model.router.keys
+        self._touch_keys = keys.sparse and self._trainer is not None and self._trainer.world_size > 1
+        if self._touch_keys:
+            keys.weight.requires_grad_(True)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            root = Path(self.trainer.default_root_dir)
+            save_mome(self.model, root / "mome", overwrite=True, backbone_name=self.hparams.backbone)
+            if getattr(self, "usage", None) is not None:
+                self._plot_usage(root / "expert_usage.png")
+
+    def _plot_usage(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        used = self.usage[self.usage > 0]
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.hist(used.numpy(), bins=range(1, int(used.max()) + 2) if used.numel() else 1)
+        ax.set(xlabel="facts per expert (used experts)", ylabel="experts", title="MoME expert usage")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        experiment = getattr(self.logger, "experiment", None)
+        if (
+            experiment is not None
+            and hasattr(experiment, "log")
+            and type(self.logger).__name__ == "WandbLogger"
+        ):
+            import wandb
+
+            experiment.log({"mome/expert_usage": wandb.Image(str(path))})

@@ -1,0 +1,191 @@
+"""MoMETuning under a real Lightning Trainer: two phases, frozen backbone, sparse updates, early stopping."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from decoding.models import load_causal_lm
+from memexp.data import FactsDataModule
+from memexp.index import IndexConfig
+from memexp.mome import MoMEConfig
+from memexp.mome_module import MoMETuning
+
+
+def make_module(backbone: str, **kw) -> MoMETuning:
+    torch.manual_seed(0)
+    cfg = MoMEConfig(
+        num_experts=256,
+        k=4,
+        rank=4,
+        scale=4.0,
+        sites=["*.layers.*_proj"],
+        query_layer=0,
+        key_dim=16,
+        aux_weight=0.1,
+        index=IndexConfig(kind="flat"),
+    )
+    args = dict(mome=cfg, phase1_epochs=1, lr=3e-2)
+    args.update(kw)
+    return MoMETuning(backbone=backbone, **args)
+
+
+def make_data(backbone: str, n: int = 12) -> FactsDataModule:
+    return FactsDataModule(
+        tokenizer=backbone,
+        num_random_facts=n,
+        num_heldout=2,
+        batch_size=4,
+        answer_min_len=4,
+        answer_max_len=6,
+        seed=0,
+    )
+
+
+class Snapshots(L.Callback):
+    """Copies of the trainable state at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.epochs.append(
+            {
+                n: p.detach().clone()
+                for n, p in module.model.named_parameters()
+                if p.requires_grad or n.startswith("router.")
+            }
+        )
+
+
+def fit(module, data, epochs: int, tmp_path, val_every: int = 1, callbacks=()) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=val_every,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        callbacks=list(callbacks),
+    )
+    trainer.fit(module, data)
+    return trainer
+
+
+def test_two_phase_training(tiny_llama_dir, tmp_path):
+    module, data, snaps = make_module(tiny_llama_dir), make_data(tiny_llama_dir), Snapshots()
+    initial = {n: p.detach().clone() for n, p in module.model.router.named_parameters()}
+    fit(module, data, epochs=3, tmp_path=tmp_path, val_every=3, callbacks=[snaps])
+    mome = module.model
+    # the backbone is bit-identical to a fresh copy
+    fresh = dict(load_causal_lm(tiny_llama_dir).named_parameters())
+    for name, p in mome.backbone.named_parameters():
+        if not name.endswith((".A.weight", ".B.weight")):
+            assert torch.equal(p, fresh[name.replace(".base.", ".")]), name
+    # phase 1 moved the router; phase 2 (epochs 2, 3) did not
+    after1, after2, after3 = snaps.epochs
+    assert not torch.equal(initial["query.weight"], after1["router.query.weight"])
+    assert not torch.equal(initial["keys.weight"], after1["router.keys.weight"])
+    for name in ("router.query.weight", "router.keys.weight"):
+        assert torch.equal(after1[name], after3[name]), name
+    # phase 2 changed only the cached experts' rows
+    fact_ids = torch.tensor([e.fact_id for e in data.train_examples])
+    selected = torch.unique(module.cached_ids[fact_ids])
+    for name, site in mome.sites.items():
+        key = f"backbone.{name}.B.weight"
+        changed = (after1[key] != after3[key]).any(1).nonzero().flatten()
+        assert changed.numel() > 0
+        assert set(changed.tolist()) <= set(selected.tolist()), name
+    # the cache equals what the frozen router selects now (cached == recomputed)
+    batch = next(module._fact_batches(data.train_examples))
+    routing = mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+    assert torch.equal(routing.ids, module.cached_ids[batch["fact_ids"]])
+    torch.testing.assert_close(routing.weights, module.cached_weights[batch["fact_ids"]])
+    assert (tmp_path / "mome" / "manifest.json").exists()
+
+
+def test_training_lowers_the_answer_nll(tiny_llama_dir, tmp_path):
+    module, data = make_module(tiny_llama_dir, lr=3e-2), make_data(tiny_llama_dir, n=8)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    before = trainer.validate(module, data, verbose=False)[0]["val/answer_nll"]
+    fit(module, data, epochs=8, tmp_path=tmp_path, val_every=8)
+    after = module.fact_records["nll"].mean().item()  # the final validation of fit
+    assert after < before - 0.3  # nats per answer token (a random tiny backbone learns slowly)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_dense_optimisers_train_experts_only(tiny_llama_dir, tmp_path, optimizer):
+    module, snaps = make_module(tiny_llama_dir, optimizer=optimizer), Snapshots()
+    fit(module, make_data(tiny_llama_dir, n=4), epochs=2, tmp_path=tmp_path, val_every=5, callbacks=[snaps])
+    site = next(iter(module.model.sites))
+    assert not module.model.sites[site].B.sparse  # dense optimisers get dense gradients
+    assert not torch.equal(
+        snaps.epochs[0][f"backbone.{site}.B.weight"], snaps.epochs[1][f"backbone.{site}.B.weight"]
+    )
+
+
+def test_memorised_facts_leave_training_and_return_when_not_recalled(tiny_llama_dir, tmp_path):
+    module, snaps = make_module(tiny_llama_dir, stop_nll=1e9), Snapshots()  # every fact counts as memorised
+    data = make_data(tiny_llama_dir, n=8)
+    fit(module, data, epochs=3, tmp_path=tmp_path, val_every=10, callbacks=[snaps])
+    fact_ids = torch.tensor([e.fact_id for e in data.train_examples])
+    assert module.memorised[fact_ids].all()
+    for name, value in snaps.epochs[1].items():  # epoch 3 trained nothing: all facts had left
+        assert torch.equal(value, snaps.epochs[2][name]), name
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
+        module, data, verbose=False
+    )
+    exact = module.fact_records["exact"]
+    assert torch.equal(module.memorised[module.fact_records["fact_id"]], exact)  # the missed ones came back
+    assert not exact.all()
+
+
+def test_bad_settings(tiny_llama_dir):
+    with pytest.raises(ValueError, match="'sgd'"):
+        make_module(tiny_llama_dir, optimizer="sgd")
+    with pytest.raises(ValueError, match="k=300"):
+        make_module(tiny_llama_dir, mome=MoMEConfig(num_experts=256, k=300))
+
+
+def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = make_data(tiny_llama_dir, n=8)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10,
+        callbacks=[ckpt],
+        default_root_dir=str(tmp_path),
+    )
+    first = make_module(tiny_llama_dir)
+    trainer.fit(first, data)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not any(".base." in k or "embed_tokens" in k for k in state)  # the backbone is not copied
+    resumed = make_module(tiny_llama_dir)
+    again = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path / "b"),
+    )
+    again.fit(resumed, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert torch.equal(resumed.cached_ids, first.cached_ids)
+    assert not any(p.requires_grad for p in resumed.model.router.parameters())
