@@ -167,7 +167,7 @@ def run_cell(
         devices=1,
         logger=logger,
         callbacks=[probe, ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)],
-        limit_val_batches=0,
+        check_val_every_n_epoch=cfg.eval_every,  # the module's own validation: MoME re-admits missed facts
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         enable_progress_bar=cfg.progress,

@@ -24,16 +24,17 @@ def facts(p: float = 0.5):
     return train, task.heldout, corrupted
 
 
-def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_records(tmp_path):
+@pytest.mark.parametrize("method", ["full", "lora", "mome"])
+def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_records(tmp_path, method):
     train, heldout, corrupted = facts()
     whole = run_cell(
-        tmp_path / "whole", "full", QUICK_MODEL, train, heldout, corrupted, tiny_train(max_epochs=4), 0
+        tmp_path / "whole", method, QUICK_MODEL, train, heldout, corrupted, tiny_train(max_epochs=4), 0
     )
     # "killed" after 2 epochs: its checkpoint is there, its summary is not
-    run_cell(tmp_path / "part", "full", QUICK_MODEL, train, heldout, corrupted, tiny_train(max_epochs=2), 0)
+    run_cell(tmp_path / "part", method, QUICK_MODEL, train, heldout, corrupted, tiny_train(max_epochs=2), 0)
     (tmp_path / "part" / "cell.json").unlink()
     resumed = run_cell(
-        tmp_path / "part", "full", QUICK_MODEL, train, heldout, corrupted, tiny_train(max_epochs=4), 0
+        tmp_path / "part", method, QUICK_MODEL, train, heldout, corrupted, tiny_train(max_epochs=4), 0
     )
     assert read_rows(tmp_path / "part" / "fact_evals.csv") == read_rows(tmp_path / "whole" / "fact_evals.csv")
     assert no_nan(read_rows(tmp_path / "part" / "curve.csv")) == no_nan(

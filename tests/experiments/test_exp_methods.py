@@ -8,9 +8,15 @@ import types
 
 import pytest
 import torch
-from exp_helpers import QUICK_MODEL
+from exp_helpers import QUICK_MODEL, TINY_MOME, tiny_train
 
+from decoding.models import load_tokenizer
+from experiments.cell import read_rows, run_cell
 from experiments.methods import available_methods, build_method, check_method, register_method
+from experiments.probe import evaluate_facts, fact_columns
+from experiments.tasks import code_task, corrupt
+from memexp.data import collate_examples, tokenize_fact
+from memexp.recall import parse_head_spec
 
 
 def test_unknown_method_is_refused_with_the_choices():
@@ -86,3 +92,27 @@ def test_heads_read_a_memory_expert_model_routed_on_the_question_tokens():
         ).logits
     assert torch.equal(exact, answer_stats(logits, batch["labels"]).exact)
     assert reference_of(module, None) == module.model.experts_off
+
+
+def test_mome_heads_use_the_routed_model_and_dera_lambda0_is_the_experts_off_backbone(tmp_path):
+
+    task = code_task(8, 0, seed=0, code_len=2)
+    train, corrupted = corrupt(task.train, 1.0)
+    cfg = tiny_train(max_epochs=3, heads=["greedy", "dera:lam=0", "dera:lam=1"])
+    run_cell(tmp_path / "c", "mome", QUICK_MODEL, train, [], corrupted, cfg, 0)
+    rows = read_rows(tmp_path / "c" / "fact_evals.csv")
+    assert all(r["exact/greedy"] == r["exact"] == r["exact/dera:lam=1"] for r in rows)
+    # the trained experts change the model; DeRa at lambda 0 is greedy decoding with the experts off
+    module = build_method("mome", QUICK_MODEL, 0, TINY_MOME)
+    with torch.no_grad():
+        for site in module.model.sites.values():
+            site.B.weight.normal_(0, 1.0)
+    tok = load_tokenizer(QUICK_MODEL)
+    examples = [tokenize_fact(f, tok, "Q: {question}\nA:") for f in train]
+    cols = evaluate_facts(module, examples, tok.pad_token_id, {"d0": parse_head_spec("dera:lam=0")},
+                          module.model.experts_off)  # fmt: skip
+    batch = collate_examples(examples, tok.pad_token_id)
+    with torch.no_grad(), module.model.experts_off():
+        off = fact_columns(module(batch), batch["labels"])
+    assert torch.equal(cols["exact/d0"], off["exact"])
+    assert not torch.allclose(off["nll_sum"], cols["nll_sum"])  # the experts do change the model
