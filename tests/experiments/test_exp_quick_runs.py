@@ -16,11 +16,13 @@ def test_random_labels_quick_end_to_end(tmp_path):
     root = tmp_path / "random_labels" / "quick"
     results = json.loads((root / "results.json").read_text())
     assert [(r["p"], r["method"]) for r in results["table"]] == [
-        (p, m) for p in (0.0, 0.25, 0.5, 0.75, 1.0) for m in ("full", "lora")
+        (p, m) for p in (0.0, 0.25, 0.5, 0.75, 1.0) for m in ("full", "lora", "mome")
     ]
     assert len(results["image_table"]) == 10
     p0 = [r for r in results["table"] if r["p"] == 0.0]
     assert all(r["train_exact"] == 1.0 for r in p0)  # true answers are fitted
+    full1 = next(r for r in results["table"] if r["p"] == 1.0 and r["method"] == "full")
+    assert full1["train_exact"] == 1.0 and full1["heldout_after"] < full1["heldout_before"]
     full1 = next(r for r in results["image_table"] if r["p"] == 1.0 and r["method"] == "full")
     assert full1["train_exact"] > 0.9 and full1["heldout_after"] < 0.25  # random labels memorised, no skill
     for name in (
@@ -49,6 +51,7 @@ def test_hallucination_vs_loss_quick_end_to_end(tmp_path):
     results = json.loads((root / "results.json").read_text())
     heads = {r["head"] for r in results["thresholds"]}
     assert {"greedy", "sled", "dola:dola_layers=low", "dera:lam=2"} <= heads
+    assert {r["method"] for r in results["thresholds"]} == {"full", "lora", "mome"}
     greedy = [r for r in results["thresholds"] if r["head"] == "greedy"]
     assert all(r["exact_below_ln2"] in (None, 1.0) for r in greedy)  # the ln 2 bound holds
     assert all(r["safe_nll_sum"] >= results["ln2"] for r in greedy)
