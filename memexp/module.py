@@ -235,6 +235,8 @@ class FactTuning(L.LightningModule):
             )
 
     # ---- checkpoints --------------------------------------------------------------------------
+    export_name = "model"  # ResultsWriter exports into <default_root_dir>/<export_name>
+
     def export_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
         """Write the trained model with ``save_pretrained`` (full weights, or the LoRA adapter that
         names its base) + tokenizer, so ``decoding generate --model out_dir`` and

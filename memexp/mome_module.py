@@ -76,6 +76,8 @@ class MoMETuning(FactTuning):
         seed: base seed.
     """
 
+    export_name = "mome"  # ResultsWriter exports into <default_root_dir>/mome
+
     def __init__(
         self,
         backbone: str = "tiny:llama",
@@ -305,12 +307,13 @@ class MoMETuning(FactTuning):
         if self._touch_keys:
             keys.weight.requires_grad_(True)
 
+    def export_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """Write the MoME folder (experts, keys, router, index, config) with :func:`save_mome`."""
+        return save_mome(self.model, out_dir, overwrite=True, backbone_name=self.hparams.backbone)
+
     def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            root = Path(self.trainer.default_root_dir)
-            save_mome(self.model, root / "mome", overwrite=True, backbone_name=self.hparams.backbone)
-            if getattr(self, "usage", None) is not None:
-                self._plot_usage(root / "expert_usage.png")
+        if self.trainer.is_global_zero and getattr(self, "usage", None) is not None:
+            self._plot_usage(Path(self.trainer.default_root_dir) / "expert_usage.png")
 
     def _plot_usage(self, path: Path) -> None:
         import matplotlib

@@ -92,7 +92,8 @@ class ResultsWriter(L.Callback):
             self._write_curves(trainer, root)
         if hasattr(pl_module, "export_pretrained"):
             tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule else None
-            results["model_dir"] = str(pl_module.export_pretrained(root / "model", tokenizer))
+            out = root / getattr(pl_module, "export_name", "model")
+            results["model_dir"] = str(pl_module.export_pretrained(out, tokenizer))
         atomic_write_json(root / RESULTS_FILE, results)
 
     def _write_curves(self, trainer: L.Trainer, root: Path) -> None:

@@ -44,7 +44,8 @@ def guard_run_dir(root: str | Path, resume: bool, overwrite: bool) -> None:
     if overwrite:
         results.unlink(missing_ok=True)
         shutil.rmtree(ckpts, ignore_errors=True)
-        shutil.rmtree(root / "model", ignore_errors=True)
+        for export in ("model", "mome"):
+            shutil.rmtree(root / export, ignore_errors=True)
         for stale in root.glob("*.csv"):
             stale.unlink()
         return

@@ -106,6 +106,7 @@ def test_two_phase_training(tiny_llama_dir, tmp_path):
     routing = mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
     assert torch.equal(routing.ids, module.cached_ids[batch["fact_ids"]])
     torch.testing.assert_close(routing.weights, module.cached_weights[batch["fact_ids"]])
+    module.export_pretrained(tmp_path / "mome")  # the CLI's ResultsWriter does this at the end of fit
     assert (tmp_path / "mome" / "manifest.json").exists()
 
 
