@@ -1,8 +1,8 @@
 """Memorisation methods by name: one registry that the studies build their Lightning modules from.
 
 ``full`` and ``lora`` are :class:`memexp.module.FactTuning`; ``mome`` is the memory-expert module
-(``memexp.mome_module.MoMETuning``), imported only when asked for, so this package works on a branch
-where it has not landed yet. A new method is one :func:`register_method` call::
+(``memexp.mome_module.MoMETuning``), imported only when asked for.
+A new method is one :func:`register_method` call::
 
     register_method("mome", lambda backbone, seed, options: MoMETuning(backbone, seed=seed, **options))
 
@@ -58,14 +58,9 @@ def _fact_tuning(method: str) -> Builder:
 
 
 def _mome(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModule:
-    try:
-        from memexp.mome import MoMEConfig
-        from memexp.mome_module import MoMETuning
-    except ImportError as err:
-        raise ValueError(
-            "method 'mome' needs memexp.mome_module.MoMETuning, which this checkout lacks; merge the MoME "
-            f"branch or drop 'mome' from methods ({err})"
-        ) from err
+    from memexp.mome import MoMEConfig
+    from memexp.mome_module import MoMETuning
+
     options = dict(options)
     if isinstance(options.get("mome"), dict):
         options["mome"] = MoMEConfig(**options["mome"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import types
 
 import pytest
@@ -30,12 +29,6 @@ def test_full_trains_every_weight_and_lora_only_the_adapter():
     assert all(p.requires_grad for p in full.parameters())
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("memexp.mome_module") is not None, reason="MoME has landed")
-def test_mome_without_the_module_names_the_fix():
-    with pytest.raises(ValueError, match="merge the MoME branch"):
-        build_method("mome", QUICK_MODEL, 0)
 
 
 def test_registering_a_method_makes_it_buildable():
