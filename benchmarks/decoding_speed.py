@@ -35,6 +35,7 @@ from decoding.dola import DoLa  # noqa: E402
 from decoding.greedy import Greedy  # noqa: E402
 from decoding.layers import layer_logits  # noqa: E402
 from decoding.mc import score_continuations  # noqa: E402
+from decoding.models import cache_kwargs, output_cache  # noqa: E402
 from decoding.sled import SLED  # noqa: E402
 
 
@@ -76,10 +77,10 @@ def literal_sled(early, mature, k=50, rate=2.0, lb=-1000.0):
 
 def per_layer_step(model, ids, cache, layers):
     """Forward + one lm_head call per layer at the last position (the references' projection)."""
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=True)
+    out = model(input_ids=ids, **cache_kwargs(cache), use_cache=True, output_hidden_states=True)
     head = model.get_output_embeddings()
     early = torch.cat([head(out.hidden_states[i][:, -1]) for i in layers])  # (L, V) batch 1
-    return early, out.logits[:, -1], out.past_key_values
+    return early, out.logits[:, -1], output_cache(out)
 
 
 def time_steps(model, prompt, method, steps):

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from decoding.models import cache_kwargs, output_cache
+
 
 @dataclass
 class LayerLogits:
@@ -196,7 +198,7 @@ def layer_logits(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
+        **cache_kwargs(past_key_values),
         use_cache=use_cache,
         output_hidden_states=bool(layers),
         logits_to_keep=1,
@@ -212,7 +214,7 @@ def layer_logits(
         early = project_layers(model, hs, layers, final_norm=final_norm)  # (C, B, V)
     else:
         early = mature.new_zeros(0, *mature.shape)
-    return LayerLogits(early, mature, layers, n, tied), getattr(out, "past_key_values", None)
+    return LayerLogits(early, mature, layers, n, tied), output_cache(out)
 
 
 def layer_logits_at(
@@ -246,7 +248,7 @@ def layer_logits_at(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
+        **cache_kwargs(past_key_values),
         use_cache=past_key_values is not None,
         output_hidden_states=bool(layers),
         logits_to_keep=keep,

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from decoding.data import FactorItem, TruthfulQAItem
 from decoding.head import Head
 from decoding.layers import layer_logits_at, model_info
+from decoding.models import output_cache
 
 TRUTHFULQA_INSTRUCTION = (
     "Interpret each question literally, and as a question about the real world; carefully research each "
@@ -144,7 +145,7 @@ def _prefix_cache(model: nn.Module, ctx, ids: list[int], device):
     """KV cache of the shared tokens (batch 1), computed inside ``ctx`` (adapters off) if given."""
     with torch.no_grad(), ctx() if ctx is not None else contextlib.nullcontext():
         out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    return output_cache(out)
 
 
 def _score_chunk(enc, head, passes, caches, shared, post_softmax, final_norm, pad, device) -> Tensor:

@@ -7,6 +7,8 @@ asked for).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 
@@ -107,3 +109,28 @@ def check_tokenizer_fits(tokenizer, model: nn.Module) -> None:
             "use the tokenizer saved with this model (same folder), or call "
             "model.resize_token_embeddings(len(tokenizer)) before training"
         )
+
+
+@functools.cache
+def cache_key() -> str:
+    """The KV-cache keyword of HF forwards: ``cache`` (transformers >= 5.24) or ``past_key_values``.
+
+    Transformers 5.24 renamed the argument and the output field (``past_key_values`` stays a deprecated
+    alias until 5.40); passing the name the installed version expects keeps both working.
+    """
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(cache) -> dict:
+    """``{cache_key(): cache}``, to splat into a model call."""
+    return {cache_key(): cache}
+
+
+def output_cache(out):
+    """The KV cache of a model output (``out.cache`` or ``out.past_key_values``), or None."""
+    for name in ("cache", "past_key_values"):
+        if name in out.keys():
+            return out[name]
+    return None

@@ -14,7 +14,8 @@ the same code path as a real checkpoint::
     model = AutoModelForCausalLM.from_pretrained(path)  # works with HF_HUB_OFFLINE=1
     tokenizer = AutoTokenizer.from_pretrained(path)
 
-The names ``tiny:llama`` and ``tiny:gpt2`` (optionally ``tiny:llama?hidden=128&layers=4``) are
+The names ``tiny:llama`` and ``tiny:gpt2`` (optionally ``tiny:llama?hidden=128&layers=4``, and
+``&pretrain_steps=600`` for a model pretrained on an embedded corpus, see :func:`pretrain_tiny_model`) are
 accepted wherever a model path is (see :func:`decoding.models.resolve_model_path`); they are built
 once into a cache folder keyed by their settings.
 """
@@ -22,6 +23,7 @@ once into a cache folder keyed by their settings.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -48,6 +50,9 @@ class TinyLMConfig:
         vocab: target vocabulary size of the trained BPE tokenizer (<= 512 keeps tests fast).
         max_positions: maximum sequence length.
         seed: seed for the weights and the tokenizer corpus.
+        pretrain_steps: AdamW steps of causal-LM pretraining on :func:`pretrain_corpus` (0: random
+            weights). A pretrained tiny model has a trained lm_head and embeddings, which adapter methods
+            (LoRA, memory experts) that keep them frozen need; a random one bounds their logits.
     """
 
     arch: str = "llama"
@@ -57,12 +62,15 @@ class TinyLMConfig:
     vocab: int = 512
     max_positions: int = 256
     seed: int = 0
+    pretrain_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown tiny arch {self.arch!r}; choose one of {ARCHS}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} must be divisible by heads={self.heads}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps={self.pretrain_steps} must be >= 0")
 
 
 def tokenizer_corpus(seed: int = 0, n_lines: int = 4000) -> list[str]:
@@ -85,6 +93,51 @@ def tokenizer_corpus(seed: int = 0, n_lines: int = 4000) -> list[str]:
         sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
         lines.append(f"Q: What is the code of {sentence}?\nA: {rng.randint(0, 10_000)}.")
     return lines
+
+
+def pretrain_corpus(seed: int = 0, n_lines: int = 4000) -> list[str]:
+    """Pretraining text: the tokenizer corpus's questions answered by random [A-Z0-9] codes of 8-32 chars.
+
+    It teaches the answer format and alphabet of the Lamini-style facts (``memexp.facts``) without any
+    of their answers: the questions are random word strings, the codes are drawn independently.
+    """
+    rng = random.Random(seed + 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    lines = []
+    for line in tokenizer_corpus(seed, n_lines):
+        question = line.split("\nA:")[0]
+        code = "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 32)))
+        lines.append(f"{question}\nA: {code}")
+    return lines
+
+
+def pretrain_tiny_model(model, tokenizer, steps: int, seed: int = 0, batch_size: int = 32, lr: float = 3e-3):
+    """Causal-LM pretraining of ``model`` on :func:`pretrain_corpus` (AdamW, cosine decay, seeded, CPU).
+
+    Returns:
+        The mean loss of the last 10 steps (nats per token).
+    """
+    lines = [line + tokenizer.eos_token for line in pretrain_corpus(seed)]
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
+    model.train()
+    losses = []
+    for _ in range(steps):
+        rows = torch.randint(len(lines), (batch_size,), generator=gen).tolist()
+        batch = tokenizer([lines[i] for i in rows], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # (B, T)
+        loss = model(**batch, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return sum(losses[-10:]) / len(losses[-10:])
 
 
 def train_tokenizer(vocab: int = 512, seed: int = 0):
@@ -158,12 +211,15 @@ def build_tiny_lm(out_dir: str | os.PathLike, arch: str = "llama", **sizes) -> P
         "pad_token_id": tokenizer.pad_token_id,
     }
     model = build_tiny_model(cfg, len(tokenizer), special_ids)
+    record = asdict(cfg)
+    if cfg.pretrain_steps:
+        record["pretrain_final_loss"] = pretrain_tiny_model(model, tokenizer, cfg.pretrain_steps, cfg.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "tiny_lm.json").write_text(json.dumps(asdict(cfg), indent=2))
+        (tmp / "tiny_lm.json").write_text(json.dumps(record, indent=2))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -199,6 +255,7 @@ def ensure_tiny_lm(name: str) -> Path:
     if not (out / "config.json").exists():
         try:
             build_tiny_lm(out, **asdict(cfg))
-        except FileExistsError:  # another process built it concurrently
-            pass
+        except OSError:  # another process (a DDP rank) built it concurrently: use theirs
+            if not (out / "config.json").exists():
+                raise
     return out

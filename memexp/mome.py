@@ -141,7 +141,7 @@ class MoMEModel(nn.Module):
     # ------------------------------------------------------------------------------------ hooks
     def _record_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._call_mask = kwargs.get("attention_mask")
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # the name depends on transformers
         self._decoding = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
 
     def _route(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
