@@ -57,6 +57,9 @@ class MoMEConfig:
         sparse: sparse gradients for expert tables and keys.
         dtype: storage dtype of the expert tables (``float32`` or ``bfloat16``).
         index: candidate search settings.
+        gate: fact gate radius relative to the spacing of the memorised facts' queries (0 = off): at
+            phase-2 start the experts are restricted to questions near a memorised one, so any other
+            input gets exactly the backbone (:mod:`memexp.gate`; per-question routing only).
     """
 
     num_experts: int = 4096
@@ -74,11 +77,14 @@ class MoMEConfig:
     sparse: bool = True
     dtype: str = "float32"
     index: IndexConfig = field(default_factory=IndexConfig)
+    gate: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.index, dict):
             self.index = IndexConfig(**self.index)
         check_bank_size(self.num_experts, self.rank, self.k)
+        if self.gate < 0:
+            raise ValueError(f"gate={self.gate} must be >= 0 (0 = off, 0.5 = half the typical fact spacing)")
 
 
 class MoMEModel(nn.Module):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memexp.experts import check_bank_size
+from memexp.gate import FactGate
 from memexp.index import IndexConfig, KeyIndex
 
 
@@ -142,6 +143,7 @@ class Router(nn.Module):
         with torch.no_grad():
             self.keys.weight.normal_(0.0, key_dim**-0.5)
         self.index = KeyIndex(index)
+        self.gate = FactGate(heads * key_dim)  # off until fitted (memexp.gate)
 
     def make_queries(self, pooled: torch.Tensor) -> torch.Tensor:
         """``(N, H)`` pooled hidden states -> ``(N, heads, d_k)`` queries."""
@@ -190,6 +192,8 @@ class Router(nn.Module):
                 mask = torch.ones(bsz, seq, dtype=torch.bool, device=hidden.device)
             q = self.make_queries(masked_mean(hidden, mask))  # (B, heads, d_k)
             ids, weights = self.select(q)
+            if self.gate.active:  # questions far from every memorised fact get no experts
+                weights = weights * self.gate.open(q.reshape(bsz, -1))[:, None].to(weights.dtype)
         aux = q.sum() * 0.0
         if self.aux_weight > 0 and self.training and not self.per_token:
             aux = self.aux_weight * query_decorrelation_loss(q.reshape(q.shape[0], -1))

@@ -59,3 +59,26 @@ def test_tokenizer_that_does_not_fit_is_refused(tiny_llama_dir, tiny_gpt2_dir):
     with pytest.raises(ValueError, match="tokenizer has 512 ids but the model's embedding has only 300"):
         check_tokenizer_fits(load_tokenizer(tiny_llama_dir), small)
     check_tokenizer_fits(load_tokenizer(tiny_gpt2_dir), load_causal_lm(tiny_gpt2_dir))
+
+
+def test_pretrained_tiny_model_learns_the_answer_format(tmp_path):
+    from decoding.tiny import pretrain_corpus
+
+    kw = dict(hidden=32, layers=1, vocab=300, seed=2)
+    random_dir = build_tiny_lm(tmp_path / "random", **kw)
+    trained_dir = build_tiny_lm(tmp_path / "trained", pretrain_steps=60, **kw)
+    again_dir = build_tiny_lm(tmp_path / "again", pretrain_steps=60, **kw)
+    tok = load_tokenizer(trained_dir)
+    held_out = [line + tok.eos_token for line in pretrain_corpus(seed=7, n_lines=16)]  # another seed
+    batch = tok(held_out, return_tensors="pt", padding="longest", padding_side="right")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+    def loss(path) -> float:
+        with torch.no_grad():
+            return load_causal_lm(path)(**batch, labels=labels).loss.item()
+
+    assert loss(trained_dir) < loss(random_dir) - 1.0  # nats per token, on lines it never saw
+    for pa, pb in zip(load_causal_lm(trained_dir).parameters(), load_causal_lm(again_dir).parameters()):
+        assert torch.equal(pa, pb)  # seeded: the same recipe gives the same weights
+    with pytest.raises(ValueError, match="pretrain_steps=-1"):
+        parse_tiny_name("tiny:llama?pretrain_steps=-1")

@@ -87,12 +87,14 @@ def test_two_phase_training(tiny_llama_dir, tmp_path):
     for name, p in mome.backbone.named_parameters():
         if not name.endswith((".A.weight", ".B.weight")):
             assert torch.equal(p, fresh[name.replace(".base.", ".")]), name
-    # phase 1 moved the router; phase 2 (epochs 2, 3) did not
+    # phase 1 moved the router; phase 2 (epochs 2, 3) did not train it (the query projection only
+    # took the whitening folded in at phase-2 start; the keys did not move at all)
     after1, after2, after3 = snaps.epochs
     assert not torch.equal(initial["query.weight"], after1["router.query.weight"])
     assert not torch.equal(initial["keys.weight"], after1["router.keys.weight"])
-    for name in ("router.query.weight", "router.keys.weight"):
-        assert torch.equal(after1[name], after3[name]), name
+    assert torch.equal(after1["router.keys.weight"], after3["router.keys.weight"])
+    for name in ("router.query.weight", "router.query.bias", "router.keys.weight"):
+        assert torch.equal(after2[name], after3[name]), name
     # phase 2 changed only the cached experts' rows
     fact_ids = torch.tensor([e.fact_id for e in data.train_examples])
     selected = torch.unique(module.cached_ids[fact_ids])
@@ -190,3 +192,33 @@ def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
     again.fit(resumed, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert torch.equal(resumed.cached_ids, first.cached_ids)
     assert not any(p.requires_grad for p in resumed.model.router.parameters())
+
+
+def pre_norm_queries(module: MoMETuning, examples) -> torch.Tensor:
+    """``(N, D)`` query-projection outputs of all facts, before batch-norm (recomputed independently)."""
+    from memexp.router import masked_mean
+
+    router, out = module.model.router, []
+    handle = router.register_forward_pre_hook(lambda m, a: out.append(router.query(masked_mean(a[0], a[1]))))
+    with torch.no_grad():
+        for batch in module._fact_batches(examples):
+            module.model.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+    handle.remove()
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_phase2_whitens_the_facts_queries(tiny_llama_dir, tmp_path, whiten):
+    cfg = MoMEConfig(
+        num_experts=512, k=4, rank=1, sites=["model.layers.1.mlp.down_proj"], query_layer=1, key_dim=4
+    )
+    module = make_module(tiny_llama_dir, mome=cfg, phase1_epochs=0, whiten_queries=whiten)
+    data = make_data(tiny_llama_dir, n=24)
+    fit(module, data, epochs=1, tmp_path=tmp_path, val_every=5)
+    q = pre_norm_queries(module, data.train_examples).double()  # (24, 4)
+    cov = torch.cov(q.T, correction=0)
+    if whiten:  # white over the facts: zero mean, identity covariance (up to the eps ridge)
+        torch.testing.assert_close(q.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-4, rtol=0)
+        torch.testing.assert_close(cov, torch.eye(4, dtype=torch.float64), atol=2e-3, rtol=0)
+    else:  # the raw projection of pooled questions is far from white
+        assert (cov - torch.eye(4, dtype=torch.float64)).abs().max() > 0.1
