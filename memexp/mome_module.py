@@ -11,9 +11,9 @@ batch-norm push distinct facts toward distinct experts.
 Phase 2 (from epoch ``phase1_epochs``): the facts' queries are whitened (``whiten_queries``), the router
 is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.gate`), the configured index is
 built once over the frozen keys (its recall@k against exact search is logged), every training fact's
-expert ids and weights are cached, and only the selected expert rows train. A fact leaves training once its summed answer NLL
-falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that validation finds not recalled
-exactly comes back.
+expert ids and weights are cached, and only the selected expert rows train. A fact leaves training once
+its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
+validation finds not recalled exactly comes back.
 
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
