@@ -67,7 +67,7 @@ def run(module: L.LightningModule, args, label: str) -> dict:
     )
     clock = TrainClock()
     stop = EarlyStopping(
-        monitor="val/hallucination_rate", mode="min", stopping_threshold=0.0, patience=10_000
+        monitor="val/hallucination_rate", mode="min", stopping_threshold=1e-6, patience=10_000  # stop at 0%
     )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(

@@ -259,7 +259,8 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         report += [
             "## Digits with corrupted labels (tiny pretrained ViT of prompt_pool)",
             "",
-            "880 training images, 378 test images (true labels); `heldout_before` is the untrained head.",
+            f"{cfg.image.num_train or 880} training images, 378 test images (true labels); "
+            "`heldout_before` is the untrained head.",
             "",
             markdown_table(image_rows, IMAGE_COLUMNS),
             "",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_mome_module import fit, make_data, make_module
+from test_mome_module import fit, make_config, make_data, make_module
 
 from memexp.data import collate_examples
 from memexp.gate import FactGate, min_distances
-from memexp.index import IndexConfig
 from memexp.mome import MoMEConfig
 from memexp.mome_checkpoint import load_mome, save_mome
 
@@ -35,17 +34,7 @@ def test_gate_distances_and_radius_against_brute_force():
 
 
 def test_gated_mome_keeps_facts_and_leaves_other_questions_to_the_backbone(tiny_llama_dir, tmp_path):
-    cfg = MoMEConfig(
-        num_experts=256,
-        k=4,
-        rank=4,
-        scale=4.0,
-        sites=["*.layers.*_proj"],
-        query_layer=0,
-        key_dim=16,
-        index=IndexConfig(kind="flat"),
-        gate=0.5,
-    )
+    cfg = make_config(aux_weight=0.0, gate=0.5)
     module, data = make_module(tiny_llama_dir, mome=cfg), make_data(tiny_llama_dir, n=12)
     data.hparams.num_heldout = 12
     fit(module, data, epochs=3, tmp_path=tmp_path, val_every=5)

@@ -13,9 +13,8 @@ from memexp.mome import MoMEConfig
 from memexp.mome_module import MoMETuning
 
 
-def make_module(backbone: str, **kw) -> MoMETuning:
-    torch.manual_seed(0)
-    cfg = MoMEConfig(
+def make_config(**overrides) -> MoMEConfig:
+    settings = dict(
         num_experts=256,
         k=4,
         rank=4,
@@ -26,7 +25,12 @@ def make_module(backbone: str, **kw) -> MoMETuning:
         aux_weight=0.1,
         index=IndexConfig(kind="flat"),
     )
-    args = dict(mome=cfg, phase1_epochs=1, lr=3e-2)
+    return MoMEConfig(**{**settings, **overrides})
+
+
+def make_module(backbone: str, **kw) -> MoMETuning:
+    torch.manual_seed(0)
+    args = dict(mome=make_config(), phase1_epochs=1, lr=3e-2)
     args.update(kw)
     return MoMETuning(backbone=backbone, **args)
 
