@@ -164,8 +164,8 @@ def main() -> None:
             )
             results.append(run(module, args, f"lora r={args.lora_r} all linears, AdamW lr={lr:g}"))
     lora = [r for r in results if r["run"].startswith("lora")]
-    mome = results[0]
-    if lora and not args.skip_mome and mome["train_s_to_zero"] is not None:
+    mome = None if args.skip_mome else results[0]
+    if lora and mome is not None and mome["train_s_to_zero"] is not None:
         done = [r for r in lora if r["train_s_to_zero"] is not None]
         if done:
             best = min(done, key=lambda r: r["train_s_to_zero"])

@@ -254,7 +254,8 @@ def ensure_tiny_lm(name: str) -> Path:
     out = tiny_cache_dir() / f"tiny-v{BUILDER_VERSION}-{key}"
     if not (out / "config.json").exists():
         try:
-            build_tiny_lm(out, **asdict(cfg))
+            with torch.random.fork_rng(devices=[]):  # a first build must not move the caller's RNG
+                build_tiny_lm(out, **asdict(cfg))
         except OSError:  # another process (a DDP rank) built it concurrently: use theirs
             if not (out / "config.json").exists():
                 raise

@@ -181,9 +181,6 @@ def run_image_cell(
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: cfg.num_train]
         train = train.subset(keep.sort().values)
     labels, corrupted = corrupt_labels(train.y, p, 10, seed)
-    from prompt_pool.pretrain import DIGITS_VIT_KWARGS, ensure_digits_vit
-
-    ensure_digits_vit(DIGITS_VIT_KWARGS)  # a first-time build draws random numbers: before the seed
     L.seed_everything(seed, verbose=False)
     module = ImageTuning(method, 10, cfg.lr, cfg.lora_r, cfg.lora_alpha)
     loader = DataLoader(TensorDataset(train.x, labels), batch_size=cfg.batch_size, shuffle=True,

@@ -58,15 +58,19 @@ class FactGate(nn.Module):
 
     @torch.no_grad()
     def fit(self, queries: torch.Tensor, rel_radius: float) -> None:
-        """Store the memorised facts' queries ``(F, D)`` and set the radius relative to their spacing."""
-        if rel_radius < 0:
-            raise ValueError(f"gate={rel_radius} must be >= 0 (0 = off, 0.5 = half the typical fact spacing)")
+        """Store the memorised facts' queries ``(F, D)`` and set the radius relative to their spacing.
+
+        ``rel_radius`` is validated by :class:`memexp.mome.MoMEConfig` (``gate >= 0``); 0 leaves the gate
+        off, and a single fact (no spacing) gets an unbounded radius.
+        """
         self.queries = queries.detach().float().clone()
-        if queries.shape[0] < 2 or rel_radius == 0:
-            self.radius = torch.tensor(float(rel_radius > 0) * float("inf"), device=queries.device)
-            return
-        spacing = min_distances(self.queries, self.queries, exclude_self=True).median()
-        self.radius = rel_radius * spacing.clamp_min(1e-6)
+        if rel_radius == 0:
+            self.radius = torch.zeros((), device=queries.device)
+        elif queries.shape[0] < 2:
+            self.radius = torch.tensor(float("inf"), device=queries.device)
+        else:
+            spacing = min_distances(self.queries, self.queries, exclude_self=True).median()
+            self.radius = rel_radius * spacing.clamp_min(1e-6)
 
     def open(self, queries: torch.Tensor) -> torch.Tensor:
         """``(N,)`` bool: whether each query ``(N, D)`` is within the radius of a memorised fact."""

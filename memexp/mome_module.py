@@ -44,7 +44,7 @@ from memexp.index import IndexConfig, exact_topk, recall_at_k
 from memexp.module import FactTuning
 from memexp.mome import MoMEConfig, MoMEModel
 from memexp.mome_checkpoint import save_mome
-from memexp.router import collision_stats, masked_mean
+from memexp.router import collision_stats
 
 torch.serialization.add_safe_globals([MoMEConfig, IndexConfig])  # hparams of weights_only checkpoints
 
@@ -211,23 +211,15 @@ class MoMETuning(FactTuning):
         distinct facts spread over distinct experts (demo: 927 distinct experts, at most 9 facts on one).
         """
         router = self.model.router
-        pooled = []
-
-        def capture(module, args):  # the router's input: hidden (B, T, H) and the question mask (B, T)
-            hidden, mask = args[0], args[1] if len(args) > 1 else None
-            if mask is None:
-                mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-            pooled.append(masked_mean(hidden, mask).float())  # (B, H)
-
-        handle = router.register_forward_pre_hook(capture)
+        outputs = []  # (B, D) outputs of the query projection, before batch-norm
+        handle = router.query.register_forward_hook(lambda module, args, out: outputs.append(out.float()))
         try:
             for batch in self._fact_batches(examples):
                 self.model.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
         finally:
             handle.remove()
-        x = torch.cat(pooled)  # (N, H)
+        q = torch.cat(outputs)  # (N, D)
         w, b = router.query.weight.float(), router.query.bias.float()
-        q = x @ w.T + b  # (N, D)
         mu = q.mean(0)
         cov = torch.cov(q.T, correction=0).double()  # (D, D)
         ridge = eps * cov.diagonal().mean().clamp_min(1e-30)  # relative: query scales vary by backbone

@@ -110,7 +110,8 @@ def ensure_digits_vit(model_kwargs: dict[str, Any] | None = None) -> Path:
     out = tiny_cache_dir() / f"vit-digits-{key}"
     path = out / "model.safetensors"
     if not path.exists():
-        pretrain_digits_vit(out, kw)
+        with torch.random.fork_rng(devices=[]):  # a first build must not move the caller's RNG
+            pretrain_digits_vit(out, kw)
     return path
 
 
