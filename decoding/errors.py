@@ -53,17 +53,21 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None, prog: str) -> Any:
+def run_cli(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None, prog: str) -> Any:
     """Run ``main(argv)`` with ``--debug`` removed; turn any exception into :func:`fail`'s one line.
 
     Args:
-        main: the command's real entry point, called with the argument list.
-        argv: the arguments (``sys.argv[1:]`` when None).
+        main: the command's real entry point, called with the argument list (None: read ``sys.argv``,
+            from which ``--debug`` has been removed).
+        argv: the arguments, or None for the command line.
         prog: the command's name, printed before ``error:``.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = debug_requested(args)
-    args = [a for a in args if a != DEBUG_FLAG]
+    debug = debug_requested(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        sys.argv[1:] = [a for a in sys.argv[1:] if a != DEBUG_FLAG]
+        args = None
+    else:
+        args = [a for a in argv if a != DEBUG_FLAG]
     try:
         return main(args)
     except (KeyboardInterrupt, SystemExit):

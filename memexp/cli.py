@@ -16,6 +16,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from decoding.errors import concise_parser_errors, run_cli
 from memexp.data import FactsDataModule
 from memexp.module import FactTuning
 from memexp.results import ResultsWriter
@@ -24,6 +25,9 @@ from memexp.run_dir import CHECKPOINT_DIR, guard_run_dir
 
 class MemexpCLI(LightningCLI):
     """LightningCLI with the run-folder guard, checkpoint folder and results writer built in."""
+
+    def init_parser(self, **kwargs):
+        return concise_parser_errors(super().init_parser(**kwargs), prog="memexp")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
@@ -45,8 +49,7 @@ class MemexpCLI(LightningCLI):
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``memexp`` console script."""
+def _main(args: list[str] | None) -> None:
     MemexpCLI(
         FactTuning,
         FactsDataModule,
@@ -56,6 +59,11 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``memexp`` console script: bad input ends with one line (``--debug``: traceback)."""
+    run_cli(_main, args, prog="memexp")
 
 
 if __name__ == "__main__":

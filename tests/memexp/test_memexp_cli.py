@@ -30,6 +30,7 @@ def fit(root: Path, *extra: str) -> None:
     main(
         [
             "fit",
+            "--debug",  # exceptions propagate (the one-line error is tested apart)
             "--config",
             DEMO,
             f"--trainer.default_root_dir={root}",
