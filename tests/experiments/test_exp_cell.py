@@ -49,11 +49,12 @@ def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_records(tmp_path,
 
 
 def test_stop_when_fit_ends_training_at_the_first_evaluation_with_every_fact_recalled(tmp_path):
+    """A budget of about 4x what the cell needs here (47 epochs); the epoch itself is not asserted."""
     train, heldout, corrupted = facts(0.0)
-    cfg = tiny_train(max_epochs=60, stop_when_fit=True, method_options={"full": {"lr": 1e-2}})
+    cfg = tiny_train(max_epochs=200, stop_when_fit=True, method_options={"full": {"lr": 1e-2}})
     summary = run_cell(tmp_path / "c", "full", QUICK_MODEL, train, heldout, corrupted, cfg, 0)
     curve = read_rows(tmp_path / "c" / "curve.csv")
-    assert summary["final_train_exact"] == 1.0 and summary["epochs"] < 60
+    assert summary["final_train_exact"] == 1.0 and summary["epochs"] < 200
     assert [r["train/exact"] == 1.0 for r in curve] == [False] * (len(curve) - 1) + [True]
     assert summary["epochs_to_100"] == summary["epochs"] == int(curve[-1]["epoch"])
 
