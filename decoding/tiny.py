@@ -33,8 +33,12 @@ from pathlib import Path
 
 import torch
 
+from decoding.provenance import reproducible_build
+
 ARCHS = ("llama", "gpt2")
-BUILDER_VERSION = 2  # part of the cache key: bump when the corpus, tokenizer or model recipe changes
+BUILDER_VERSION = 3  # part of the cache key: bump when the corpus, tokenizer or model recipe changes
+# v3: built with one torch thread (decoding.provenance.reproducible_build), so the weights no longer
+# depend on the builder's thread count
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
@@ -254,7 +258,7 @@ def ensure_tiny_lm(name: str) -> Path:
     out = tiny_cache_dir() / f"tiny-v{BUILDER_VERSION}-{key}"
     if not (out / "config.json").exists():
         try:
-            with torch.random.fork_rng(devices=[]):  # a first build must not move the caller's RNG
+            with reproducible_build():  # one thread, and the caller's RNG does not move
                 build_tiny_lm(out, **asdict(cfg))
         except OSError:  # another process (a DDP rank) built it concurrently: use theirs
             if not (out / "config.json").exists():

@@ -42,6 +42,7 @@ RECIPE: dict[str, Any] = dict(
     max_shift=1,
     max_rotation_deg=10.0,
     pretrain_fraction=0.3,
+    threads=1,  # built by decoding.provenance.reproducible_build (part of the cache key)
 )
 
 
@@ -103,6 +104,7 @@ def pretrain_digits_vit(
 
 def ensure_digits_vit(model_kwargs: dict[str, Any] | None = None) -> Path:
     """Path of the cached pretrained tiny digits ViT for these kwargs, training it on first use."""
+    from decoding.provenance import reproducible_build
     from decoding.tiny import tiny_cache_dir
 
     kw = dict(model_kwargs or DIGITS_VIT_KWARGS)
@@ -110,7 +112,7 @@ def ensure_digits_vit(model_kwargs: dict[str, Any] | None = None) -> Path:
     out = tiny_cache_dir() / f"vit-digits-{key}"
     path = out / "model.safetensors"
     if not path.exists():
-        with torch.random.fork_rng(devices=[]):  # a first build must not move the caller's RNG
+        with reproducible_build():  # one thread, and the caller's RNG does not move
             pretrain_digits_vit(out, kw)
     return path
 

@@ -82,3 +82,23 @@ def test_pretrained_tiny_model_learns_the_answer_format(tmp_path):
         assert torch.equal(pa, pb)  # seeded: the same recipe gives the same weights
     with pytest.raises(ValueError, match="pretrain_steps=-1"):
         parse_tiny_name("tiny:llama?pretrain_steps=-1")
+
+
+def test_offline_builds_do_not_depend_on_the_callers_thread_count(tmp_path, monkeypatch):
+    """ensure_tiny_lm builds in one thread: a caller with 1 or 2 threads gets the same weights."""
+    from decoding.provenance import file_sha256
+    from decoding.tiny import ensure_tiny_lm
+
+    name = "tiny:llama?hidden=32&layers=1&vocab=300&pretrain_steps=30"
+    threads = torch.get_num_threads()
+    hashes = []
+    for n in (1, 2):
+        monkeypatch.setenv("MEMEXP_CACHE", str(tmp_path / f"cache{n}"))
+        torch.set_num_threads(n)
+        state = torch.get_rng_state()
+        try:
+            hashes.append(file_sha256(ensure_tiny_lm(name) / "model.safetensors"))
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG did not move
+    assert hashes[0] == hashes[1]
