@@ -41,6 +41,11 @@ class RunFolderConfig(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+def launching_process() -> bool:
+    """Whether this is the process a user started (not a rank that a DDP launcher or torchrun started)."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def _logger_configs(trainer_cfg: Namespace) -> list[Namespace]:
     logger = trainer_cfg.get("logger")
     items = logger if isinstance(logger, list) else [logger]
@@ -123,8 +128,8 @@ class MemexpCLI(LightningCLI):
             raise UserError("memexp fit needs a run folder: pass --trainer.default_root_dir=runs/<name>")
         apply_logging_rules(cfg.trainer, str(root))
         ensure_run_checkpoint(cfg.trainer)
-        if cfg.trainer.get("fast_dev_run"):
-            return
+        if cfg.trainer.get("fast_dev_run") or not launching_process():
+            return  # the other ranks follow the decision of the launching process
         ckpt = cfg.get("ckpt_path")
         if ckpt not in (None, "last"):
             raise UserError(
@@ -144,15 +149,19 @@ class MemexpCLI(LightningCLI):
         if cfg.trainer.get("fast_dev_run"):
             return
         root = Path(self.trainer.default_root_dir)
-        last = last_checkpoint(root) if self.run_state is RunState.RESUME else None
-        if last is None:  # a new run (or an unfinished one killed before its first checkpoint): start clean
-            clear_run(root)
-        elif cfg.get("extend"):
-            (root / RESULTS_FILE).unlink(missing_ok=True)  # the run is unfinished until the extension ends
+        launcher = launching_process()
+        resume = self.run_state is RunState.RESUME if launcher else cfg.get("ckpt_path") or cfg.get("extend")
+        last = last_checkpoint(root) if resume else None
+        if cfg.get("extend"):
             for cb in self.trainer.callbacks:
                 if isinstance(cb, RunCheckpoint):
                     cb.restore_stop = False  # an early-stopped run trains on
-        record_run_config(root, run_settings(cfg.as_dict()))
+        if launcher:
+            if last is None:  # a new run (or an unfinished one killed before its first checkpoint)
+                clear_run(root)
+            elif cfg.get("extend"):
+                (root / RESULTS_FILE).unlink(missing_ok=True)  # unfinished until the extension ends
+            record_run_config(root, run_settings(cfg.as_dict()))
         self.config_init["fit"]["ckpt_path"] = last
         if last is None:  # the "before" point of the curves
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
