@@ -28,16 +28,16 @@ from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule
 from memexp.module import FactTuning
 from memexp.results import ResultsWriter
-from memexp.run_dir import RESULTS_FILE, clear_run, open_fit_folder, run_settings
+from memexp.run_dir import CHECKPOINT_DIR, RESULTS_FILE, clear_run, open_fit_folder, run_settings
 
 RUN_CHECKPOINT = f"{RunCheckpoint.__module__}.{RunCheckpoint.__name__}"
 
 
 class RunFolderConfig(SaveConfigCallback):
-    """Lightning's ``config.yaml`` writer, silent under ``fast_dev_run``."""
+    """Lightning's ``config.yaml`` writer, for ``fit`` only and silent under ``fast_dev_run``."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if not trainer.fast_dev_run:
+        if stage == "fit" and not trainer.fast_dev_run:
             super().setup(trainer, pl_module, stage)
 
 
@@ -163,8 +163,24 @@ class MemexpCLI(LightningCLI):
                 (root / RESULTS_FILE).unlink(missing_ok=True)  # unfinished until the extension ends
             record_run_config(root, run_settings(cfg.as_dict()))
         self.config_init["fit"]["ckpt_path"] = last
-        if last is None:  # the "before" point of the curves
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, ResultsWriter)), None)
+        if last is None and writer is not None:  # the "before" point of the curves
+            writer.initial_evaluation(self.trainer, self.model, self.datamodule)
+
+    # ---- validate / test / predict: "last" and "best" name the run folder's checkpoints --------------
+    def _resolve_named_checkpoint(self) -> None:
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt not in ("last", "best"):
+            return
+        path = Path(self.trainer.default_root_dir) / CHECKPOINT_DIR / f"{ckpt}.ckpt"
+        if not path.is_file():
+            raise UserError(
+                f"--ckpt_path {ckpt}: {path} does not exist; train into --trainer.default_root_dir first "
+                "(best.ckpt needs a RunCheckpoint monitor), or pass a checkpoint file"
+            )
+        self.config_init[self.subcommand]["ckpt_path"] = str(path)
+
+    before_validate = before_test = before_predict = _resolve_named_checkpoint
 
 
 def run_lightning_cli(args: list[str] | None) -> Any:

@@ -36,7 +36,8 @@ class ResultsWriter(L.Callback):
       epoch at which hallucination first reached 0, checkpoints, total wall time and that of each
       training segment (one per start: resumes add segments).
 
-    Nothing is written under ``fast_dev_run``.
+    Nothing is written under ``fast_dev_run``, nor by validations other than :meth:`initial_evaluation`
+    (``memexp validate`` on a run folder leaves its records as they are).
     """
 
     def __init__(self) -> None:
@@ -46,6 +47,15 @@ class ResultsWriter(L.Callback):
         self.segments: list[float] = []  # wall time of the finished training segments (s)
         self.fact_rows = 0  # rows of fact_evals.csv (header aside) that belong to this run's history
         self._resumed = False
+        self._record_validation = False
+
+    def initial_evaluation(self, trainer: L.Trainer, model: L.LightningModule, datamodule=None) -> None:
+        """Evaluate ``model`` before training: the "initial" point of the results and curves."""
+        self._record_validation = True
+        try:
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        finally:
+            self._record_validation = False
 
     # ---- state kept in checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -90,6 +100,8 @@ class ResultsWriter(L.Callback):
         if not records:
             return
         fit = trainer.state.fn == "fit"
+        if not (fit or self._record_validation):
+            return
         epoch = trainer.current_epoch if fit else -1
         row = {"epoch": epoch, "step": trainer.global_step, **self._metrics(trainer)}
         if fit:

@@ -107,3 +107,27 @@ def test_bad_settings_are_refused():
         RunCheckpoint(mode="lowest")
     with pytest.raises(ValueError, match="every_n_train_steps must be >= 0"):
         RunCheckpoint(every_n_train_steps=-1)
+
+
+def test_a_run_stopped_early_stays_stopped_when_resumed(small_facts, tmp_path):
+    import lightning as L
+
+    class StopAfterFirstEpoch(L.Callback):  # stands for EarlyStopping reaching its threshold
+        def on_validation_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    module, dm = small_facts(n=8)
+    trainer = quick_trainer(tmp_path, max_epochs=5, callbacks=[StopAfterFirstEpoch(), RunCheckpoint()])
+    trainer.fit(module, datamodule=dm)
+    steps = trainer.global_step
+    module, dm = small_facts(n=8)  # "killed" before its results were written; resumed without the stopper
+    again = quick_trainer(tmp_path, max_epochs=5, callbacks=[RunCheckpoint()])
+    again.fit(module, datamodule=dm, ckpt_path=str(tmp_path / "checkpoints" / LAST))
+    assert again.global_step == steps  # no epoch trained past the stop
+
+    extend = RunCheckpoint()
+    extend.restore_stop = False  # what memexp fit --extend true does
+    module, dm = small_facts(n=8)
+    third = quick_trainer(tmp_path, max_epochs=2, callbacks=[extend])
+    third.fit(module, datamodule=dm, ckpt_path=str(tmp_path / "checkpoints" / LAST))
+    assert third.global_step == 2 * steps

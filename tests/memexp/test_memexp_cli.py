@@ -75,7 +75,20 @@ def test_demo_config_writes_results_and_applies_the_run_folder_rule(tmp_path, ca
     assert len(rows) == 8 * 3  # 8 facts x (initial + 2 epochs)
     assert {r["epoch"] for r in rows} == {"-1", "0", "1"}
 
-    before = (root / "results.json").read_bytes()
+    kept = {name: (root / name).read_bytes() for name in ("fact_evals.csv", "config.yaml", "results.json")}
+    main(
+        [
+            "validate",
+            "--debug",
+            "--config",
+            DEMO,
+            f"--trainer.default_root_dir={root}",
+            *QUICK,
+            "--ckpt_path=best",
+        ]
+    )
+    assert {name: (root / name).read_bytes() for name in kept} == kept  # validate leaves the run as it is
+    before = kept["results.json"]
     for again in ([], ["--ckpt_path=last"]):  # a finished run is never trained again by accident
         with pytest.raises(UserError, match=r"finished run.*--overwrite true.*--extend true"):
             fit(root, *again)
