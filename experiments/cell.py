@@ -2,13 +2,14 @@
 
 A cell folder holds::
 
-    checkpoints/last.ckpt   Lightning checkpoint of every epoch (the probe's records included)
+    checkpoints/last.ckpt   whole Lightning state after every evaluation (the probe's records included),
+                            written beside itself and renamed (memexp.checkpointing.RunCheckpoint)
     fact_evals.csv          per evaluation and training fact: epoch, step, nll_sum, nll_tok, max_tok_nll,
                             min_tok_p, exact (greedy), exact/<head> per decoding head, corrupted
     curve.csv               per evaluation: train loss, train exact match (per head), held-out exact
     cell.json               summary, written last (its presence marks the cell finished)
 
-A killed cell resumes from ``last.ckpt``; a finished one is read back, not re-run.
+A killed cell resumes from its last evaluation (``last.ckpt``); a finished one is read back, not re-run.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from experiments.methods import build_method, reference_of
 from experiments.probe import MemorisationProbe
+from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule, tokenize_fact
 from memexp.facts import Fact
 from memexp.recall import parse_head_spec
@@ -166,16 +167,15 @@ def run_cell(
         accelerator=cfg.accelerator,
         devices=1,
         logger=logger,
-        callbacks=[probe, ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)],
+        callbacks=[probe, RunCheckpoint(dirpath=str(ckpt_dir))],  # after the probe's evaluation
         check_val_every_n_epoch=cfg.eval_every,  # the module's own validation: MoME re-admits missed facts
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
     )
-    last = ckpt_dir / "last.ckpt"
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=last_checkpoint(cell_dir))
     wall = time.perf_counter() - start
 
     bad = set(corrupted)

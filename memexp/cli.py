@@ -1,68 +1,67 @@
-"""``memexp`` command line: LightningCLI over the memorisation modules.
+"""``memexp`` command line: LightningCLI over the memorisation modules (see :mod:`memexp.lightning_cli`).
 
     memexp fit --config configs/memexp/demo.yaml
-    memexp fit --config configs/memexp/demo.yaml --ckpt_path last     # resume a killed run
-    memexp fit --config configs/memexp/demo.yaml --overwrite true     # start a finished run again
+    memexp fit --config configs/memexp/demo.yaml --ckpt_path last        # resume a killed run
+    memexp fit --config configs/memexp/demo.yaml --overwrite true        # start again
+    memexp fit --config configs/memexp/demo.yaml --extend true --trainer.max_epochs=400   # train on
     memexp fit --config configs/memexp/demo.yaml --print_config
 
-The model's ``backbone`` is linked to the data module's ``tokenizer``. Checkpoints go to
-``<default_root_dir>/checkpoints`` and results to ``<default_root_dir>`` (see :mod:`memexp.results`).
+``memexp`` / ``memexp --help`` answer without importing Lightning (about 10 s on a busy 2-core machine);
+``memexp fit --help`` shows every option of the full LightningCLI parser.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+HELP = """\
+usage: memexp [-h] [-c CONFIG] {fit,validate,test,predict} ...
 
-from decoding.errors import concise_parser_errors, run_cli
-from memexp.data import FactsDataModule
-from memexp.module import FactTuning
-from memexp.results import ResultsWriter
-from memexp.run_dir import CHECKPOINT_DIR, guard_run_dir
+Memorise facts exactly with a frozen HF backbone (full fine-tuning, LoRA, memory experts): a
+LightningCLI over memexp.module.FactTuning / memexp.mome_module.MoMETuning and memexp.data.FactsDataModule.
+
+subcommands (memexp <subcommand> --help lists every option):
+  fit        train into a run folder (--trainer.default_root_dir): checkpoints/last.ckpt after every
+             evaluation, results.json, curves.csv/png, fact_evals.csv and the exported model
+  validate   evaluate a model (--ckpt_path PATH)
+  test       evaluate on the test facts
+  predict    run the model's predict step
+
+run folders (memexp fit):
+  --ckpt_path last   resume the unfinished run in the folder from its last evaluation
+  --overwrite true   delete the run in the folder and start again
+  --extend true      train a finished run further (a larger --trainer.max_epochs)
+  --debug            show the traceback of an error
+
+examples:
+  memexp fit --config configs/memexp/demo.yaml
+  memexp fit --config configs/memexp/mome_demo.yaml --trainer.default_root_dir runs/mome_1
+"""
 
 
-class MemexpCLI(LightningCLI):
-    """LightningCLI with the run-folder guard, checkpoint folder and results writer built in."""
-
-    def init_parser(self, **kwargs):
-        return concise_parser_errors(super().init_parser(**kwargs), prog="memexp")
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
-        parser.add_argument(
-            "--overwrite",
-            type=bool,
-            default=False,
-            help="start again in a run folder that holds a finished or unfinished run (deletes its results)",
-        )
-
-    def before_fit(self) -> None:
-        cfg = self.config[self.subcommand]
-        root = Path(self.trainer.default_root_dir)
-        guard_run_dir(root, resume=cfg.get("ckpt_path") is not None, overwrite=cfg.get("overwrite", False))
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
-                cb.dirpath = str(root / CHECKPOINT_DIR)
-        if cfg.get("ckpt_path") is None:  # the "before" point of the curves
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+def _light(argv: list[str]) -> None:
+    """Answer ``memexp`` and ``memexp --help`` without importing torch or Lightning (exits)."""
+    if argv:
+        sys.stdout.write(HELP)
+        raise SystemExit(0)
+    sys.stderr.write(f"memexp: error: choose a subcommand: {', '.join(SUBCOMMANDS)} (see memexp --help)\n")
+    raise SystemExit(2)
 
 
 def _main(args: list[str] | None) -> None:
-    MemexpCLI(
-        FactTuning,
-        FactsDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_defaults={"callbacks": [ResultsWriter()]},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    from memexp.lightning_cli import run_lightning_cli  # imports Lightning (seconds)
+
+    run_lightning_cli(args)
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``memexp`` console script: bad input ends with one line (``--debug``: traceback)."""
+    argv = [a for a in (sys.argv[1:] if args is None else args) if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        _light(argv)
+    from decoding.errors import run_cli  # the package imports torch
+
     run_cli(_main, args, prog="memexp")
 
 

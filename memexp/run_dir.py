@@ -1,43 +1,148 @@
-"""Run folders: refuse to clobber a finished or unfinished run; write result files atomically."""
+"""The run folder of ``memexp fit``: one configuration per folder (:mod:`decoding.run_folder`'s rule).
+
+``<trainer.default_root_dir>`` holds ``run_config.json`` (the settings that change results, recorded at the
+start), ``checkpoints/last.ckpt`` (+ ``best.ckpt``), ``fact_evals.csv``, and once the run is finished
+``results.json``, ``curves.csv``, ``curves.png`` and the exported model. :func:`open_fit_folder` decides:
+
+- a new folder starts; a folder with other settings is refused, naming them, unless ``--overwrite true``;
+- an identical finished run is refused (``--overwrite true`` starts it again, ``--extend true`` trains on);
+- an identical unfinished run resumes only with ``--ckpt_path last``;
+- ``--extend true`` continues a finished run from its ``last.ckpt`` with a larger budget
+  (only ``trainer.max_epochs`` / ``max_steps`` / ``max_time`` may change; the results are rewritten).
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from decoding.run_folder import atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
+from decoding.errors import UserError
+from decoding.run_folder import (  # noqa: F401 - atomic writers re-exported for memexp and experiments
+    RUN_CONFIG_FILE,
+    RunState,
+    atomic_write_json,
+    atomic_write_text,
+    check_run_folder,
+    differing_settings,
+    read_run_config,
+    record_run_config,
+)
 
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
+RESUME_FLAG = "--ckpt_path last"
+OVERWRITE_FLAG = "--overwrite true"
+EXTEND_FLAG = "--extend true"
+EXTEND_HINT = (
+    f"to train a finished run further on purpose, pass {EXTEND_FLAG} with a larger --trainer.max_epochs "
+    "(it continues from checkpoints/last.ckpt and rewrites the results)"
+)
+# settings that do not change results: left out of run_config.json and of the comparison
+NOT_RESULTS = (
+    "config",
+    "ckpt_path",
+    "overwrite",
+    "extend",
+    "print_config",
+    "trainer.default_root_dir",
+    "trainer.logger",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+)
+EXTENDABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+# what a run writes into its folder; --overwrite removes these (and nothing else the user keeps there)
+RUN_FILES = (RESULTS_FILE, RUN_CONFIG_FILE, "config.yaml", "fact_evals.csv", "curves.csv", "curves.png")
+RUN_DIRS = (CHECKPOINT_DIR, "model", "mome", "wandb", "lightning_logs")
 
 
-def guard_run_dir(root: str | Path, resume: bool, overwrite: bool) -> None:
-    """Check that training may write into ``root``.
+def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without the settings that do not change results (:data:`NOT_RESULTS`)."""
 
-    A folder holding a finished run (``results.json``) or checkpoints of an unfinished one is refused
-    unless the run is resumed (``--ckpt_path``) or ``--overwrite true`` is given; with overwrite, the
-    old results and checkpoints are removed first.
+    def keep(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if name in NOT_RESULTS or name.startswith("__"):
+                continue
+            out[key] = keep(value, f"{name}.") if isinstance(value, Mapping) else value
+        return out
+
+    return keep(config, "")
+
+
+def is_finished(root: str | Path) -> bool:
+    """Whether ``root`` holds a finished run (its ``results.json``)."""
+    return (Path(root) / RESULTS_FILE).is_file()
+
+
+def is_started(root: str | Path) -> bool:
+    """Whether ``root`` holds any trace of a run."""
+    root = Path(root)
+    return any((root / name).exists() for name in (RUN_CONFIG_FILE, CHECKPOINT_DIR, "fact_evals.csv"))
+
+
+def open_fit_folder(
+    root: str | Path, settings: Mapping[str, Any], *, resume: bool, overwrite: bool, extend: bool
+) -> RunState:
+    """Apply the run-folder rule for a ``fit`` with ``settings`` into ``root``; nothing is written here.
+
+    Returns:
+        ``RunState.NEW`` (start; with ``overwrite`` the caller clears the folder with :func:`clear_run`)
+        or ``RunState.RESUME`` (continue from ``last.ckpt``: a resumed unfinished run, or an extension).
+
+    Raises:
+        UserError: the start is refused; the message names the differing settings and the flags.
     """
     root = Path(root)
-    results, ckpts = root / RESULTS_FILE, root / CHECKPOINT_DIR
-    has_ckpts = ckpts.is_dir() and any(ckpts.iterdir())
+    if extend:
+        return _check_extend(root, settings, resume=resume, overwrite=overwrite)
+    old = read_run_config(root)
+    if old is not None and is_finished(root) and not overwrite:
+        changed = differing_settings(old, settings)
+        if changed and set(changed) <= set(EXTENDABLE):
+            raise UserError(
+                f"{root} holds a finished run with other settings ({', '.join(changed)}); pass "
+                f"{OVERWRITE_FLAG} to delete it and start again, or {EXTEND_FLAG} to train it further"
+            )
+    return check_run_folder(
+        root,
+        settings,
+        finished=is_finished(root),
+        started=is_started(root),
+        resume=resume,
+        overwrite=overwrite,
+        resume_flag=RESUME_FLAG,
+        overwrite_flag=OVERWRITE_FLAG,
+        extend_hint=EXTEND_HINT,
+    )
+
+
+def _check_extend(root: Path, settings: Mapping[str, Any], *, resume: bool, overwrite: bool) -> RunState:
     if overwrite:
-        results.unlink(missing_ok=True)
-        shutil.rmtree(ckpts, ignore_errors=True)
-        for export in ("model", "mome"):
-            shutil.rmtree(root / export, ignore_errors=True)
-        for stale in root.glob("*.csv"):
-            stale.unlink()
-        return
-    if resume:
-        return
-    if results.exists():
-        raise FileExistsError(
-            f"{root} already holds a finished run ({RESULTS_FILE}); choose another "
-            "--trainer.default_root_dir, resume it with --ckpt_path last, or pass --overwrite true"
+        raise UserError(f"pass either {EXTEND_FLAG} (train on) or {OVERWRITE_FLAG} (start again), not both")
+    if not is_finished(root) or not (root / CHECKPOINT_DIR / "last.ckpt").is_file():
+        hint = f"resume it with {RESUME_FLAG}" if is_started(root) else f"drop {EXTEND_FLAG} to start one"
+        raise UserError(f"{root} holds no finished run (with checkpoints/last.ckpt) to extend; {hint}")
+    old = read_run_config(root) or {}
+    changed = [k for k in differing_settings(old, settings) if k not in EXTENDABLE]
+    if changed:
+        raise UserError(
+            f"{root} holds a run with other settings ({', '.join(changed[:8])}); {EXTEND_FLAG} may change "
+            f"only {', '.join(EXTENDABLE)}: use the run's settings, or choose another run folder"
         )
-    if has_ckpts:
-        raise FileExistsError(
-            f"{root} holds checkpoints of an unfinished run; resume it with --ckpt_path last, "
-            "or pass --overwrite true to start again"
-        )
+    return RunState.RESUME
+
+
+def clear_run(root: str | Path) -> None:
+    """Delete what a run wrote into ``root`` (:data:`RUN_FILES`, :data:`RUN_DIRS`, every ``*.png``)."""
+    root = Path(root)
+    for name in RUN_FILES:
+        (root / name).unlink(missing_ok=True)
+    for png in root.glob("*.png"):
+        png.unlink()
+    for name in RUN_DIRS:
+        shutil.rmtree(root / name, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The ``memexp`` CLI on the demo config: results files, run-folder guard, resume, print_config, DDP."""
+"""The ``memexp`` CLI on the demo config: results files, the run-folder rule, resume, extend, help, DDP."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from decoding.errors import UserError
 from memexp.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +37,6 @@ def fit(root: Path, *extra: str) -> None:
             "--config",
             DEMO,
             f"--trainer.default_root_dir={root}",
-            f"--trainer.logger.init_args.save_dir={root}",
             *QUICK,
             *extra,
         ]
@@ -46,7 +48,8 @@ def fact_rows(root: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_demo_config_writes_results_and_guards_the_run_folder(tmp_path, capsys):
+def test_demo_config_writes_results_and_applies_the_run_folder_rule(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     root = tmp_path / "run"
     fit(root)
     results = json.loads((root / "results.json").read_text())
@@ -55,7 +58,12 @@ def test_demo_config_writes_results_and_guards_the_run_folder(tmp_path, capsys):
     assert 0.0 <= results["final"]["val/hallucination_rate"] <= 1.0
     assert results["final"]["val/answer_nll"] < results["initial"]["val/answer_nll"]
     assert Path(results["last_checkpoint"]).is_file() and Path(results["best_checkpoint"]).is_file()
+    assert torch.load(results["last_checkpoint"], weights_only=True)["epoch"] == 1  # the last state
     assert (root / "curves.png").stat().st_size > 1000
+    assert (root / "wandb").is_dir()  # the logger's save_dir follows the run folder
+    settings = json.loads((root / "run_config.json").read_text())
+    assert settings["data"]["init_args"]["num_random_facts"] == 8
+    assert "ckpt_path" not in settings and "logger" not in settings["trainer"]
     from decoding.cli import main as decoding_main
 
     prompt = "Q: What is the code of the red fox?\nA:"
@@ -67,16 +75,120 @@ def test_demo_config_writes_results_and_guards_the_run_folder(tmp_path, capsys):
     assert len(rows) == 8 * 3  # 8 facts x (initial + 2 epochs)
     assert {r["epoch"] for r in rows} == {"-1", "0", "1"}
 
-    with pytest.raises(FileExistsError, match="already holds a finished run"):
+    kept = {name: (root / name).read_bytes() for name in ("fact_evals.csv", "config.yaml", "results.json")}
+    main(
+        [
+            "validate",
+            "--debug",
+            "--config",
+            DEMO,
+            f"--trainer.default_root_dir={root}",
+            *QUICK,
+            "--ckpt_path=best",
+        ]
+    )
+    assert {name: (root / name).read_bytes() for name in kept} == kept  # validate leaves the run as it is
+    before = kept["results.json"]
+    for again in ([], ["--ckpt_path=last"]):  # a finished run is never trained again by accident
+        with pytest.raises(UserError, match=r"finished run.*--overwrite true.*--extend true"):
+            fit(root, *again)
+    with pytest.raises(UserError, match=r"finished run with other settings \(trainer.max_epochs\).*--extend"):
+        fit(root, "--ckpt_path=last", "--trainer.max_epochs=3")
+    assert (root / "results.json").read_bytes() == before
+
+    (root / "results.json").unlink()  # "killed" after its last checkpoint
+    with pytest.raises(UserError, match=r"unfinished run with these settings; pass --ckpt_path last"):
         fit(root)
-    (root / "results.json").unlink()
-    with pytest.raises(FileExistsError, match="holds checkpoints of an unfinished run"):
-        fit(root)
-    fit(root, "--ckpt_path=last", "--trainer.max_epochs=3")  # resume the "unfinished" run for one more epoch
-    assert json.loads((root / "results.json").read_text())["epochs"] == 3
-    fit(root, "--overwrite=true")
+    fit(root, "--ckpt_path=last")
     assert json.loads((root / "results.json").read_text())["epochs"] == 2
-    assert len(fact_rows(root)) == 8 * 3  # overwrite removed the old records
+    assert len(fact_rows(root)) == 8 * 3  # no evaluation twice
+
+    with pytest.raises(UserError, match=r"other settings \(model.init_args.lr\).*may change only"):
+        fit(root, "--extend=true", "--trainer.max_epochs=3", "--model.init_args.lr=1e-2")
+    fit(root, "--extend=true", "--trainer.max_epochs=3")  # train a finished run further, on purpose
+    extended = json.loads((root / "results.json").read_text())
+    assert extended["epochs"] == 3  # segments: the first run and the extension (the resume trained nothing)
+    assert len(extended["wall_time_segments_s"]) == 2
+    assert extended["initial"] == results["initial"] and len(fact_rows(root)) == 8 * 4
+    assert json.loads((root / "run_config.json").read_text())["trainer"]["max_epochs"] == 3
+
+    # overwrite deletes everything of the old run: a run that trains no epoch draws no curves
+    fit(root, "--overwrite=true", "--trainer.max_epochs=0")
+    assert json.loads((root / "results.json").read_text())["epochs"] == 0
+    assert not (root / "curves.png").exists() and not (root / "curves.csv").exists()
+    assert len(fact_rows(root)) == 8  # the initial evaluation only
+
+
+def test_fast_dev_run_writes_nothing(tmp_path):
+    root = tmp_path / "run"
+    fit(root, "--trainer.fast_dev_run=true")
+    assert not root.exists()
+
+
+def test_refused_starts_are_one_line_and_leave_no_trace(tmp_path, capsys):
+    root = tmp_path / "run"
+    legacy = tmp_path / "legacy.yaml"
+    config = yaml.safe_load(Path(DEMO).read_text())
+    config["trainer"]["callbacks"][0] = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"save_last": True},
+    }
+    legacy.write_text(yaml.safe_dump(config))
+    cases = [
+        (["--ckpt_path=last"], "holds no run to resume; drop --ckpt_path last"),
+        (["--ckpt_path=old/last.ckpt"], "resumes the run of its own folder only"),
+        (["--extend=true"], "holds no finished run"),
+        (["--ckpt_path=last", "--overwrite=true"], "not both"),
+        ([f"--config={legacy}"], "replace it by class_path: memexp.checkpointing.RunCheckpoint"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", DEMO, f"--trainer.default_root_dir={root}", *QUICK, *extra])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 1 and message in err and len(err.splitlines()) == 1, err
+        assert err.startswith("memexp: error: ")
+        assert not root.exists()  # no wandb folder, no files
+
+
+def test_wandb_mode_wins_and_loggers_follow_the_run_folder(monkeypatch):
+    from jsonargparse import Namespace
+
+    from memexp.lightning_cli import apply_logging_rules
+
+    def trainer_cfg():
+        wandb = Namespace(
+            class_path="lightning.pytorch.loggers.WandbLogger",
+            init_args=Namespace(offline=True, save_dir="runs/demo"),
+        )
+        csv_logger = Namespace(
+            class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir="x")
+        )
+        return Namespace(logger=[wandb, csv_logger])
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    cfg = trainer_cfg()
+    apply_logging_rules(cfg, "runs/mine")
+    assert [lg.init_args.save_dir for lg in cfg.logger] == ["runs/mine", "runs/mine"]
+    assert cfg.logger[0].init_args.offline is False
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = trainer_cfg()
+    apply_logging_rules(cfg, "runs/mine")
+    assert [lg.class_path.rsplit(".", 1)[-1] for lg in cfg.logger] == ["CSVLogger"]
+
+
+def test_top_level_help_is_fast_and_fit_help_is_complete(capsys):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "memexp", "--help"], env=env, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    assert proc.returncode == 0 and "fit" in proc.stdout and "--extend true" in proc.stdout
+    assert took < 3.0, f"memexp --help took {took:.1f} s"
+    proc = subprocess.run([sys.executable, "-m", "memexp"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("memexp: error: choose a subcommand")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--ckpt_path" in out and "--extend" in out and "--overwrite" in out
 
 
 def test_print_config_links_backbone_to_tokenizer(capsys):

@@ -1,0 +1,49 @@
+"""A cell killed in the middle of training resumes from its last evaluation, not from scratch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from exp_helpers import QUICK_MODEL, tiny_train
+
+from experiments.cell import read_rows, run_cell
+from experiments.probe import MemorisationProbe
+from experiments.tasks import code_task, corrupt
+
+
+class Killed(Exception):
+    """Stands for a kill: no hook after it writes anything."""
+
+
+def test_a_cell_killed_mid_run_resumes_from_its_last_evaluation(tmp_path, monkeypatch):
+    task = code_task(8, 4, seed=0, code_len=2)
+    train, corrupted = corrupt(task.train, 0.5, seed=0)
+    cfg = tiny_train(max_epochs=4, eval_every=2)
+
+    def go(folder):
+        return run_cell(tmp_path / folder, "full", QUICK_MODEL, train, task.heldout, corrupted, cfg, 0)
+
+    whole = go("whole")
+    original = MemorisationProbe.on_train_epoch_start
+    started, armed = [], [True]
+
+    def kill_in_epoch_4(self, trainer, pl_module):
+        started.append(trainer.current_epoch)
+        if trainer.current_epoch == 3 and armed[0]:  # epochs 1-2 trained and evaluated, 3 trained only
+            armed[0] = False
+            raise Killed
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(MemorisationProbe, "on_train_epoch_start", kill_in_epoch_4)
+    with pytest.raises(Killed):
+        go("part")
+    last = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1  # written after the evaluation of epoch 2 (0-based 1)
+    started.clear()  # from here on, no kill
+    resumed = go("part")
+    assert started == [2, 3]  # from the last evaluation, not from scratch
+    assert read_rows(tmp_path / "part" / "fact_evals.csv") == read_rows(tmp_path / "whole" / "fact_evals.csv")
+    drop = {"wall_time_s"}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {
+        k: v for k, v in whole.items() if k not in drop
+    }
