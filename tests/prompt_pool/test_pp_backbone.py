@@ -124,3 +124,15 @@ def test_bad_checkpoint_files_are_refused_in_one_line_and_run_no_code(tmp_path):
             load_state_dict_file(tmp_path / name)
         assert "\n" not in str(err.value)
     assert not marker.exists()
+
+
+def test_the_digits_vit_build_shows_a_progress_bar_and_loads_back(tmp_path, capsys, tiny_vit_kwargs):
+    from prompt_pool.pretrain import pretrain_digits_vit
+
+    path = pretrain_digits_vit(tmp_path / "vit", tiny_vit_kwargs, recipe={"epochs": 2})
+    bar = capsys.readouterr().err
+    assert "pretraining the digits ViT once" in bar and "2/2" in bar and "loss=" in bar
+    assert sorted(p.name for p in (tmp_path / "vit").iterdir()) == ["model.safetensors", "recipe.json"]
+    ViTBackbone(checkpoint=str(path), model_kwargs=tiny_vit_kwargs)  # a complete, loadable file
+    with pytest.raises(UserError, match="exists; remove it or choose another --out"):
+        pretrain_digits_vit(tmp_path / "vit", tiny_vit_kwargs, recipe={"epochs": 2})
