@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from decoding.errors import UserError
+from decoding.errors import UserError, one_line
 
 HeadType = Literal["prompt", "cls"]
 
@@ -57,8 +57,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated, foreign or code-carrying files: one clear line
         raise UserError(
-            f"cannot read ViT checkpoint {str(path)!r} ({type(err).__name__}: {str(err)[:160]}); pass a "
-            ".safetensors file or a torch state dict of tensors."
+            f"cannot read ViT checkpoint {str(path)!r} ({type(err).__name__}: {one_line(str(err))[:160]}); "
+            "pass a .safetensors file or a torch state dict of tensors."
         ) from None
     obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -29,7 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from decoding.errors import UserError
+from decoding.errors import UserError, one_line
 from decoding.run_folder import (
     RUN_CONFIG_FILE,
     RunState,
@@ -260,7 +260,7 @@ class TaskSequenceRunner:
             learner.load_state_dict(st["model"])
         except Exception as err:  # noqa: BLE001 - a damaged or foreign state file: one clear line
             raise UserError(
-                f"cannot resume from {str(path)!r} ({type(err).__name__}: {str(err)[:200]}); pass "
+                f"cannot resume from {str(path)!r} ({type(err).__name__}: {one_line(str(err))[:240]}); pass "
                 f"{OVERWRITE_FLAG} to start again"
             ) from None
         return st

@@ -137,3 +137,20 @@ def test_joint_training_is_one_stage_evaluated_per_task(tmp_path, tiny_vit_kwarg
     assert torch.isnan(r.accuracy[:, :2]).all() and not torch.isnan(r.accuracy[:, 2]).any()
     assert r.metrics["average_accuracy"] == pytest.approx(float(r.accuracy[:, 2].mean()))
     assert m.task_classes == list(range(6))
+
+
+def test_a_state_file_that_does_not_fit_the_model_is_one_clear_error(tmp_path, tiny_vit_kwargs, make_trainer):
+    """A folder from before run_config.json (nothing to compare) resumed with another pool size."""
+    dm, m = _setup(tiny_vit_kwargs)
+    cfg = RunnerConfig(out_dir=str(tmp_path), plots=False)
+    TaskSequenceRunner(cfg, lambda: make_trainer(1)).run(m, dm)
+    (tmp_path / "results.json").unlink()
+    (tmp_path / "run_config.json").unlink()
+    dm, _ = _setup(tiny_vit_kwargs)
+    other = L2P(
+        num_classes=dm.num_classes, backbone_kwargs=tiny_vit_kwargs, pool_size=4, top_n=2, prompt_length=2
+    )
+    with pytest.raises(
+        UserError, match=r"cannot resume from .*state\.pt.*size mismatch.*--runner\.overwrite true"
+    ):
+        TaskSequenceRunner(replace(cfg, resume=True), lambda: make_trainer(1)).run(other, dm)
