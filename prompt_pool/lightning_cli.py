@@ -88,8 +88,8 @@ def apply_wandb_settings(trainer: Namespace, out_dir: str) -> None:
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     loggers = _loggers(trainer)
     if mode == "disabled":
-        kept = [lg for lg in loggers if not _is_wandb(lg)]
-        trainer.logger = (kept if len(kept) > 1 else kept[0]) if kept and kept != [None] else False
+        kept = [lg for lg in loggers if lg is not None and not _is_wandb(lg)]
+        trainer.logger = kept if len(kept) > 1 else (kept[0] if kept else False)
         return
     for lg in filter(_is_wandb, loggers):
         args = lg.get("init_args") or Namespace()
