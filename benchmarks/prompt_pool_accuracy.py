@@ -39,6 +39,7 @@ METHODS = {
 def run(method: str, extra: list[str], seed: int, out: Path) -> dict:
     folder = out / f"{re.sub(r'[^A-Za-z0-9]+', '_', method).strip('_')}_s{seed}"
     if not (folder / "results.json").exists():
+        resume = ["--runner.resume", "true"] if (folder / "run_config.json").exists() else []  # killed run
         cli_main(
             [
                 "fit",
@@ -57,6 +58,7 @@ def run(method: str, extra: list[str], seed: int, out: Path) -> dict:
                 "false",
                 "--runner.plots",
                 str(seed == 0).lower(),
+                *resume,
             ]
         )
     return json.loads((folder / "results.json").read_text())["metrics"]

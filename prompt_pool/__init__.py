@@ -3,25 +3,35 @@
 Files: ``backbone`` (frozen ViT, query, prompted forward, per-layer features), ``selection`` (top-N,
 vote, task mask, eq. 4), ``pool`` (prompts, keys, pull constraint), ``l2p`` (the L2P learner),
 ``learner`` (shared Lightning module), ``baselines`` (fine-tuning, replay, EWC, LwF), ``datasets`` /
-``tasks`` / ``datamodule`` (task sequences), ``runner`` (task loop, A[i, t], resume), ``metrics``,
-``plots``, ``pretrain`` (the offline tiny-ViT recipe), ``cli`` (``prompt-pool fit``).
+``tasks`` / ``datamodule`` (task sequences), ``runner`` (task loop, A[i, t], run folder, resume),
+``metrics``, ``plots``, ``pretrain`` (the offline tiny-ViT recipe), ``cli`` (``prompt-pool``, fast
+``--help``) and ``lightning_cli`` (its LightningCLI).
+
+The names below are imported on first use, so that ``prompt-pool --help`` needs neither torch nor
+Lightning.
 """
 
-from prompt_pool.backbone import ViTBackbone
-from prompt_pool.datamodule import TaskSequenceDataModule
-from prompt_pool.l2p import L2P
-from prompt_pool.learner import ContinualLearner
-from prompt_pool.pool import PromptPool, Selection
-from prompt_pool.runner import RunnerConfig, SequenceResult, TaskSequenceRunner
+from __future__ import annotations
 
-__all__ = [
-    "L2P",
-    "ContinualLearner",
-    "PromptPool",
-    "RunnerConfig",
-    "Selection",
-    "SequenceResult",
-    "TaskSequenceDataModule",
-    "TaskSequenceRunner",
-    "ViTBackbone",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "L2P": "prompt_pool.l2p",
+    "ContinualLearner": "prompt_pool.learner",
+    "PromptPool": "prompt_pool.pool",
+    "RunnerConfig": "prompt_pool.runner",
+    "Selection": "prompt_pool.pool",
+    "SequenceResult": "prompt_pool.runner",
+    "TaskSequenceDataModule": "prompt_pool.datamodule",
+    "TaskSequenceRunner": "prompt_pool.runner",
+    "ViTBackbone": "prompt_pool.backbone",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'prompt_pool' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -23,6 +23,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from decoding.errors import UserError, one_line
+
 HeadType = Literal["prompt", "cls"]
 
 
@@ -36,18 +38,34 @@ def sha256_of(path: str | Path) -> str:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Load a state dict safely: safetensors, or a torch file with ``weights_only=True``."""
+    """Load a state dict safely: safetensors, or a torch file with ``weights_only=True`` (no code runs).
+
+    Raises:
+        UserError: the file is missing or is not a readable tensor file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"ViT checkpoint {str(path)!r} does not exist; pass a local .safetensors file."
+        raise UserError(
+            f"ViT checkpoint {str(path)!r} does not exist; pass --model.init_args.checkpoint <a local "
+            ".safetensors file> or tiny:digits."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or code-carrying files: one clear line
+        raise UserError(
+            f"cannot read ViT checkpoint {str(path)!r} ({type(err).__name__}: {one_line(str(err))[:160]}); "
+            "pass a .safetensors file or a torch state dict of tensors."
+        ) from None
+    obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(
+            f"ViT checkpoint {str(path)!r} holds no state dict of tensors; pass a .safetensors file."
+        )
+    return obj
 
 
 class ViTBackbone(nn.Module):
@@ -77,10 +95,13 @@ class ViTBackbone(nn.Module):
         super().__init__()
         kwargs = dict(model_kwargs or {})
         if not name.startswith("vit_"):
-            raise ValueError(f"backbone {name!r} is not a timm ViT; use a 'vit_*' model name.")
+            raise UserError(
+                f"backbone {name!r} is not a timm ViT; pass --model.init_args.backbone vit_tiny_patch16_224 "
+                "(or another 'vit_*' name)."
+            )
         img, patch = kwargs.get("img_size"), kwargs.get("patch_size")
         if img is not None and patch is not None and int(img) % int(patch) != 0:
-            raise ValueError(
+            raise UserError(
                 f"image size {img} is not divisible by patch size {patch}; choose img_size a multiple of "
                 f"patch_size (e.g. img_size={int(img) // int(patch) * int(patch) or int(patch)})."
             )
@@ -88,33 +109,34 @@ class ViTBackbone(nn.Module):
         try:
             vit = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
         except Exception as err:  # network-less hub download, unknown name, bad kwargs
-            raise RuntimeError(
+            raise UserError(
                 f"could not build timm model {name!r} (pretrained={pretrained}): {err}. Offline, pass "
                 "checkpoint=<local .safetensors> instead of pretrained=True."
             ) from err
         ph, pw = vit.patch_embed.patch_size
         ih, iw = vit.patch_embed.img_size
         if ih % ph or iw % pw:
-            raise ValueError(f"image size {(ih, iw)} is not divisible by patch size {(ph, pw)}.")
+            raise UserError(f"image size {(ih, iw)} is not divisible by patch size {(ph, pw)}.")
         if checkpoint == "tiny:digits":
             from prompt_pool.pretrain import ensure_digits_vit
 
             checkpoint = str(ensure_digits_vit(model_kwargs))
         if checkpoint is not None:
             if checkpoint_sha256 is not None and sha256_of(checkpoint) != checkpoint_sha256:
-                raise ValueError(
-                    f"checkpoint {checkpoint!r} does not match the pinned sha256 {checkpoint_sha256}."
+                raise UserError(
+                    f"checkpoint {checkpoint!r} does not match the pinned sha256 {checkpoint_sha256}; use "
+                    "the pinned file or update --model.init_args.checkpoint_sha256."
                 )
             state = {k: v for k, v in load_state_dict_file(checkpoint).items() if not k.startswith("head.")}
             missing, unexpected = vit.load_state_dict(state, strict=False)
             if missing or unexpected:
-                raise ValueError(
+                raise UserError(
                     f"checkpoint {checkpoint!r} does not fit {name} with {model_kwargs}: "
                     f"missing {missing[:5]}, "
                     f"unexpected {unexpected[:5]}. Build the backbone with the kwargs it was saved with."
                 )
         if vit.num_reg_tokens or getattr(vit, "global_pool", "token") != "token":
-            raise ValueError(f"{name}: only CLS-token ViTs without register tokens are supported.")
+            raise UserError(f"{name}: only CLS-token ViTs without register tokens are supported.")
         self.frozen = frozen
         self.vit = vit.requires_grad_(not frozen).train(not frozen)
         self.embed_dim: int = vit.embed_dim

@@ -1,81 +1,65 @@
-"""``prompt-pool`` command line: run a whole continual task sequence from a YAML config.
+"""``prompt-pool`` command line: run a whole continual task sequence from YAML configs.
 
     prompt-pool fit --config configs/prompt_pool/split_digits.yaml
-    prompt-pool fit --config configs/prompt_pool/split_digits.yaml --model.pull_coef 0.1 --runner.seed 1
+    prompt-pool fit --config configs/prompt_pool/split_digits.yaml --runner.resume true     # after a kill
+    prompt-pool fit --config configs/prompt_pool/split_digits.yaml --runner.overwrite true  # start again
     prompt-pool fit --config configs/prompt_pool/baselines/ewc.yaml --print_config
 
-``model`` is any :class:`~prompt_pool.learner.ContinualLearner` (``L2P``, ``FineTune``, ``EWC``, ``LwF``)
-by ``class_path``; ``data`` is a :class:`~prompt_pool.datamodule.TaskSequenceDataModule`; ``trainer``
-holds the per-task Trainer settings (``max_epochs`` = epochs per task, gradient clipping, logger);
-``runner`` is :class:`~prompt_pool.runner.RunnerConfig` (output folder, resume, seed).
-``data.num_classes`` and ``data.batch_size`` are linked into the model.
+``prompt-pool --help`` is answered here without importing torch or Lightning; everything else goes to
+:mod:`prompt_pool.lightning_cli`. Bad input ends with one line on stderr (``--debug``: the traceback).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import sys
 
-import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+HELP = """\
+usage: prompt-pool [-h] [-c CONFIG] [--print_config[=flags]] [--debug] {fit} ...
 
-from prompt_pool.datamodule import TaskSequenceDataModule
-from prompt_pool.learner import ContinualLearner
-from prompt_pool.runner import RunnerConfig, TaskSequenceRunner
+Run a continual task sequence (L2P or a baseline) from YAML configs: one fresh Trainer per task,
+the accuracy matrix A[i, t], metrics, plots; a killed run resumes at its task.
 
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 5,
-    "gradient_clip_val": 1.0,
-    "gradient_clip_algorithm": "norm",
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.WandbLogger",
-        "init_args": {"project": "memexp-prompt_pool", "offline": True, "save_dir": "runs"},
-    },
-}
+  prompt-pool fit --config configs/prompt_pool/split_digits.yaml
+  prompt-pool fit --config configs/prompt_pool/split_digits.yaml \\
+      --config configs/prompt_pool/baselines/ewc.yaml
+  prompt-pool fit --config configs/prompt_pool/split_digits.yaml --runner.resume true
+  prompt-pool fit --config configs/prompt_pool/split_cifar100.yaml --data.root /data/cifar100 --print_config
 
+subcommands:
+  fit                   run the sequence; `prompt-pool fit --help` lists every setting (model.*,
+                        data.*, trainer.*, runner.*)
 
-class PromptPoolCLI(LightningCLI):
-    """LightningCLI whose ``fit`` runs the whole task sequence (one fresh Trainer per task)."""
+options:
+  -h, --help            show this help and exit
+  -c CONFIG, --config CONFIG
+                        a YAML/JSON configuration file (also after `fit`; later ones override)
+  --print_config[=flags]
+                        print the resolved configuration and exit (flags: skip_default, skip_unset)
+  --debug               show the traceback of an error (or set MEMEXP_DEBUG=1)
 
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_class_arguments(RunnerConfig, "runner")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.batch_size", "model.init_args.batch_size")
-
-    def _new_trainer(self) -> L.Trainer:
-        cfg = dict(self._get(self.config_init, "trainer", default={}))
-        cfg["callbacks"] = list(cfg.get("callbacks") or [])
-        return self.trainer_class(**cfg)
-
-    def fit(self, model: ContinualLearner, datamodule: TaskSequenceDataModule, **_: Any) -> None:
-        """Run the task sequence and print the final metrics as JSON."""
-        runner_cfg = self._get(self.config_init, "runner")
-        if not isinstance(runner_cfg, RunnerConfig):
-            runner_cfg = RunnerConfig(**vars(runner_cfg))
-        if datamodule.augment and getattr(model, "cache_queries", False):
-            model.cache_queries = False  # augmented inputs change every epoch: no per-sample cache
-        result = TaskSequenceRunner(runner_cfg, self._new_trainer).run(model, datamodule)
-        print(json.dumps({"out_dir": runner_cfg.out_dir, **result.metrics}, indent=2))
+run folder (--runner.out_dir): holds one configuration (run_config.json). Another configuration is
+refused, naming the settings that differ; a finished run is refused; an unfinished one continues only
+with --runner.resume true. --runner.overwrite true deletes the run and starts again. fast_dev_run
+never touches it. WANDB_MODE (disabled/offline/online) overrides the logger's offline setting; wandb
+writes into the run folder.
+"""
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``prompt-pool`` console script."""
-    PromptPoolCLI(
-        ContinualLearner,
-        TaskSequenceDataModule,
-        subclass_mode_model=True,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        trainer_defaults=TRAINER_DEFAULTS,
-        args=argv,
-        parser_kwargs={"description": __doc__},
-    )
+    args = sys.argv[1:] if argv is None else list(argv)
+    if [a for a in args if a != "--debug"] in (["-h"], ["--help"]):
+        sys.stdout.write(HELP)
+        raise SystemExit(0)
+    from decoding.errors import run_cli  # imports torch (decoding's package): after the fast path
+
+    run_cli(_main, argv, prog="prompt-pool")
+
+
+def _main(args: list[str] | None) -> None:
+    from prompt_pool.lightning_cli import cli
+
+    cli(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ features can be cached per sample when inputs are deterministic (no augmentation
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from decoding.errors import UserError
 from prompt_pool.datasets import (
     ImageSet,
     load_cifar100,
@@ -36,6 +38,48 @@ DatasetName = Literal["digits", "synthetic", "cifar100", "five_datasets", "core5
 FIVE_DATASETS_ORDER = ["cifar10", "mnist", "svhn", "not_mnist", "fashion_mnist"]  # official JAX order
 CORE50_TRAIN_SESSIONS = [1, 2, 4, 5, 6, 8, 9, 11]
 CORE50_TEST_SESSIONS = [3, 7, 10]
+
+
+LOCAL_DATASETS = ("cifar100", "five_datasets", "core50")
+
+
+def _check_settings(
+    dataset: str,
+    root: str | None,
+    setting: str,
+    sizes: dict[str, int | None],
+    channels: int | None,
+    digits_pretrain_fraction: float,
+    num_workers: int,
+) -> None:
+    """Raise :class:`UserError` for a setting out of range, before any data is read.
+
+    Args:
+        sizes: settings that must be >= 1 when given (``num_tasks``, batch sizes, image sizes...).
+    """
+    names = ("digits", "synthetic", *LOCAL_DATASETS)
+    if dataset not in names:
+        raise UserError(f"unknown data.dataset {dataset!r}; use one of {', '.join(names)}.")
+    if setting not in ("class", "task", "domain"):
+        raise UserError(f"unknown data.setting {setting!r}; use 'class', 'task' or 'domain'.")
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise UserError(f"data.{name} must be >= 1, got {value}; pass --data.{name} <positive integer>.")
+    if num_workers < 0:
+        raise UserError(f"data.num_workers must be >= 0, got {num_workers}.")
+    if channels not in (None, 1, 3):
+        raise UserError(f"data.channels must be 1 or 3 (or unset), got {channels}.")
+    if not 0 <= digits_pretrain_fraction < 1:
+        raise UserError(
+            f"data.digits_pretrain_fraction must be in [0, 1), got {digits_pretrain_fraction} (default 0.3)."
+        )
+    if dataset in LOCAL_DATASETS:
+        if root is None:
+            raise UserError(f"data.dataset {dataset!r} reads a local folder: pass --data.root <folder>.")
+        if not Path(root).is_dir():
+            raise UserError(
+                f"data.root {root!r} is not a folder; pass --data.root <the folder that holds {dataset}>."
+            )
 
 
 class TaskDataset(Dataset):
@@ -127,10 +171,10 @@ class TaskSequenceDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if setting not in ("class", "task", "domain"):
-            raise ValueError(f"unknown setting {setting!r}; use 'class', 'task' or 'domain'.")
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ValueError(f"batch sizes must be positive, got {batch_size}/{eval_batch_size}.")
+        sizes = dict(num_tasks=num_tasks, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        sizes.update(image_size=image_size, synthetic_classes=synthetic_classes)
+        sizes.update(synthetic_image_size=synthetic_image_size)
+        _check_settings(dataset, root, setting, sizes, channels, digits_pretrain_fraction, num_workers)
         self.save_hyperparameters()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.setting, self.augment, self.joint = setting, augment, joint
@@ -172,7 +216,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         x = s.x
         if channels is not None and channels != x.shape[1]:
             if x.shape[1] != 1:
-                raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels.")
+                raise UserError(f"cannot convert {x.shape[1]}-channel images to {channels} channels.")
             x = x.expand(-1, channels, -1, -1)
         return ImageSet(x, s.y)
 
@@ -190,13 +234,14 @@ class TaskSequenceDataModule(L.LightningDataModule):
         syn_size,
         seed,
     ) -> list[Task]:
-        if dataset in ("cifar100", "five_datasets", "core50") and root is None:
-            raise ValueError(f"dataset {dataset!r} reads a local folder: pass data.root=<folder>.")
         if dataset == "five_datasets":
             return self._five_datasets(root, five_order or FIVE_DATASETS_ORDER)
         if dataset == "core50":
             if self.setting != "domain":
-                raise ValueError("CORe50 is domain-incremental: set setting='domain'.")
+                raise UserError(
+                    f"data.setting {self.setting!r} does not fit core50 (domain-incremental); "
+                    "pass --data.setting domain."
+                )
             test = load_core50(root, CORE50_TEST_SESSIONS)
             test_all = ImageSet(torch.cat([s.x for s in test]), torch.cat([s.y for s in test]))
             trains = load_core50(root, CORE50_TRAIN_SESSIONS)
@@ -209,7 +254,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
         elif dataset == "cifar100":
             train, test = load_cifar100(root)
         else:
-            raise ValueError(
+            raise UserError(
                 f"unknown dataset {dataset!r}; use one of digits, synthetic, cifar100, five_datasets, core50."
             )
         available = sorted(set(train.y.tolist()))
@@ -232,8 +277,6 @@ class TaskSequenceDataModule(L.LightningDataModule):
         return class_tasks(train, test, task_classes)
 
     def _five_datasets(self, root: str, order: list[str]) -> list[Task]:
-        from pathlib import Path
-
         tasks, offset = [], 0
         for i, name in enumerate(order):
             tr, te = load_image_folder(Path(root) / name)

@@ -2,7 +2,9 @@
 
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 real images, values 0-16 -> [0, 1]).
 - ``synthetic``: seeded class prototypes plus noise, for fast tests.
-- ``cifar100``: the torchvision folder layout ``<root>/cifar-100-python/{train,test}`` (pickles).
+- ``cifar100``: the torchvision folder layout ``<root>/cifar-100-python/{train,test}`` (pickles, read by
+  a restricted unpickler that builds only plain containers and numpy arrays: a crafted file cannot run
+  code).
 - ``image folders``: ``<root>/{train,test}/<class>/*.png`` (5-datasets: one such folder per data set).
 - ``core50``: ``<root>/s<session>/o<object>/*.png`` (the core50_128x128 layout).
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from decoding.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -84,9 +88,40 @@ def synthetic_splits(
     return draw(train_per_class), draw(test_per_class)
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+# The only globals a CIFAR-100 python file may name: numpy's array/dtype reconstruction (every pickle
+# protocol, numpy 1.x and 2.x module paths) and the byte decoding of protocol-2 pickles. Containers,
+# strings, bytes and numbers need no global at all.
+SAFE_PICKLE_GLOBALS = frozenset(
+    {(m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")}
+    | {(m, "scalar") for m in ("numpy.core.multiarray", "numpy._core.multiarray")}
+    | {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickler that admits plain containers and numpy arrays only (no other class, no function).
+
+    ``pickle.load`` calls whatever callable a file names (``os.system``...); this one refuses every
+    global outside :data:`SAFE_PICKLE_GLOBALS` before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
+def safe_unpickle(path: Path) -> object:
+    """Read a data pickle with :class:`SafeUnpickler` (Python 2 strings decoded as latin-1)."""
+    try:
+        with open(path, "rb") as f:
+            return SafeUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise UserError(
+            f"refused to read {str(path)!r}: {err}; a CIFAR-100 python file holds only dicts, lists, "
+            "strings, numbers and numpy arrays. Replace it with the original cifar-100-python files."
+        ) from None
 
 
 def load_cifar100(root: str | Path) -> tuple[ImageSet, ImageSet]:
@@ -96,16 +131,25 @@ def load_cifar100(root: str | Path) -> tuple[ImageSet, ImageSet]:
     for split in ("train", "test"):
         f = base / split
         if not f.is_file():
-            raise FileNotFoundError(
+            raise UserError(
                 f"CIFAR-100 file {str(f)!r} not found. Expected torchvision's layout: "
                 f"<root>/cifar-100-python/{{train,test}} (pickles with 'data' (n, 3072) uint8 "
                 "and 'fine_labels')."
             )
-        d = _unpickle(f)
-        if "data" not in d or "fine_labels" not in d:
-            raise ValueError(f"{str(f)!r} lacks 'data'/'fine_labels'; is it a CIFAR-100 python pickle?")
-        x = torch.as_tensor(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)).float() / 255.0
-        out.append(ImageSet(x, torch.as_tensor(d["fine_labels"], dtype=torch.long)))
+        d = safe_unpickle(f)
+        if not isinstance(d, dict) or "data" not in d or "fine_labels" not in d:
+            raise UserError(
+                f"{str(f)!r} lacks 'data'/'fine_labels'; point data.root at the folder that holds "
+                "torchvision's extracted cifar-100-python/ (a CIFAR-100 python pickle)."
+            )
+        data, labels = np.asarray(d["data"]), np.asarray(d["fine_labels"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+            raise UserError(
+                f"{str(f)!r} holds data {data.dtype} {data.shape} and {len(labels)} labels; CIFAR-100 has "
+                "uint8 (n, 3072) images and n labels. Replace it with the original cifar-100-python files."
+            )
+        x = torch.as_tensor(data.reshape(-1, 3, 32, 32)).float() / 255.0
+        out.append(ImageSet(x, torch.as_tensor(labels.astype(np.int64))))
     return out[0], out[1]
 
 
@@ -120,10 +164,10 @@ def _read_image(path: Path, size: int, channels: int) -> Tensor:
 
 def _class_dirs(folder: Path, expected: str) -> list[Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder {str(folder)!r} not found; expected layout: {expected}.")
+        raise UserError(f"folder {str(folder)!r} not found; expected layout: {expected}.")
     dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if not dirs:
-        raise ValueError(f"{str(folder)!r} has no class sub-folders; expected layout: {expected}.")
+        raise UserError(f"{str(folder)!r} has no class sub-folders; expected layout: {expected}.")
     return dirs
 
 
@@ -136,7 +180,7 @@ def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3)
         dirs = _class_dirs(root / split, layout)
         unknown = sorted({p.name for p in dirs} - set(classes))
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{str(root / split)!r} has classes {unknown} that train/ lacks; layout: {layout}."
             )
         xs, ys = [], []
@@ -146,7 +190,7 @@ def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3)
                     xs.append(_read_image(f, image_size, channels))
                     ys.append(classes.index(d.name))
         if not xs:
-            raise ValueError(
+            raise UserError(
                 f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root / split)!r}; layout: {layout}."
             )
         out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
@@ -163,12 +207,12 @@ def load_core50(
         xs, ys = [], []
         for d in _class_dirs(root / f"s{s}", layout):
             if not (d.name.startswith("o") and d.name[1:].isdigit()):
-                raise ValueError(f"unexpected folder {str(d)!r}; expected object folders o1..o50 ({layout}).")
+                raise UserError(f"unexpected folder {str(d)!r}; expected object folders o1..o50 ({layout}).")
             for f in sorted(d.iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     xs.append(_read_image(f, image_size, channels))
                     ys.append(int(d.name[1:]) - 1)
         if not xs:
-            raise ValueError(f"session folder {str(root / f's{s}')!r} holds no images; layout: {layout}.")
+            raise UserError(f"session folder {str(root / f's{s}')!r} holds no images; layout: {layout}.")
         out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
     return out

@@ -27,9 +27,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from decoding.errors import UserError
 from prompt_pool.backbone import HeadType
 from prompt_pool.learner import ContinualLearner
-from prompt_pool.pool import PromptInit, PromptPool
+from prompt_pool.pool import PromptInit, PromptPool, check_pool_settings
 from prompt_pool.query_cache import QueryCache
 
 
@@ -74,6 +75,9 @@ class L2P(ContinualLearner):
         cache_queries: bool = True,
         **kwargs: Any,
     ) -> None:
+        check_pool_settings(pool_size, prompt_length, top_n, use_prompt_mask, diversity)  # before the ViT
+        if not pull_coef >= 0:
+            raise UserError(f"pull_coef must be >= 0, got {pull_coef}; pass --model.init_args.pull_coef 0.5.")
         super().__init__(**kwargs)
         self.save_hyperparameters()
         d = self.backbone.embed_dim
@@ -97,7 +101,7 @@ class L2P(ContinualLearner):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         elif head_init != "default":
-            raise ValueError(f"unknown head_init {head_init!r}; use 'zeros' or 'default'.")
+            raise UserError(f"unknown head_init {head_init!r}; use 'zeros' or 'default'.")
         self.pull_coef, self.head_type, self.cache_queries = pull_coef, head_type, cache_queries
         self.query_cache = QueryCache()
 

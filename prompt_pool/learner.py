@@ -7,6 +7,7 @@ the task loop; a fresh ``Trainer.fit`` per task re-creates the optimiser (Adam r
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -14,8 +15,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from decoding.errors import UserError
 from prompt_pool.backbone import ViTBackbone
 from prompt_pool.replay import ReplayBuffer
+
+
+def _check_learner_settings(**settings: Any) -> None:
+    """Raise :class:`UserError` for a learner setting out of range (before any model is built)."""
+    rules = {
+        "num_classes": (lambda v: v >= 1, "an integer >= 1"),
+        "lr": (lambda v: 0 < v < math.inf, "a positive finite number, e.g. 0.03"),
+        "lr_reference_batch": (lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+        "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+        "betas": (
+            lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        ),
+        "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+        "buffer_per_class": (lambda v: v >= 0, "an integer >= 0"),
+        "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    }
+    for name, value in settings.items():
+        ok, expect = rules[name]
+        if not ok(value):
+            raise UserError(
+                f"{name}={value!r} is invalid: it must be {expect}; fix --model.init_args.{name}."
+            )
 
 
 class ContinualLearner(L.LightningModule):
@@ -57,8 +82,16 @@ class ContinualLearner(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}.")
+        _check_learner_settings(
+            num_classes=num_classes,
+            lr=lr,
+            lr_reference_batch=lr_reference_batch,
+            batch_size=batch_size,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            buffer_per_class=buffer_per_class,
+            seed=seed,
+        )
         torch.manual_seed(seed)
         self.num_classes, self.lr, self.lr_reference_batch = num_classes, lr, lr_reference_batch
         self.batch_size, self.betas, self.weight_decay = batch_size, tuple(betas), weight_decay

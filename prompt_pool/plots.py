@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from decoding.run_folder import atomic_file
+
 
 def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None = None) -> Path:
     """Heatmap of A[i, t] (rows: evaluated task i, columns: after training task t), in %.
@@ -39,7 +41,8 @@ def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None =
     ax.set_title("accuracy A[i, t] (%)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path, "wb") as fh:  # a kill never leaves half a PNG
+        fig.savefig(fh, format="png", dpi=100)
     return path
 
 
@@ -60,5 +63,6 @@ def plot_prompt_usage(usage: torch.Tensor, path: str | Path) -> Path:
     ax.set_title("prompt usage per task (training)")
     ax.legend(fontsize=6, ncol=min(tasks, 5))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_file(path, "wb") as fh:  # a kill never leaves half a PNG
+        fig.savefig(fh, format="png", dpi=100)
     return path

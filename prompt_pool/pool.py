@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from decoding.errors import UserError
 from prompt_pool.selection import (
     batch_vote,
     cosine_similarity,
@@ -26,6 +27,26 @@ from prompt_pool.selection import (
 )
 
 PromptInit = Literal["uniform_small", "uniform"]
+
+
+def check_pool_settings(
+    pool_size: int, prompt_length: int, top_n: int, use_prompt_mask: bool = False, diversity: bool = False
+) -> None:
+    """Raise :class:`UserError` for pool sizes out of range (M >= N >= 1, Lp >= 1) or clashing rules."""
+    for name, value in (("pool_size", pool_size), ("prompt_length", prompt_length), ("top_n", top_n)):
+        if value < 1:
+            raise UserError(
+                f"{name} must be >= 1, got {value}; pass --model.init_args.{name} <positive integer>."
+            )
+    if pool_size < top_n:
+        raise UserError(
+            f"pool_size {pool_size} < top_n {top_n}: the pool cannot supply {top_n} prompts; "
+            f"pass --model.init_args.pool_size {top_n} or more, or a lower --model.init_args.top_n."
+        )
+    if use_prompt_mask and diversity:
+        raise UserError(
+            "use_prompt_mask and diversity are alternatives (the code's and the paper's); set one false."
+        )
 
 
 @dataclass
@@ -77,19 +98,7 @@ class PromptPool(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if prompt_length <= 0:
-            raise ValueError(f"prompt_length must be >= 1, got {prompt_length}.")
-        if top_n <= 0:
-            raise ValueError(f"top_n must be >= 1, got {top_n}.")
-        if pool_size < top_n:
-            raise ValueError(
-                f"pool_size {pool_size} < top_n {top_n}: the pool cannot supply {top_n} prompts; "
-                f"raise pool_size to at least {top_n} or lower top_n."
-            )
-        if use_prompt_mask and diversity:
-            raise ValueError(
-                "use_prompt_mask and diversity are alternatives (the code's and the paper's); pick one."
-            )
+        check_pool_settings(pool_size, prompt_length, top_n, use_prompt_mask, diversity)
         self.pool_size, self.prompt_length, self.top_n = pool_size, prompt_length, top_n
         self.batchwise_vote, self.use_prompt_mask = batchwise_vote, use_prompt_mask
         self.shared_prompt_pool, self.shared_prompt_key = shared_prompt_pool, shared_prompt_key
@@ -107,7 +116,7 @@ class PromptPool(nn.Module):
                 torch.rand(pool_size, embed_dim, generator=g) * 2 - 1,
             )
         else:
-            raise ValueError(f"unknown init {init!r}; use 'uniform_small' (JAX) or 'uniform' (l2p-pytorch).")
+            raise UserError(f"unknown init {init!r}; use 'uniform_small' (JAX) or 'uniform' (l2p-pytorch).")
         self.prompts = nn.Parameter(p)  # (M, Lp, D)
         self.keys = nn.Parameter(k)  # (M, D)
         self.register_buffer("prev_counts", torch.zeros(pool_size, dtype=torch.long))  # tasks < t

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from decoding.errors import UserError, concise_parser_errors, run_cli
+from decoding.run_folder import atomic_file, atomic_write_json
 from prompt_pool.datasets import load_digits_splits
 
 DIGITS_VIT_KWARGS: dict[str, Any] = dict(
@@ -63,22 +64,22 @@ def pretrain_digits_vit(
     out_dir: str | Path, model_kwargs: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None
 ) -> Path:
     """Train the tiny ViT on the reserved digits and save its backbone; returns the safetensors path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
     from tqdm import tqdm
 
     kw, rc = dict(model_kwargs or DIGITS_VIT_KWARGS), {**RECIPE, **(recipe or {})}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.safetensors"
     if target.exists():
-        raise FileExistsError(f"{target} exists; remove it or choose another --out.")
+        raise UserError(f"{target} exists; remove it or choose another --out.")
     pre, _, _ = load_digits_splits(rc["pretrain_fraction"])
     torch.manual_seed(rc["seed"])
     g = torch.Generator().manual_seed(rc["seed"])
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **kw)
     opt = torch.optim.AdamW(model.parameters(), lr=rc["lr"], weight_decay=rc["weight_decay"])
     model.train()
-    for _ in tqdm(range(rc["epochs"]), desc="pretrain tiny digits ViT"):
+    bar = tqdm(range(rc["epochs"]), desc=f"pretraining the digits ViT once ({out_dir})", unit="epoch")
+    for _ in bar:
         perm = torch.randperm(len(pre), generator=g)
         for i in range(0, len(pre), rc["batch_size"]):
             idx = perm[i : i + rc["batch_size"]]
@@ -87,18 +88,15 @@ def pretrain_digits_vit(
             opt.zero_grad()
             loss.backward()
             opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     with torch.no_grad():
         acc = float((model(pre.x).argmax(-1) == pre.y).float().mean())
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, target)
-    (out_dir / "recipe.json").write_text(
-        json.dumps(
-            {"model_kwargs": kw, "recipe": rc, "train_accuracy": acc, "n_pretrain_images": len(pre)}, indent=2
-        )
-    )
+    info = {"model_kwargs": kw, "recipe": rc, "train_accuracy": acc, "n_pretrain_images": len(pre)}
+    atomic_write_json(out_dir / "recipe.json", info)
+    with atomic_file(target, "wb") as fh:  # last: its presence marks a complete build
+        fh.write(safetensors_bytes(state))
     return target
 
 
@@ -117,12 +115,20 @@ def ensure_digits_vit(model_kwargs: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str] | None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    concise_parser_errors(p, prog="prompt_pool.pretrain")
     p.add_argument("--out", required=True, help="output folder (model.safetensors + recipe.json)")
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     a = p.parse_args(argv)
+    if a.epochs < 1:
+        raise UserError(f"--epochs {a.epochs} is invalid: pass --epochs 1 or more (the recipe uses 100).")
     print(pretrain_digits_vit(a.out, recipe={"epochs": a.epochs}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m prompt_pool.pretrain --out DIR``: bad input ends with one line (``--debug``: traceback)."""
+    run_cli(_main, argv, prog="prompt_pool.pretrain")
 
 
 if __name__ == "__main__":

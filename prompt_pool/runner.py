@@ -9,21 +9,37 @@
 
 Rows of A with i > t (tasks not trained yet) are evaluated too when ``eval_future_tasks`` (needed by
 forward transfer); the accuracy of the untrained model on each task is the FWT baseline b_i.
+
+``out_dir`` follows the run-folder rule of :mod:`decoding.run_folder`: it holds one configuration
+(``run_config.json``); other settings are refused (naming them) unless ``overwrite``; a finished run
+(``results.json``) is refused; an unfinished one (``state.pt``) continues only with ``resume``. A refused
+start writes nothing. ``write=False`` (``fast_dev_run``) neither reads nor writes ``out_dir``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
+from decoding.errors import UserError, one_line
+from decoding.run_folder import (
+    RUN_CONFIG_FILE,
+    RunState,
+    atomic_file,
+    atomic_torch_save,
+    atomic_write_json,
+    check_run_folder,
+    record_run_config,
+    remove_stale_temps,
+)
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.learner import ContinualLearner
 from prompt_pool.metrics import average_incremental_accuracy, summarise
@@ -37,18 +53,82 @@ class RunnerConfig:
     """How the sequence runs.
 
     Args:
-        out_dir: results folder (state.pt, accuracy_matrix.csv, results.json, PNG plots).
-        resume: continue from ``out_dir/state.pt`` if present; if False an existing run is an error.
+        out_dir: the run folder (run_config.json, state.pt, accuracy_matrix.csv, results.json, PNG plots,
+            wandb logs); one folder holds one configuration.
+        resume: continue the unfinished run in ``out_dir`` (same settings) at the task it was in.
+        overwrite: delete the run in ``out_dir`` (finished or not, any settings) and start again.
         eval_future_tasks: also evaluate tasks not trained yet (forward transfer needs it).
         seed: base seed; task t trains with seed + t.
         plots: write PNG plots (and log them to wandb when the trainer has a WandbLogger).
     """
 
     out_dir: str = "runs/prompt_pool"
-    resume: bool = True
+    resume: bool = False
+    overwrite: bool = False
     eval_future_tasks: bool = True
     seed: int = 0
     plots: bool = True
+
+    def __post_init__(self) -> None:
+        if not str(self.out_dir).strip():
+            raise UserError("runner.out_dir is empty; pass --runner.out_dir <folder>.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"runner.seed must be in [0, {MAX_SEED}], got {self.seed}.")
+
+
+MAX_SEED = 2**31 - 1  # task t seeds seed + t: stays inside Lightning's uint32 range
+RESUME_FLAG, OVERWRITE_FLAG = "--runner.resume true", "--runner.overwrite true"
+STATE_FILE, RESULTS_FILE = "state.pt", "results.json"
+RUN_OUTPUTS = (RUN_CONFIG_FILE, STATE_FILE, RESULTS_FILE, "accuracy_matrix.csv", "accuracy_matrix.png")
+
+
+def runner_settings(cfg: RunnerConfig) -> dict[str, Any]:
+    """The runner options that change results (recorded in the run folder)."""
+    return {"runner.eval_future_tasks": cfg.eval_future_tasks, "runner.seed": cfg.seed}
+
+
+def check_out_dir(cfg: RunnerConfig, settings: Mapping[str, Any]) -> RunState:
+    """Apply the run-folder rule to ``cfg.out_dir`` for a run with ``settings``; writes nothing.
+
+    Raises:
+        UserError: the start is refused (other settings, finished run, unfinished run without resume...).
+    """
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"runner.out_dir {str(out)!r} is a file; pass --runner.out_dir <a folder>.")
+    return check_run_folder(
+        out,
+        settings,
+        finished=(out / RESULTS_FILE).exists(),
+        started=(out / STATE_FILE).exists(),
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        resume_flag=RESUME_FLAG,
+        overwrite_flag=OVERWRITE_FLAG,
+    )
+
+
+def clear_out_dir(out: Path) -> None:
+    """Delete the files a run writes in ``out`` (nothing else the folder may hold)."""
+    for name in RUN_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for png in out.glob("prompt_usage_task*.png"):
+        png.unlink()
+    shutil.rmtree(out / "wandb", ignore_errors=True)
+
+
+def check_learner_fits(learner: ContinualLearner, dm: TaskSequenceDataModule) -> None:
+    """Raise :class:`UserError` when the learner cannot run on the data (classes, image shape)."""
+    if learner.num_classes < dm.num_classes:
+        raise UserError(
+            f"the learner's head has {learner.num_classes} classes but the data has "
+            f"{dm.num_classes}; set model num_classes={dm.num_classes}."
+        )
+    x = dm.test_loaders(0)[0].dataset[0][0][None]  # (1, C, H, W) as the model will see it
+    try:
+        learner.backbone.check_input(x)
+    except ValueError as err:
+        raise UserError(f"data and model do not fit: {err}") from None
 
 
 @dataclass
@@ -63,12 +143,6 @@ class SequenceResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class TaskSequenceRunner:
     """Runs a learner over a data module's task sequence.
 
@@ -76,12 +150,23 @@ class TaskSequenceRunner:
         config: runner options.
         trainer_factory: returns a fresh ``L.Trainer`` for a task (max_epochs = epochs per task,
             gradient clipping, logger...); called once per task and once for the initial evaluation.
+        settings: the run's results-relevant settings, recorded in ``out_dir`` and compared on the next
+            start (default: the runner's own, :func:`runner_settings`).
+        write: False for a dry run (``fast_dev_run``): ``out_dir`` is neither read nor written.
     """
 
-    def __init__(self, config: RunnerConfig, trainer_factory: Callable[[], L.Trainer]) -> None:
+    def __init__(
+        self,
+        config: RunnerConfig,
+        trainer_factory: Callable[[], L.Trainer],
+        settings: Mapping[str, Any] | None = None,
+        write: bool = True,
+    ) -> None:
         self.cfg = config
         self.trainer_factory = trainer_factory
         self.out = Path(config.out_dir)
+        self.settings = dict(runner_settings(config) if settings is None else settings)
+        self.write = write
 
     def _evaluate(
         self, learner: ContinualLearner, dm: TaskSequenceDataModule, upto: int, trainer: L.Trainer
@@ -93,26 +178,16 @@ class TaskSequenceRunner:
 
     def run(self, learner: ContinualLearner, dm: TaskSequenceDataModule) -> SequenceResult:
         """Train the whole sequence (or its remainder after a kill) and return A and the metrics."""
-        if learner.num_classes < dm.num_classes:
-            raise ValueError(
-                f"the learner's head has {learner.num_classes} classes but the data has "
-                f"{dm.num_classes}; set model num_classes={dm.num_classes}."
-            )
+        check_learner_fits(learner, dm)
         T = dm.num_tasks
-        self.out.mkdir(parents=True, exist_ok=True)
-        state_path = self.out / "state.pt"
+        state = self._start() if self.write else RunState.NEW
+        state_path = self.out / STATE_FILE
         correct = torch.full((T, T), -1, dtype=torch.long)
         totals = torch.tensor([len(t.test) for t in dm.tasks])
         usage = torch.zeros(T, learner.pool.pool_size, dtype=torch.long) if hasattr(learner, "pool") else None
         baseline, start = None, 0
-        if state_path.exists():
-            if not self.cfg.resume:
-                raise FileExistsError(
-                    f"{state_path} exists; pass resume=True to continue it or choose a new out_dir."
-                )
-            st = torch.load(state_path, map_location="cpu", weights_only=True)
-            learner.before_load_state(st["model"])
-            learner.load_state_dict(st["model"])
+        if state is RunState.RESUME and state_path.exists():
+            st = self._load_state(learner, state_path)
             correct, start, baseline = st["correct"], int(st["next_task"]), st.get("baseline")
             learner.seen_classes, learner.step_offset = st["seen_classes"].tolist(), int(st["step_offset"])
             if usage is not None and "usage" in st:
@@ -140,18 +215,19 @@ class TaskSequenceRunner:
             if usage is not None:
                 usage[t] = learner.pool.task_counts.cpu()
             acc = self._accuracy(correct, totals)
-            _atomic_save(
-                {
-                    "model": learner.state_dict(),
-                    "correct": correct,
-                    "next_task": torch.tensor(t + 1),
-                    "baseline": baseline,
-                    "seen_classes": torch.tensor(learner.seen_classes),
-                    "step_offset": torch.tensor(learner.step_offset),
-                    **({"usage": usage} if usage is not None else {}),
-                },
-                state_path,
-            )
+            if self.write:
+                atomic_torch_save(
+                    {
+                        "model": learner.state_dict(),
+                        "correct": correct,
+                        "next_task": torch.tensor(t + 1),
+                        "baseline": baseline,
+                        "seen_classes": torch.tensor(learner.seen_classes),
+                        "step_offset": torch.tensor(learner.step_offset),
+                        **({"usage": usage} if usage is not None else {}),
+                    },
+                    state_path,
+                )
             self._report(trainer, acc, usage, t, T)
         acc = self._accuracy(correct, totals)
         result = SequenceResult(acc, correct, totals, baseline, usage)
@@ -162,8 +238,32 @@ class TaskSequenceRunner:
             result.metrics["average_incremental_accuracy"] = average_incremental_accuracy(
                 correct.clamp(min=0), totals
             )
-        self._write(result)
+        if self.write:
+            self._write(result)
         return result
+
+    def _start(self) -> RunState:
+        """Apply the run-folder rule, clear an overwritten run, record the settings."""
+        state = check_out_dir(self.cfg, self.settings)
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.out)
+        if state is RunState.NEW:
+            clear_out_dir(self.out)
+        record_run_config(self.out, self.settings)
+        return state
+
+    def _load_state(self, learner: ContinualLearner, path: Path) -> dict[str, Any]:
+        """The saved state of an unfinished run, loaded into ``learner`` (tensors only, no code)."""
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+            learner.before_load_state(st["model"])
+            learner.load_state_dict(st["model"])
+        except Exception as err:  # noqa: BLE001 - a damaged or foreign state file: one clear line
+            raise UserError(
+                f"cannot resume from {str(path)!r} ({type(err).__name__}: {one_line(str(err))[:240]}); pass "
+                f"{OVERWRITE_FLAG} to start again"
+            ) from None
+        return st
 
     @staticmethod
     def _accuracy(correct: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
@@ -180,7 +280,7 @@ class TaskSequenceRunner:
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
         log.info("after task %d: A[:, %d] = %s", t, t, [round(float(v), 2) for v in col])
-        if not self.cfg.plots:
+        if not (self.cfg.plots and self.write):
             return
         paths = [plot_accuracy_matrix(acc, self.out / "accuracy_matrix.png", upto=t)]
         if usage is not None:
@@ -191,17 +291,17 @@ class TaskSequenceRunner:
                 log_image(key=key, images=[str(p)])
 
     def _write(self, r: SequenceResult) -> None:
+        """The CSV, then ``results.json`` (the finished-run marker), each written atomically."""
         import numpy as np
 
-        np.savetxt(self.out / "accuracy_matrix.csv", r.accuracy.numpy(), delimiter=",", fmt="%.4f")
+        with atomic_file(self.out / "accuracy_matrix.csv", "w") as fh:
+            np.savetxt(fh, r.accuracy.numpy(), delimiter=",", fmt="%.4f")
         payload = {
             "metrics": r.metrics,
             "accuracy_matrix": r.accuracy.tolist(),
             "totals": r.totals.tolist(),
             "baseline": None if r.baseline is None else r.baseline.tolist(),
             "usage": None if r.usage is None else r.usage.tolist(),
-            "config": asdict(self.cfg),
+            "config": self.settings,
         }
-        tmp = self.out / "results.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
-        os.replace(tmp, self.out / "results.json")
+        atomic_write_json(self.out / RESULTS_FILE, payload)

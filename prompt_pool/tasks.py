@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from decoding.errors import UserError
 from prompt_pool.datasets import ImageSet
 
 Setting = Literal["class", "task", "domain"]
@@ -22,16 +23,17 @@ def split_classes(
 ) -> list[list[int]]:
     """Cut ``classes`` into ``num_tasks`` equal consecutive groups, in natural or seeded-shuffled order."""
     if num_tasks <= 0 or len(classes) % num_tasks:
-        raise ValueError(
-            f"{len(classes)} classes cannot be split into {num_tasks} equal tasks; "
-            f"choose num_tasks dividing {len(classes)} or give task_classes explicitly."
+        divisors = [d for d in range(1, len(classes) + 1) if len(classes) % d == 0]
+        raise UserError(
+            f"data.num_tasks {num_tasks} does not split the {len(classes)} classes into equal tasks; "
+            f"pass --data.num_tasks one of {divisors} or give --data.task_classes explicitly."
         )
     cls = sorted(classes)
     if order == "shuffle":
         perm = torch.randperm(len(cls), generator=torch.Generator().manual_seed(seed)).tolist()
         cls = [cls[i] for i in perm]
     elif order != "natural":
-        raise ValueError(f"unknown class_order {order!r}; use 'natural' or 'shuffle'.")
+        raise UserError(f"unknown class_order {order!r}; use 'natural' or 'shuffle'.")
     k = len(cls) // num_tasks
     return [cls[i * k : (i + 1) * k] for i in range(num_tasks)]
 
@@ -42,21 +44,21 @@ def validate_task_classes(task_classes: list[list[int]], available: list[int], s
     seen: dict[int, int] = {}
     for t, cls in enumerate(task_classes):
         if not cls:
-            raise ValueError(f"task {t} has no classes.")
+            raise UserError(f"data.task_classes: task {t} has no classes; give every task one class or more.")
         missing = sorted(set(cls) - have)
         if missing:
-            raise ValueError(
-                f"task {t} names classes {missing} that the data set lacks "
+            raise UserError(
+                f"data.task_classes: task {t} names classes {missing} that the data set lacks "
                 f"(it has classes {sorted(have)[:10]}{'...' if len(have) > 10 else ''})."
             )
         if len(set(cls)) != len(cls):
-            raise ValueError(f"task {t} repeats a class: {cls}.")
+            raise UserError(f"data.task_classes: task {t} repeats a class: {cls}; list each class once.")
         if setting != "domain":
             for c in cls:
                 if c in seen:
-                    raise ValueError(
-                        f"tasks {seen[c]} and {t} overlap on class {c}; class/task-incremental "
-                        "splits must be disjoint (use setting='domain' for shared classes)."
+                    raise UserError(
+                        f"data.task_classes: tasks {seen[c]} and {t} overlap on class {c}; class/task-"
+                        "incremental splits must be disjoint (use --data.setting domain for shared classes)."
                     )
                 seen[c] = t
 

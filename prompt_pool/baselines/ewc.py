@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from decoding.errors import UserError
 from prompt_pool.baselines.finetune import FineTune
 
 
@@ -29,6 +30,15 @@ class EWC(FineTune):
     """
 
     def __init__(self, ewc_lambda: float = 100.0, fisher_batches: int | None = None, **kwargs: Any) -> None:
+        if not 0 <= ewc_lambda < float("inf"):
+            raise UserError(
+                f"ewc_lambda={ewc_lambda} is invalid: it must be finite and >= 0; "
+                "fix --model.init_args.ewc_lambda."
+            )
+        if fisher_batches is not None and fisher_batches < 1:
+            raise UserError(
+                f"fisher_batches={fisher_batches} is invalid: it must be >= 1 or null (all batches)."
+            )
         kwargs.setdefault("train_backbone", True)
         super().__init__(**kwargs)
         self.ewc_lambda, self.fisher_batches = ewc_lambda, fisher_batches

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from decoding.errors import UserError
 from prompt_pool.baselines.finetune import FineTune
 
 
@@ -26,6 +27,16 @@ class LwF(FineTune):
     """
 
     def __init__(self, lwf_alpha: float = 1.0, temperature: float = 2.0, **kwargs: Any) -> None:
+        if not 0 <= lwf_alpha < float("inf"):
+            raise UserError(
+                f"lwf_alpha={lwf_alpha} is invalid: it must be finite and >= 0; "
+                "fix --model.init_args.lwf_alpha."
+            )
+        if not 0 < temperature < float("inf"):
+            raise UserError(
+                f"temperature={temperature} is invalid: it must be > 0 (e.g. 2.0); "
+                "fix --model.init_args.temperature."
+            )
         kwargs.setdefault("train_backbone", True)
         super().__init__(**kwargs)
         self.lwf_alpha, self.temperature = lwf_alpha, temperature

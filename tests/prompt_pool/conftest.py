@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -46,3 +49,37 @@ def make_trainer():
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def base_args() -> Callable[[Path], list[str]]:
+    """``prompt-pool fit`` arguments of a valid tiny run (synthetic data, random tiny ViT, 1 epoch, no
+    logger) into a given run folder."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "prompt_pool" / "split_digits.yaml"
+
+    def args(out: Path) -> list[str]:
+        return [
+            "fit",
+            "--config",
+            str(config),
+            "--data.dataset",
+            "synthetic",
+            "--data.num_tasks",
+            "2",
+            "--data.synthetic_classes",
+            "4",
+            "--model.init_args.checkpoint",
+            "null",
+            "--model.init_args.backbone_kwargs",
+            json.dumps(TINY_VIT),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--runner.out_dir",
+            str(out),
+        ]
+
+    return args

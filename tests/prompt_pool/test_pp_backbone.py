@@ -7,7 +7,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from prompt_pool.backbone import ViTBackbone
+from decoding.errors import UserError
+from prompt_pool.backbone import ViTBackbone, load_state_dict_file
 
 
 @pytest.fixture
@@ -94,5 +95,44 @@ def test_bad_sizes_and_names_give_clear_errors(tiny_vit_kwargs, vit):
 
 def test_hub_weights_offline_point_to_a_local_checkpoint(monkeypatch, tiny_vit_kwargs):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="checkpoint=<local .safetensors>"):
+    with pytest.raises(UserError, match="checkpoint=<local .safetensors>"):
         ViTBackbone(name="vit_tiny_patch16_224", pretrained=True, model_kwargs=tiny_vit_kwargs)
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_bad_checkpoint_files_are_refused_in_one_line_and_run_no_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"w": torch.zeros(1), "x": _Payload(str(marker))}, tmp_path / "evil.pt")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a tensor file")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name, match in [
+        ("evil.pt", "cannot read ViT checkpoint"),
+        ("garbage.safetensors", "cannot read ViT checkpoint"),
+        ("list.pt", "no state dict of tensors"),
+        ("missing.safetensors", "does not exist"),
+    ]:
+        with pytest.raises(UserError, match=match) as err:
+            load_state_dict_file(tmp_path / name)
+        assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_the_digits_vit_build_shows_a_progress_bar_and_loads_back(tmp_path, capsys, tiny_vit_kwargs):
+    from prompt_pool.pretrain import pretrain_digits_vit
+
+    path = pretrain_digits_vit(tmp_path / "vit", tiny_vit_kwargs, recipe={"epochs": 2})
+    bar = capsys.readouterr().err
+    assert "pretraining the digits ViT once" in bar and "2/2" in bar and "loss=" in bar
+    assert sorted(p.name for p in (tmp_path / "vit").iterdir()) == ["model.safetensors", "recipe.json"]
+    ViTBackbone(checkpoint=str(path), model_kwargs=tiny_vit_kwargs)  # a complete, loadable file
+    with pytest.raises(UserError, match="exists; remove it or choose another --out"):
+        pretrain_digits_vit(tmp_path / "vit", tiny_vit_kwargs, recipe={"epochs": 2})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning as L
 import pytest
 import torch
@@ -113,7 +115,7 @@ def test_each_baseline_runs_and_resumes_through_the_same_runner(
     cfg = RunnerConfig(out_dir=str(tmp_path / "b"), plots=False)
     with pytest.raises(RuntimeError, match="killed"):
         TaskSequenceRunner(cfg, lambda: make_trainer(callbacks=[Kill()])).run(build(), data())
-    res = TaskSequenceRunner(cfg, make_trainer).run(
+    res = TaskSequenceRunner(replace(cfg, resume=True), make_trainer).run(
         build(), data()
     )  # replay buffer / Fisher / old model restored
     assert torch.equal(res.correct, ref.correct)

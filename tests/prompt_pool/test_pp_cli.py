@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,21 @@ def _print_config(capsys, *configs: str) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_help_lists_the_fit_subcommand(capsys):
+def test_the_fast_help_names_every_option_and_subcommand_of_the_real_parser(capsys):
+    """``prompt-pool --help`` is written by hand (no torch import); it must not drift from LightningCLI's."""
+    from prompt_pool.lightning_cli import cli
+
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "fit" in capsys.readouterr().out
+    fast = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    real = capsys.readouterr().out
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", real.split("subcommands:")[0]))
+    assert options >= {"-h", "--help", "-c", "--config", "--print_config"}
+    assert {o for o in options if o not in fast} == set()
+    assert re.search(r"\{fit\}", real) and "{fit}" in fast
+    assert "--runner.resume true" in fast and "--runner.overwrite true" in fast
 
 
 @pytest.mark.parametrize(

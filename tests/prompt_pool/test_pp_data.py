@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from decoding.errors import UserError
 from prompt_pool.datamodule import TaskSequenceDataModule
-from prompt_pool.datasets import load_digits_splits
+from prompt_pool.datasets import ImageSet, load_cifar100, load_digits_splits
 from prompt_pool.tasks import split_classes
 
 
@@ -42,9 +43,9 @@ def test_bad_task_definitions_are_rejected():
         TaskSequenceDataModule("digits", task_classes=[[0, 1], [12, 3]])
     with pytest.raises(ValueError, match="overlap on class 1"):
         TaskSequenceDataModule("digits", task_classes=[[0, 1], [1, 2]])
-    with pytest.raises(ValueError, match="cannot be split into 3 equal tasks"):
+    with pytest.raises(ValueError, match="num_tasks 3 does not split the"):
         TaskSequenceDataModule("digits", num_tasks=3)
-    with pytest.raises(ValueError, match="pass data.root"):
+    with pytest.raises(ValueError, match="pass --data.root"):
         TaskSequenceDataModule("cifar100")
 
 
@@ -68,8 +69,11 @@ def test_cifar100_from_torchvision_layout(tmp_path):
     dm = TaskSequenceDataModule("cifar100", root=str(tmp_path), num_tasks=10)
     assert dm.num_tasks == 10 and dm.num_classes == 100 and dm.tasks[3].classes == list(range(30, 40))
     assert dm.tasks[0].train.x.shape == (20, 3, 32, 32)
-    with pytest.raises(FileNotFoundError, match=r"cifar-100-python/\{train,test\}"):
+    with pytest.raises(UserError, match="is not a folder"):
         TaskSequenceDataModule("cifar100", root=str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"cifar-100-python/\{train,test\}"):
+        TaskSequenceDataModule("cifar100", root=str(tmp_path / "empty"))
 
 
 def _write_images(folder, n, size=6, mode="RGB"):
@@ -92,10 +96,10 @@ def test_five_datasets_from_image_folders_offsets_labels(tmp_path):
 
 def test_wrong_folder_layout_says_what_was_expected(tmp_path):
     _write_images(tmp_path / "a" / "images", 2)  # no train/test split
-    with pytest.raises(FileNotFoundError, match=r"<root>/\{train,test\}/<class_name>/<image>.png"):
+    with pytest.raises(UserError, match=r"<root>/\{train,test\}/<class_name>/<image>.png"):
         TaskSequenceDataModule("five_datasets", root=str(tmp_path), five_datasets_order=["a"])
     _write_images(tmp_path / "core" / "s1" / "objects", 1)
-    with pytest.raises((ValueError, FileNotFoundError), match=r"o1\.\.o50|s<session"):
+    with pytest.raises(UserError, match=r"o1\.\.o50|s<session"):
         TaskSequenceDataModule("core50", root=str(tmp_path / "core"), setting="domain")
 
 
@@ -123,3 +127,52 @@ def test_images_are_resized_per_sample_not_in_memory_and_replay_stores_resized_i
     buf = ReplayBuffer(per_class=2)
     buf.add(dm.train_dataset(0), [0, 1], 0)
     assert buf.x.shape == (4, 3, 16, 16)
+
+
+class _RunsCode:
+    """A pickle payload that calls ``os.system`` when loaded by a plain ``pickle.load``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _fake_cifar(root, protocol: int, payload: object = None) -> None:
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        d = {"data": rng.integers(0, 256, (100, 3072), dtype=np.uint8), "fine_labels": list(range(100))}
+        if payload is not None:
+            d["coarse_labels"] = payload
+        (base / split).write_bytes(pickle.dumps(d, protocol=protocol))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_genuine_cifar100_pickles_load_under_the_restricted_unpickler(tmp_path, protocol):
+    _fake_cifar(tmp_path, protocol)
+    train, test = load_cifar100(tmp_path)
+    assert train.x.shape == (100, 3, 32, 32) and train.y.tolist() == list(range(100))
+    raw = pickle.loads((tmp_path / "cifar-100-python" / "test").read_bytes())
+    assert torch.equal(test.x, torch.as_tensor(raw["data"].reshape(-1, 3, 32, 32)).float() / 255.0)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_crafted_cifar100_pickle_is_refused_and_runs_nothing(tmp_path, protocol):
+    marker = tmp_path / "code_ran"
+    _fake_cifar(tmp_path, protocol, payload=_RunsCode(str(marker)))
+    with pytest.raises(UserError, match=r"refused to read .*names posix\.system") as err:
+        load_cifar100(tmp_path)
+    assert "\n" not in str(err.value) and not marker.exists()
+    pickle.loads((tmp_path / "cifar-100-python" / "train").read_bytes())  # the plain loader would run it
+    assert marker.exists()
+
+
+def test_a_pickle_of_another_class_is_refused(tmp_path):
+    _fake_cifar(tmp_path, 4, payload=ImageSet(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long)))
+    with pytest.raises(UserError, match="names prompt_pool.datasets.ImageSet"):
+        load_cifar100(tmp_path)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import lightning as L
 import pytest
 import torch
 
+from decoding.errors import UserError
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
 from prompt_pool.runner import RunnerConfig, TaskSequenceRunner
@@ -71,18 +73,41 @@ def test_killed_run_resumes_at_its_task_and_ends_with_the_same_matrix(
     assert int(state["next_task"]) == 1  # task 0 finished, task 1 was running
 
     dm, fresh = _setup(tiny_vit_kwargs)  # a new process: fresh objects
-    res = TaskSequenceRunner(cfg, lambda: make_trainer(2)).run(fresh, dm)
+    with pytest.raises(UserError, match="unfinished run.*--runner.resume true"):  # only when asked
+        TaskSequenceRunner(cfg, lambda: make_trainer(2)).run(fresh, dm)
+    res = TaskSequenceRunner(replace(cfg, resume=True), lambda: make_trainer(2)).run(fresh, dm)
     assert torch.equal(res.correct, ref.correct)
     assert torch.equal(res.usage, ref.usage)
 
 
-def test_existing_run_is_not_overwritten_without_resume(tmp_path, tiny_vit_kwargs, make_trainer):
+def test_the_run_folder_holds_one_configuration(tmp_path, tiny_vit_kwargs, make_trainer):
     dm, m = _setup(tiny_vit_kwargs)
-    TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path)), lambda: make_trainer(1)).run(m, dm)
-    with pytest.raises(FileExistsError, match="resume"):
-        TaskSequenceRunner(RunnerConfig(out_dir=str(tmp_path), resume=False), lambda: make_trainer(1)).run(
-            m, dm
-        )
+    cfg = RunnerConfig(out_dir=str(tmp_path), plots=False)
+    TaskSequenceRunner(cfg, lambda: make_trainer(1)).run(m, dm)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert json.loads((tmp_path / "run_config.json").read_text()) == {
+        "runner.eval_future_tasks": True,
+        "runner.seed": 0,
+    }
+    for other, match in [
+        (cfg, "already holds a finished run"),
+        (replace(cfg, resume=True), "already holds a finished run"),
+        (replace(cfg, seed=1), r"other settings \(runner.seed\)"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            TaskSequenceRunner(other, lambda: make_trainer(1)).run(m, dm)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved  # a refused start writes nothing
+    dm, m = _setup(tiny_vit_kwargs)
+    r = TaskSequenceRunner(replace(cfg, seed=1, overwrite=True), lambda: make_trainer(1)).run(m, dm)
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["runner.seed"] == 1
+    assert r.accuracy.shape == (3, 3)
+
+
+def test_a_dry_run_neither_reads_nor_writes_the_run_folder(tmp_path, tiny_vit_kwargs, make_trainer):
+    dm, m = _setup(tiny_vit_kwargs)
+    out = tmp_path / "run"
+    r = TaskSequenceRunner(RunnerConfig(out_dir=str(out)), lambda: make_trainer(1), write=False).run(m, dm)
+    assert not out.exists() and r.accuracy.shape == (3, 3)
 
 
 def test_task_incremental_evaluation_masks_to_the_task_classes(tmp_path, tiny_vit_kwargs, make_trainer):
@@ -112,3 +137,20 @@ def test_joint_training_is_one_stage_evaluated_per_task(tmp_path, tiny_vit_kwarg
     assert torch.isnan(r.accuracy[:, :2]).all() and not torch.isnan(r.accuracy[:, 2]).any()
     assert r.metrics["average_accuracy"] == pytest.approx(float(r.accuracy[:, 2].mean()))
     assert m.task_classes == list(range(6))
+
+
+def test_a_state_file_that_does_not_fit_the_model_is_one_clear_error(tmp_path, tiny_vit_kwargs, make_trainer):
+    """A folder from before run_config.json (nothing to compare) resumed with another pool size."""
+    dm, m = _setup(tiny_vit_kwargs)
+    cfg = RunnerConfig(out_dir=str(tmp_path), plots=False)
+    TaskSequenceRunner(cfg, lambda: make_trainer(1)).run(m, dm)
+    (tmp_path / "results.json").unlink()
+    (tmp_path / "run_config.json").unlink()
+    dm, _ = _setup(tiny_vit_kwargs)
+    other = L2P(
+        num_classes=dm.num_classes, backbone_kwargs=tiny_vit_kwargs, pool_size=4, top_n=2, prompt_length=2
+    )
+    with pytest.raises(
+        UserError, match=r"cannot resume from .*state\.pt.*size mismatch.*--runner\.overwrite true"
+    ):
+        TaskSequenceRunner(replace(cfg, resume=True), lambda: make_trainer(1)).run(other, dm)
