@@ -122,9 +122,12 @@ def test_training_lowers_the_answer_nll(tiny_llama_dir, tmp_path):
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     before = trainer.validate(module, data, verbose=False)[0]["val/answer_nll"]
-    fit(module, data, epochs=8, tmp_path=tmp_path, val_every=8)
+    fit(module, data, epochs=16, tmp_path=tmp_path, val_every=16)
     after = module.fact_records["nll"].mean().item()  # the final validation of fit
-    assert after < before - 0.3  # nats per answer token (a random tiny backbone learns slowly)
+    print(f"answer nll {before:.3f} -> {after:.3f}")
+    # nats per answer token (a random tiny backbone learns slowly): 16 epochs give 2-3x this margin on the
+    # AVX512, AVX2 and unvectorised CPU paths (8 epochs gave 0.28 on the unvectorised one)
+    assert after < before - 0.3
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
