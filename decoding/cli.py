@@ -75,6 +75,8 @@ def _number(low: float = -math.inf, high: float = math.inf, low_open: bool = Fal
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < low or value > high or (low_open and value == low) or (high_open and value == high):
             lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            if math.isinf(high):
+                raise argparse.ArgumentTypeError(f"{value:g} must be {'>' if low_open else '>='} {low:g}")
             raise argparse.ArgumentTypeError(f"{value:g} must be in {lo}{low:g}, {high:g}{hi}")
         return value
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from decoding.errors import UserError
 from experiments.cell import first_epoch_reaching, write_rows
 from experiments.tasks import check_fraction
 from memexp.run_dir import atomic_write_json
@@ -86,7 +87,7 @@ class ImageTuning(L.LightningModule):
                  lora_alpha: float = 16.0, checkpoint: str | None = "tiny:digits") -> None:  # fmt: skip
         super().__init__()
         if method not in IMAGE_METHODS:
-            raise ValueError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
+            raise UserError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
         self.save_hyperparameters()
         from prompt_pool.backbone import ViTBackbone
         from prompt_pool.pretrain import DIGITS_VIT_KWARGS
@@ -177,7 +178,7 @@ def run_image_cell(
     _, train, test = load_digits_splits()
     if cfg.num_train is not None:
         if not 0 < cfg.num_train <= len(train):
-            raise ValueError(f"image.num_train must be in [1, {len(train)}], got {cfg.num_train}")
+            raise UserError(f"image.num_train must be in [1, {len(train)}], got {cfg.num_train}")
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: cfg.num_train]
         train = train.subset(keep.sort().values)
     labels, corrupted = corrupt_labels(train.y, p, 10, seed)
