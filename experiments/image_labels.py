@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from decoding.errors import UserError
 from experiments.cell import first_epoch_reaching, write_rows
+from experiments.progress import EpochBar
 from experiments.tasks import check_fraction
 from memexp.run_dir import atomic_write_json
 
@@ -193,7 +194,11 @@ def run_image_cell(
         max_epochs=cfg.max_epochs,
         accelerator="cpu",
         logger=logger,
-        callbacks=[probe, ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)],
+        callbacks=[
+            probe,
+            ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0),
+            EpochBar(f"image cell {method} p={p:g}", leave=False),
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,

@@ -13,17 +13,23 @@ class EpochBar(L.Callback):
 
     Args:
         desc: the bar's label.
+        leave: keep the finished bar on screen (False for bars nested in an outer one).
     """
 
-    def __init__(self, desc: str) -> None:
+    def __init__(self, desc: str, leave: bool = True) -> None:
         self.desc = desc
+        self.leave = leave
         self._bar: Any = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from tqdm.auto import tqdm
 
         self._bar = tqdm(
-            total=trainer.max_epochs, initial=trainer.current_epoch, desc=self.desc, unit="epoch"
+            total=trainer.max_epochs,
+            initial=trainer.current_epoch,
+            desc=self.desc,
+            unit="epoch",
+            leave=self.leave,
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
