@@ -31,22 +31,31 @@ from memexp.run_dir import RESULTS_FILE
 STUDY_FLAGS = ("quick", "resume", "overwrite")
 
 
+class RunFolderTaken(UserError, FileExistsError):
+    """The folder holds a run this start may not touch (a FileExistsError too, as open_run_dir raised)."""
+
+
 def check_run_dir(root: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> RunState:
     """Decide whether a run with ``config`` may start in ``root`` (UserError if not); writes nothing."""
     if root.exists() and not root.is_dir():
         raise UserError(f"{root} is a file, not a run folder; choose another --output_root or --run")
     started = root.is_dir() and any(root.iterdir())
-    return check_run_folder(
-        root,
-        config,
-        finished=(root / RESULTS_FILE).exists(),
-        started=started,
-        resume=resume,
-        overwrite=overwrite,
-        resume_flag="--resume",
-        overwrite_flag="--overwrite",
-        extend_hint="another --run name keeps both",
-    )
+    try:
+        return check_run_folder(
+            root,
+            config,
+            finished=(root / RESULTS_FILE).exists(),
+            started=started,
+            resume=resume,
+            overwrite=overwrite,
+            resume_flag="--resume",
+            overwrite_flag="--overwrite",
+            extend_hint="another --run name keeps both",
+        )
+    except UserError as err:
+        if started and not (resume and overwrite):
+            raise RunFolderTaken(str(err)) from None
+        raise
 
 
 def open_run_dir(root: Path, config: dict[str, Any], resume: bool, overwrite: bool) -> Path:

@@ -10,6 +10,7 @@ from decoding.errors import UserError
 from decoding.run_folder import RUN_CONFIG_FILE
 from experiments.random_labels import RandomLabelsConfig
 from experiments.run_folder import (
+    RunFolderTaken,
     apply_quick,
     explicit_keys,
     markdown_table,
@@ -40,8 +41,9 @@ def test_unfinished_run_resumes_only_when_asked_and_keeps_its_cells(tmp_path):
     open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
     (root / "cells").mkdir()
     (root / "cells" / "cell.json").write_text("{}")
-    with pytest.raises(UserError, match="unfinished run with these settings; pass --resume"):
+    with pytest.raises(RunFolderTaken, match="unfinished run with these settings; pass --resume") as err:
         open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
+    assert isinstance(err.value, FileExistsError) and isinstance(err.value, UserError)
     open_run_dir(root, {"a": 1}, resume=True, overwrite=False)
     assert (root / "cells" / "cell.json").exists()
     open_run_dir(root, {"a": 2}, resume=False, overwrite=True)
