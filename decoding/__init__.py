@@ -1,38 +1,64 @@
-"""Decoding heads (greedy, DoLa, SLED, DeRa) over per-layer logits of HF causal LMs."""
+"""Decoding heads (greedy, DoLa, SLED, DeRa) over per-layer logits of HF causal LMs.
 
-from decoding.dera import DeRa
-from decoding.dola import DoLa
-from decoding.generate import GenerationOutput, generate, hf_custom_generate
-from decoding.greedy import Greedy
-from decoding.head import HEAD_NAMES, Head, make_head
-from decoding.layers import LayerLogits, layer_logits, layer_logits_at
-from decoding.mc import evaluate_factor, evaluate_truthfulqa, score_continuations
-from decoding.models import check_tokenizer_fits, load_causal_lm, load_tokenizer, resolve_model_path
-from decoding.presets import head_for_task
-from decoding.sled import SLED
-from decoding.tiny import build_tiny_lm
+The names below are imported on first use (PEP 562), so ``import decoding`` -- and the ``decoding``
+command line's ``--help`` -- does not pay for torch and transformers.
+"""
 
-__all__ = [
-    "HEAD_NAMES",
-    "SLED",
-    "DeRa",
-    "DoLa",
-    "GenerationOutput",
-    "Greedy",
-    "Head",
-    "LayerLogits",
-    "build_tiny_lm",
-    "check_tokenizer_fits",
-    "evaluate_factor",
-    "evaluate_truthfulqa",
-    "generate",
-    "head_for_task",
-    "hf_custom_generate",
-    "layer_logits",
-    "layer_logits_at",
-    "load_causal_lm",
-    "load_tokenizer",
-    "make_head",
-    "resolve_model_path",
-    "score_continuations",
-]
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+_HOME = {
+    "HEAD_NAMES": "decoding.head_spec",
+    "SLED": "decoding.sled",
+    "DeRa": "decoding.dera",
+    "DoLa": "decoding.dola",
+    "GenerationOutput": "decoding.generate",
+    "Greedy": "decoding.greedy",
+    "Head": "decoding.head",
+    "LayerLogits": "decoding.layers",
+    "build_tiny_lm": "decoding.tiny",
+    "check_tokenizer_fits": "decoding.models",
+    "evaluate_factor": "decoding.mc",
+    "evaluate_truthfulqa": "decoding.mc",
+    "generate": "decoding.generate",
+    "head_for_task": "decoding.presets",
+    "hf_custom_generate": "decoding.generate",
+    "layer_logits": "decoding.layers",
+    "layer_logits_at": "decoding.layers",
+    "load_causal_lm": "decoding.models",
+    "load_tokenizer": "decoding.models",
+    "make_head": "decoding.head",
+    "parse_head_spec": "decoding.head_spec",
+    "resolve_model_path": "decoding.models",
+    "score_continuations": "decoding.mc",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'decoding' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``decoding.generate`` the function (as the eager imports did), not the submodule."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "generate" and isinstance(value, types.ModuleType):
+            value = value.generate
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

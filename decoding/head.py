@@ -11,16 +11,19 @@ scores are what a greedy decoder would argmax: logits processors (repetition pen
 warpers run *after* the head (spec pitfall 8). :meth:`Head.mc_scores` gives the per-token scores
 summed by multiple-choice scoring (raw, or ``log_softmax`` with ``post_softmax``).
 
-:func:`make_head` builds a head by name with per-task defaults (:mod:`decoding.presets`).
+:func:`make_head` builds a head by name from typed options; :func:`decoding.head_spec.parse_head_spec`
+from an option string (``dera:lam=2,head=sled``); :mod:`decoding.presets` adds per-task defaults.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from decoding.errors import UserError
+from decoding.head_spec import HEAD_NAMES
 from decoding.layers import LayerLogits, as_layer_logits
 
-HEAD_NAMES = ("greedy", "dola", "sled", "dera")
+__all__ = ["HEAD_NAMES", "Head", "make_head"]
 
 
 class Head:
@@ -56,14 +59,14 @@ def make_head(name: str, **options) -> Head:
     """Build a head by name: ``greedy``, ``dola``, ``sled`` or ``dera`` (options = its constructor's).
 
     Raises:
-        ValueError: unknown name (the known ones are listed).
+        UserError: unknown name (the known ones are listed), or options the head refuses.
     """
-    from decoding.dera import DeRa
-    from decoding.dola import DoLa
-    from decoding.greedy import Greedy
-    from decoding.sled import SLED
+    from decoding.head_spec import head_class
 
-    classes = {"greedy": Greedy, "dola": DoLa, "sled": SLED, "dera": DeRa}
-    if name not in classes:
-        raise ValueError(f"unknown head {name!r}; known heads: {', '.join(HEAD_NAMES)}")
-    return classes[name](**options)
+    cls = head_class(name)
+    try:
+        return cls(**options)
+    except TypeError as err:  # an unknown keyword
+        raise UserError(f"head {name!r}: {err}; see help({cls.__name__})") from err
+    except ValueError as err:
+        raise UserError(f"head {name!r}: {err}") from err

@@ -127,9 +127,12 @@ def pretrain_tiny_model(model, tokenizer, steps: int, seed: int = 0, batch_size:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
     )
+    from tqdm.auto import tqdm
+
     model.train()
     losses = []
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc="pretraining the tiny LM", unit="step", leave=False)
+    for _ in bar:
         rows = torch.randint(len(lines), (batch_size,), generator=gen).tolist()
         batch = tokenizer([lines[i] for i in rows], return_tensors="pt", padding=True)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # (B, T)
@@ -140,6 +143,7 @@ def pretrain_tiny_model(model, tokenizer, steps: int, seed: int = 0, batch_size:
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()
     return sum(losses[-10:]) / len(losses[-10:])
 

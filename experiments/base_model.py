@@ -3,21 +3,20 @@
 The spec's fully offline route (§4.1): "first pretrain a tiny transformer on a synthetic world with
 learnable structure". :func:`pretrain_base` fully fine-tunes ``backbone`` on true-answer facts of
 :mod:`experiments.tasks` (pairs disjoint from every study split) and saves it with ``save_pretrained``
-(atomically: a temporary folder, then ``os.replace``), so the studies load it by path like any HF
+(atomically, :func:`decoding.run_folder.atomic_write_dir`), so the studies load it by path like any HF
 checkpoint; its held-out accuracy is the "before" skill. It also trains the tiny model's lm_head, so a
 frozen-backbone method (LoRA, MoME) is not bounded by a random output layer.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 
+from decoding.run_folder import atomic_write_dir
+from experiments.progress import EpochBar
 from memexp.facts import Fact
 
 
@@ -62,16 +61,14 @@ def pretrain_base(
         num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[EpochBar(f"pretraining the base model on {len(facts)} facts")],
         default_root_dir=str(out_dir.parent),
     )
     trainer.fit(module, datamodule=data)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         module.model.save_pretrained(tmp)
         data.tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out_dir, save)
     return str(out_dir)

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from decoding.errors import run_cli
+from decoding.head_spec import parse_head_spec
+from decoding.run_folder import atomic_write_json, atomic_write_text
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
-from experiments.methods import check_method
+from experiments.checks import check_base, check_number, check_output, check_train
 from experiments.run_folder import (
-    apply_quick,
     config_dict,
     finish_wandb,
     log_summary_to_wandb,
@@ -42,10 +44,10 @@ from experiments.run_folder import (
 )
 from experiments.tasks import answer_entropy_nats, code_task, corrupt
 from experiments.threshold import LN2, binned_exact, log_edges, safe_threshold, separating_threshold
-from memexp.recall import parse_head_spec
-from memexp.run_dir import RESULTS_FILE, atomic_write_json, atomic_write_text
+from memexp.run_dir import RESULTS_FILE
 
 NAME = "hallucination_vs_loss"
+PROG = "python -m experiments.hallucination_vs_loss"
 
 
 def _default_train() -> TrainConfig:
@@ -90,13 +92,13 @@ class HallucinationVsLossConfig:
     quick_settings: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise a clear error for a bad method or head before any work starts."""
-        if not self.methods:
-            raise ValueError("methods is empty; choose from full, lora, mome")
-        for method in self.methods:
-            check_method(method)
-        for spec in self.train.heads:
-            parse_head_spec(spec)
+        """Refuse any bad setting (UserError naming it) before any work starts."""
+        check_output(self.output_root, self.run)
+        check_number("seed", self.seed, 0, integer=True)
+        check_number("num_facts", self.num_facts, 1, integer=True, example=100)
+        layout = check_base(self.base)
+        code_task(self.base.pretrain_facts + self.num_facts, 0, self.seed, self.code_len)
+        check_train(self.train, self.methods, layout, self.base.backbone)
 
 
 def head_thresholds(method: str, facts: list[dict[str, float]], entropy: float) -> list[dict[str, Any]]:
@@ -260,15 +262,18 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
     return results
 
 
-def main(args: list[str] | None = None) -> None:
-    """``python -m experiments.hallucination_vs_loss --config FILE [--quick] [--resume|--overwrite]``."""
-    cfg, flags = parse_study_args(HallucinationVsLossConfig, args, __doc__.splitlines()[0])
-    apply_quick(cfg, flags["quick"])
-    try:
-        results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
-    except (ValueError, FileExistsError) as err:  # bad input: the message names the value and the fix
-        raise SystemExit(f"error: {err}") from err
+def _main(args: list[str] | None) -> None:
+    cfg, flags = parse_study_args(HallucinationVsLossConfig, args, __doc__.splitlines()[0], PROG)
+    results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
     print(markdown_table(results["thresholds"], TABLE_COLUMNS))
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m experiments.hallucination_vs_loss --config FILE [--quick] [--resume|--overwrite]``.
+
+    Bad input ends with one line naming the value and the fix (``--debug``: the traceback).
+    """
+    run_cli(_main, args, prog=PROG)
 
 
 if __name__ == "__main__":

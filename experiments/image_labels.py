@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from decoding.errors import UserError
 from experiments.cell import first_epoch_reaching, write_rows
+from experiments.progress import EpochBar
 from experiments.tasks import check_fraction
 from memexp.run_dir import atomic_write_json
 
@@ -86,7 +88,7 @@ class ImageTuning(L.LightningModule):
                  lora_alpha: float = 16.0, checkpoint: str | None = "tiny:digits") -> None:  # fmt: skip
         super().__init__()
         if method not in IMAGE_METHODS:
-            raise ValueError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
+            raise UserError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
         self.save_hyperparameters()
         from prompt_pool.backbone import ViTBackbone
         from prompt_pool.pretrain import DIGITS_VIT_KWARGS
@@ -177,7 +179,7 @@ def run_image_cell(
     _, train, test = load_digits_splits()
     if cfg.num_train is not None:
         if not 0 < cfg.num_train <= len(train):
-            raise ValueError(f"image.num_train must be in [1, {len(train)}], got {cfg.num_train}")
+            raise UserError(f"image.num_train must be in [1, {len(train)}], got {cfg.num_train}")
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: cfg.num_train]
         train = train.subset(keep.sort().values)
     labels, corrupted = corrupt_labels(train.y, p, 10, seed)
@@ -192,7 +194,11 @@ def run_image_cell(
         max_epochs=cfg.max_epochs,
         accelerator="cpu",
         logger=logger,
-        callbacks=[probe, ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)],
+        callbacks=[
+            probe,
+            ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0),
+            EpochBar(f"image cell {method} p={p:g}", leave=False),
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,

@@ -13,20 +13,32 @@ adapter off (LoRA), or the base weights loaded in place for the reference pass (
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
 
+from decoding.errors import UserError
+
 Builder = Callable[[str, int, dict[str, Any]], L.LightningModule]
 
 _REGISTRY: dict[str, Builder] = {}
+_OPTIONS: dict[str, Callable[[], Callable]] = {}  # name -> (lazily) the callable whose keywords are options
+_SET_BY_STUDY = {"self", "backbone", "seed", "method"}
 
 
-def register_method(name: str, builder: Builder) -> None:
-    """Register ``builder(backbone, seed, options) -> LightningModule`` under ``name``."""
+def register_method(name: str, builder: Builder, options_of: Callable[[], Callable] | None = None) -> None:
+    """Register ``builder(backbone, seed, options) -> LightningModule`` under ``name``.
+
+    ``options_of()`` returns the class (or function) whose keyword arguments are the method's options,
+    so that :func:`check_method_options` can refuse a misspelt option before any work starts.
+    """
     _REGISTRY[name] = builder
+    if options_of is not None:
+        _OPTIONS[name] = options_of
 
 
 def available_methods() -> list[str]:
@@ -37,8 +49,36 @@ def available_methods() -> list[str]:
 def check_method(name: str) -> str:
     """Return ``name`` or raise a clear error when no such method is registered."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
+        raise UserError(f"unknown method {name!r}; choose from {available_methods()}")
     return name
+
+
+def check_method_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse unknown option names and non-positive learning rates / ranks of method ``name`` (UserError)."""
+    check_method(name)
+    if not isinstance(options, dict):
+        raise UserError(f"train.method_options.{name} must be a mapping of options, got {options!r}")
+    if name in _OPTIONS:
+        allowed = set(inspect.signature(_OPTIONS[name]()).parameters) - _SET_BY_STUDY
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise UserError(
+                f"train.method_options.{name} has unknown option(s) {unknown}; allowed: {sorted(allowed)}"
+            )
+    for key in ("lr", "router_lr"):
+        value = options.get(key)
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise UserError(f"train.method_options.{name}.{key}={value!r} must be a number > 0, e.g. 1e-3")
+    rank = options.get("lora_r")
+    if rank is not None and not (isinstance(rank, int) and rank >= 1):
+        raise UserError(f"train.method_options.{name}.lora_r={rank!r} must be a whole number >= 1, e.g. 8")
+    if name == "mome" and isinstance(options.get("mome"), dict):
+        from memexp.mome import MoMEConfig
+
+        try:
+            MoMEConfig(**options["mome"])
+        except (TypeError, ValueError) as err:
+            raise UserError(f"train.method_options.mome.mome: {err}") from err
 
 
 def build_method(
@@ -67,9 +107,21 @@ def _mome(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModul
     return MoMETuning(backbone=backbone, seed=seed, **options)
 
 
-register_method("full", _fact_tuning("full"))
-register_method("lora", _fact_tuning("lora"))
-register_method("mome", _mome)
+def _fact_tuning_class():
+    from memexp.module import FactTuning
+
+    return FactTuning
+
+
+def _mome_class():
+    from memexp.mome_module import MoMETuning
+
+    return MoMETuning
+
+
+register_method("full", _fact_tuning("full"), _fact_tuning_class)
+register_method("lora", _fact_tuning("lora"), _fact_tuning_class)
+register_method("mome", _mome, _mome_class)
 
 
 @contextlib.contextmanager

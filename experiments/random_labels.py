@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from decoding.errors import UserError, run_cli
+from decoding.run_folder import atomic_write_json, atomic_write_text
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
-from experiments.image_labels import IMAGE_METHODS, ImageStudyConfig, run_image_cell
-from experiments.methods import check_method
+from experiments.checks import check_base, check_image, check_number, check_output, check_train
+from experiments.image_labels import ImageStudyConfig, run_image_cell
 from experiments.run_folder import (
-    apply_quick,
     config_dict,
     finish_wandb,
     log_summary_to_wandb,
@@ -36,9 +37,10 @@ from experiments.run_folder import (
     wandb_logger,
 )
 from experiments.tasks import answer_entropy_nats, check_fraction, code_task, corrupt
-from memexp.run_dir import RESULTS_FILE, atomic_write_json, atomic_write_text
+from memexp.run_dir import RESULTS_FILE
 
 NAME = "random_labels"
+PROG = "python -m experiments.random_labels"
 
 
 @dataclass
@@ -76,18 +78,19 @@ class RandomLabelsConfig:
     quick_settings: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise a clear error for a bad fraction or method before any work starts."""
+        """Refuse any bad setting (UserError naming it) before any work starts."""
+        check_output(self.output_root, self.run)
+        check_number("seed", self.seed, 0, integer=True)
         if not self.fractions:
-            raise ValueError("fractions is empty; give corruption fractions in [0, 1], e.g. [0, 0.5, 1]")
+            raise UserError("fractions is empty; give corruption fractions in [0, 1], e.g. [0, 0.5, 1]")
         for p in self.fractions:
             check_fraction(p)
-        if not self.methods:
-            raise ValueError("methods is empty; choose from full, lora, mome")
-        for method in self.methods:
-            check_method(method)
-        for method in self.image.methods if self.image.enabled else []:
-            if method not in IMAGE_METHODS:
-                raise ValueError(f"unknown image method {method!r}; choose from {list(IMAGE_METHODS)}")
+        check_number("num_train", self.num_train, 1, integer=True, example=100)
+        check_number("num_heldout", self.num_heldout, 0, integer=True, example=100)
+        layout = check_base(self.base)
+        code_task(self.base.pretrain_facts + self.num_train, self.num_heldout, self.seed, self.code_len)
+        check_train(self.train, self.methods, layout, self.base.backbone)
+        check_image(self.image)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -288,17 +291,20 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     return results
 
 
-def main(args: list[str] | None = None) -> None:
-    """``python -m experiments.random_labels --config FILE [--quick] [--resume|--overwrite]``."""
-    cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0])
-    apply_quick(cfg, flags["quick"])
-    try:
-        results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
-    except (ValueError, FileExistsError) as err:  # bad input: the message names the value and the fix
-        raise SystemExit(f"error: {err}") from err
+def _main(args: list[str] | None) -> None:
+    cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0], PROG)
+    results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
     print(markdown_table(results["table"], TABLE_COLUMNS))
     if results["image_table"]:
         print(markdown_table(results["image_table"], IMAGE_COLUMNS))
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m experiments.random_labels --config FILE [--quick] [--resume|--overwrite] [--debug]``.
+
+    Bad input ends with one line naming the value and the fix (``--debug``: the traceback).
+    """
+    run_cli(_main, args, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from decoding.errors import UserError
 from memexp.facts import ADJECTIVES, ANSWER_ALPHABET, NOUNS, Fact
 
 QUESTION = "What is the code of the {adjective} {noun}?"
@@ -42,7 +43,7 @@ class CodeTask:
 def check_fraction(p: float, name: str = "corruption fraction p") -> float:
     """Return ``p`` as a float, or raise a clear error when it is not a number in [0, 1]."""
     if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1] (0 = true answers, 1 = all random), got {p!r}")
+        raise UserError(f"{name} must be a number in [0, 1] (0 = true answers, 1 = all random), got {p!r}")
     return float(p)
 
 
@@ -62,12 +63,20 @@ def code_task(num_train: int, num_heldout: int, seed: int = 0, code_len: int = 3
     """
     pairs = [(a, n) for a in ADJECTIVES for n in NOUNS]
     if num_train <= 0 or num_heldout < 0 or num_train + num_heldout > len(pairs):
-        raise ValueError(
+        raise UserError(
             f"need num_train > 0, num_heldout >= 0 and num_train + num_heldout <= {len(pairs)} "
             f"(adjective x noun pairs); got num_train={num_train}, num_heldout={num_heldout}"
         )
-    if code_len <= 0:
-        raise ValueError(f"code_len must be > 0, got {code_len}")
+    words = len(ADJECTIVES) + len(NOUNS)
+    if (
+        isinstance(code_len, bool)
+        or not isinstance(code_len, int)
+        or len(ANSWER_ALPHABET) ** max(code_len, 0) < words
+    ):
+        raise UserError(
+            f"code_len={code_len!r} is too short: each of the {words} words needs its own code of "
+            f"{len(ANSWER_ALPHABET)} symbols; use code_len >= 2"
+        )
     rng = random.Random(seed)
     codes: dict[str, str] = {}
     for word in ADJECTIVES + NOUNS:
@@ -80,7 +89,7 @@ def code_task(num_train: int, num_heldout: int, seed: int = 0, code_len: int = 3
     seen = {w for pair in train_pairs for w in pair}
     heldout_pairs = [p for p in pairs[num_train:] if p[0] in seen and p[1] in seen][:num_heldout]
     if len(heldout_pairs) < num_heldout:
-        raise ValueError(f"only {len(heldout_pairs)} held-out pairs use trained words; lower num_heldout")
+        raise UserError(f"only {len(heldout_pairs)} held-out pairs use trained words; lower num_heldout")
 
     def fact(i: int, pair: tuple[str, str]) -> Fact:
         adjective, noun = pair

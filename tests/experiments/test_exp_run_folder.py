@@ -1,4 +1,4 @@
-"""Run folders and the study command line: refusals, resume checks, quick overrides, tables."""
+"""Run folders and the study command line: the shared run-folder rule, --quick, wandb mode, tables."""
 
 from __future__ import annotations
 
@@ -6,69 +6,110 @@ import json
 
 import pytest
 
-from experiments.random_labels import RandomLabelsConfig, main
-from experiments.run_folder import apply_quick, markdown_table, open_run_dir, parse_study_args
+from decoding.errors import UserError
+from decoding.run_folder import RUN_CONFIG_FILE
+from experiments.random_labels import RandomLabelsConfig
+from experiments.run_folder import (
+    RunFolderTaken,
+    apply_quick,
+    explicit_keys,
+    markdown_table,
+    open_run_dir,
+    parse_study_args,
+    wandb_logger,
+)
 
 
-def test_a_finished_run_is_refused_without_resume_or_overwrite(tmp_path):
+def snapshot(root) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to show that a refused start changed nothing)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_identical_rerun_of_a_finished_run_is_refused_and_leaves_it_untouched(tmp_path):
     root = tmp_path / "run"
     open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
     (root / "results.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="holds a finished run.*--resume.*--overwrite"):
-        open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
-    (root / "results.json").unlink()
-    with pytest.raises(FileExistsError, match="holds an unfinished run"):
-        open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
+    before = snapshot(root)
+    for resume in (False, True):
+        with pytest.raises(UserError, match="already holds a finished run.*--overwrite.*another --run name"):
+            open_run_dir(root, {"a": 1}, resume=resume, overwrite=False)
+    assert snapshot(root) == before
 
 
-def test_resume_keeps_cells_and_overwrite_deletes_them(tmp_path):
+def test_unfinished_run_resumes_only_when_asked_and_keeps_its_cells(tmp_path):
     root = tmp_path / "run"
     open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
     (root / "cells").mkdir()
+    (root / "cells" / "cell.json").write_text("{}")
+    with pytest.raises(RunFolderTaken, match="unfinished run with these settings; pass --resume") as err:
+        open_run_dir(root, {"a": 1}, resume=False, overwrite=False)
+    assert isinstance(err.value, FileExistsError) and isinstance(err.value, UserError)
     open_run_dir(root, {"a": 1}, resume=True, overwrite=False)
-    assert (root / "cells").is_dir()
+    assert (root / "cells" / "cell.json").exists()
     open_run_dir(root, {"a": 2}, resume=False, overwrite=True)
     assert not (root / "cells").exists()
-    assert json.loads((root / "config.json").read_text()) == {"a": 2}
+    assert json.loads((root / RUN_CONFIG_FILE).read_text()) == {"a": 2}
 
 
-def test_resume_with_other_settings_and_both_flags_are_refused(tmp_path):
+def test_other_settings_are_refused_naming_the_keys_and_nothing_changes(tmp_path):
     root = tmp_path / "run"
-    open_run_dir(root, {"a": 1, "b": 2}, resume=False, overwrite=False)
-    with pytest.raises(ValueError, match=r"other settings \(b\)"):
-        open_run_dir(root, {"a": 1, "b": 3}, resume=True, overwrite=False)
-    with pytest.raises(ValueError, match="not both"):
+    open_run_dir(root, {"a": 1, "train": {"lr": 1, "epochs": 3}}, resume=False, overwrite=False)
+    before = snapshot(root)
+    for resume in (False, True):
+        with pytest.raises(UserError, match=r"other settings \(a, train.lr\).*--overwrite"):
+            open_run_dir(root, {"a": 2, "train": {"lr": 2, "epochs": 3}}, resume=resume, overwrite=False)
+    with pytest.raises(UserError, match="not both"):
         open_run_dir(root, {"a": 1}, resume=True, overwrite=True)
+    assert snapshot(root) == before
 
 
-def test_yaml_flags_and_quick_settings_reach_the_config(tmp_path):
+def test_refused_start_of_a_new_folder_creates_nothing(tmp_path):
+    with pytest.raises(UserError, match="holds no run to resume; drop --resume"):
+        open_run_dir(tmp_path / "new", {"a": 1}, resume=True, overwrite=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_quick_fills_in_only_what_the_command_line_did_not_set(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(
-        "run: full\nfractions: [0.0, 0.5]\ntrain:\n  max_epochs: 7\n"
-        "quick_settings:\n  run: q\n  train.max_epochs: 2\n  image.enabled: false\n"
+        "run: full\nnum_train: 200\nfractions: [0.0, 0.5]\ntrain:\n  max_epochs: 7\n"
+        "quick_settings:\n  run: q\n  num_train: 50\n  train.max_epochs: 2\n  image.enabled: false\n"
     )
-    cfg, flags = parse_study_args(RandomLabelsConfig, ["--config", str(path), "--quick", "--seed", "4"], "t")
+    args = ["--config", str(path), "--quick", "--seed", "4", "--num_train", "0", "--train.max_epochs=9"]
+    cfg, flags = parse_study_args(RandomLabelsConfig, args, "t", "prog")
     assert flags == {"quick": True, "resume": False, "overwrite": False}
-    assert (cfg.run, cfg.seed, cfg.fractions, cfg.train.max_epochs) == ("full", 4, [0.0, 0.5], 7)
-    apply_quick(cfg, flags["quick"])
-    assert (cfg.run, cfg.train.max_epochs, cfg.image.enabled) == ("q", 2, False)
+    assert (cfg.run, cfg.seed, cfg.fractions, cfg.image.enabled) == (
+        "q",
+        4,
+        [0.0, 0.5],
+        False,
+    )  # quick filled
+    assert (cfg.num_train, cfg.train.max_epochs) == (0, 9)  # explicit flags win over --quick
+    cfg, _ = parse_study_args(RandomLabelsConfig, ["--config", str(path)], "t", "prog")
+    assert (cfg.run, cfg.num_train, cfg.train.max_epochs) == ("full", 200, 7)  # no --quick: the file
+
+
+def test_explicit_keys_and_bad_quick_keys():
+    assert explicit_keys(["--config", "c.yaml", "--quick", "--a.b=1", "--c", "2", "x"]) == {"a.b", "c"}
+    cfg = RandomLabelsConfig(quick_settings={"train": 1, "image.max_epochs": 3})
+    apply_quick(cfg, True, keep={"train", "image"})  # kept: under a key set on the command line
+    assert cfg.image.max_epochs == 300
     cfg.quick_settings = {"train.nope": 1}
-    with pytest.raises(ValueError, match="'train.nope' names no setting of TrainConfig"):
+    with pytest.raises(UserError, match="'train.nope' names no setting of TrainConfig"):
         apply_quick(cfg, True)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--fractions", "[0.0, 1.2]"], r"corruption fraction p must be a number in \[0, 1\].*1\.2"),
-        (["--methods", "[full, ewc]"], r"unknown method 'ewc'"),
-        (["--image.methods", "[mome]"], r"unknown image method 'mome'"),
-    ],
-)
-def test_bad_input_on_the_command_line_fails_before_any_work(tmp_path, args, message):
-    with pytest.raises(SystemExit, match="error: " + message):
-        main(["--output_root", str(tmp_path), "--wandb", "false", *args])
-    assert not (tmp_path / "random_labels").exists()
+@pytest.mark.parametrize("mode", ["offline", "online", "disabled", ""])
+def test_wandb_logger_follows_wandb_mode_and_the_run_folder(tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("WANDB_MODE", mode)
+    logger = wandb_logger(True, tmp_path / "run", "p", "n", "g")
+    if mode == "disabled":
+        assert logger is False and not (tmp_path / "run").exists()
+        return
+    assert logger._wandb_init["mode"] == (mode or "offline")
+    assert logger.save_dir == str(tmp_path / "run")
+    assert not logger._offline  # Lightning's offline=True would overwrite $WANDB_MODE for the process
+    assert wandb_logger(False, tmp_path, "p", "n", "g") is False
 
 
 def test_markdown_table_rounds_and_marks_missing_values():
