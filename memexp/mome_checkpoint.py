@@ -80,7 +80,8 @@ def backbone_fingerprint(backbone: nn.Module, samples: int = 64) -> str:
                 continue  # an expert table, not a backbone weight
             name = f"{site}.{rest.removeprefix('base.')}"
         flat = param.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel())).round().long()
+        count = min(samples, flat.numel())
+        index = torch.arange(count) * (flat.numel() - 1) // max(count - 1, 1)  # exact integers, no float
         values = flat[index.to(flat.device)].to(torch.bfloat16).float().cpu()
         digest.update(f"{name}:{tuple(param.shape)}:".encode())
         digest.update(values.numpy().tobytes())
