@@ -321,7 +321,9 @@ class MoMETuning(FactTuning):
 
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the MoME weights, buffers and cache; the backbone is referenced, not copied."""
+        """Record what wrote the checkpoint; keep the MoME weights, buffers and cache (the backbone is
+        referenced, not copied)."""
+        checkpoint["memexp"] = self.checkpoint_identity()
         keep = ("model.router.", "cached_ids", "cached_weights", "memorised")
         checkpoint["state_dict"] = {
             k: v

@@ -56,3 +56,18 @@ def test_folder_without_fingerprint_needs_the_override(backbone, tiny_llama_dir,
     with pytest.raises(UserError, match="records no backbone fingerprint.*allow_other_backbone=True"):
         load_mome(tiny_llama_dir, tmp_path / "mome")
     load_mome(tiny_llama_dir, tmp_path / "mome", allow_other_backbone=True)
+
+
+def test_lightning_checkpoint_of_another_bank_or_module_is_refused(tiny_llama_dir):
+    from memexp.mome_module import MoMETuning
+
+    config = MoMEConfig(num_experts=16, k=2, rank=1, sites=["*.layers.1.mlp.down_proj"])
+    module = MoMETuning(backbone=tiny_llama_dir, mome=config)
+    mine = module.checkpoint_identity()
+    module.check_checkpoint({"memexp": mine, "state_dict": dict(module.state_dict())})  # its own: accepted
+    bigger = {**mine, "mome": {**mine["mome"], "num_experts": 32}}
+    with pytest.raises(UserError, match=r"x\.ckpt belongs to another run \(mome=.*'num_experts': 32"):
+        module.check_checkpoint({"memexp": bigger, "state_dict": {}}, "x.ckpt")
+    lora = {"module": "memexp.module.FactTuning", "backbone": tiny_llama_dir, "method": "lora"}
+    with pytest.raises(UserError, match="module='memexp.module.FactTuning' there"):
+        module.check_checkpoint({"memexp": lora, "state_dict": {}}, "x.ckpt")
