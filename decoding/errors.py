@@ -15,6 +15,7 @@ printed as ``<type>: <message>`` on one line, so that even an unforeseen failure
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -43,8 +44,25 @@ def fail(prog: str, message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+def user_error_in(err: BaseException) -> UserError | None:
+    """The first :class:`UserError` among ``err`` and its causes (``raise ... from``), else None.
+
+    Libraries that build objects for a CLI (jsonargparse, Lightning) re-raise a constructor's error
+    wrapped in their own message; the user's error is the cause.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 def describe(err: BaseException) -> str:
-    """The one-line text for ``err``: a :class:`UserError`'s message, else ``<type>: <message>``."""
+    """The one-line text for ``err``: a :class:`UserError`'s message (also when another exception
+    wraps it), else ``<type>: <message>``."""
+    err = user_error_in(err) or err
     if isinstance(err, UserError):
         return one_line(str(err))
     text = one_line(str(err))
@@ -78,12 +96,48 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None,
         fail(prog, f"{describe(err)} (run again with {DEBUG_FLAG} for the traceback)")
 
 
+_UNION = "Does not validate against any of the Union subtypes"
+_STRUCTURE = ("Does not validate", "Subtypes:", "Errors:", "Given value type:")
+
+
+def condense_union_error(message: str) -> str:
+    """jsonargparse's multi-line "Does not validate against any of the Union subtypes" report, cut to
+    ``--<full.key>: <first error>``, e.g. ``--model.init_args.method: Expected a typing.Literal['full',
+    'lora']. Got value: qlora``. Other messages are returned unchanged."""
+    if _UNION not in message:
+        return message
+    keys: list[str] = []
+    error, given = "", ""
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        key = re.fullmatch(r'Parser key "([^"]+)":\s*(.*)', line)
+        if key:
+            keys.append(key.group(1))
+            line = key.group(2)
+        if not line or line.startswith(_STRUCTURE):
+            continue
+        if line.startswith("Problem with given class_path"):
+            keys.append("init_args")
+            continue
+        if line.startswith("Given value:"):
+            given = given or line
+            continue
+        if not error:
+            error = line
+    if not error:
+        return message
+    if "Got value" not in error and given:
+        error = f"{error.rstrip('.')}. {given}"
+    name = ".".join(k for i, k in enumerate(keys) if k != "init_args" or (0 < i < len(keys) - 1))
+    return f"--{name}: {error}" if name else error
+
+
 def concise_parser_errors(parser: Any, prog: str | None = None) -> Any:
     """Make an argparse / jsonargparse ``parser`` report errors as one line (no usage dump), exit 2."""
     name = prog or getattr(parser, "prog", "error")
 
     def error(message: str, *_: Any, **__: Any) -> NoReturn:
-        fail(name, f"{message} (see --help)", code=2)
+        fail(name, f"{condense_union_error(message)} (see --help)", code=2)
 
     parser.error = error
     return parser

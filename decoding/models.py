@@ -15,22 +15,37 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from decoding.errors import UserError
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model path that looks local does not exist (a :class:`UserError` and a ``FileNotFoundError``)."""
+
+
+class ModelLoadError(UserError, OSError):
+    """A model or tokenizer cannot be loaded (a :class:`UserError` and an ``OSError``)."""
+
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """Turn a ``tiny:`` name into its (built-on-demand) folder; pass other names through.
 
     Raises:
-        FileNotFoundError: a path that looks local (``/``, ``./``, ``~``) does not exist.
+        ModelNotFoundError: a path that looks local (``/``, ``./``, ``~``) does not exist.
+        UserError: a ``tiny:`` name with an unknown architecture or option.
     """
     name = str(name_or_path)
     if name.startswith("tiny:"):
-        from decoding.tiny import ensure_tiny_lm
+        from decoding.tiny import ensure_tiny_lm, parse_tiny_name
 
+        try:
+            parse_tiny_name(name)
+        except ValueError as err:
+            raise UserError(f"model name {name!r}: {err} (e.g. 'tiny:llama', 'tiny:gpt2?layers=4')") from None
         return str(ensure_tiny_lm(name))
     path = Path(name).expanduser()
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
     if looks_local and not path.exists():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model path {name!r} does not exist; pass a folder holding config.json "
             "(written by save_pretrained), a hub id such as 'meta-llama/Llama-3.2-1B', "
             "or 'tiny:llama' for the offline tiny model"
@@ -46,13 +61,24 @@ def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = Fa
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise OSError(
+        raise ModelLoadError(
             f"could not load a tokenizer from {name_or_path!r}: {err}. Pass a local folder with "
             "tokenizer files, a hub id you can reach, or 'tiny:llama'"
         ) from err
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``; refuse names that are not floating-point torch dtypes."""
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise UserError(
+            f"dtype {name!r} is not a floating-point torch dtype; use float32, bfloat16 or float16 "
+            "(or null for the checkpoint's own)"
+        )
+    return dtype
 
 
 def load_causal_lm(
@@ -78,7 +104,7 @@ def load_causal_lm(
 
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = parse_dtype(dtype)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -90,7 +116,7 @@ def load_causal_lm(
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
-        raise OSError(
+        raise ModelLoadError(
             f"could not load a causal LM from {name_or_path!r}: {err}. Pass a folder written by "
             "save_pretrained, a hub id you can reach (set HF_HUB_OFFLINE=1 to use only the local "
             "cache), or 'tiny:llama' for the offline tiny model"
@@ -104,7 +130,7 @@ def check_tokenizer_fits(tokenizer, model: nn.Module) -> None:
     """Refuse a tokenizer whose ids do not all have a row in the model's input embedding."""
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
-        raise ValueError(
+        raise UserError(
             f"the tokenizer has {len(tokenizer)} ids but the model's embedding has only {rows} rows; "
             "use the tokenizer saved with this model (same folder), or call "
             "model.resize_token_embeddings(len(tokenizer)) before training"

@@ -17,15 +17,48 @@ Validation returns two loaders: the memorised facts (dataloader 0) and the held-
 from __future__ import annotations
 
 import random
+import string
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from decoding.errors import UserError
 from memexp.facts import Fact, load_facts, random_facts
 
 IGNORE_INDEX = -100
+
+
+_FIXES = {
+    "batch_size": "use a positive training batch size, e.g. 16",
+    "eval_batch_size": "use a positive evaluation batch size, e.g. 128",
+    "num_random_facts": "ask for at least one generated fact, or pass data.facts_path",
+    "num_heldout": "use 0 for no held-out facts",
+    "answer_min_len": "generated answers need at least one character",
+    "num_workers": "use 0 to load data in the main process",
+}
+
+
+def check_template(template: str) -> None:
+    """Refuse a prompt template without exactly the one ``{question}`` field.
+
+    Raises:
+        UserError: no ``{question}``, another ``{field}``, or unbalanced braces (double them: ``{{``).
+    """
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise UserError(
+            f"data.template={template!r} is not a valid format string ({err}); write literal braces as "
+            "'{{' and '}}'"
+        ) from None
+    if fields != {"question"}:
+        raise UserError(
+            f"data.template={template!r} must contain '{{question}}' and no other field (found "
+            f"{sorted(fields) or 'none'}), e.g. 'Q: {{question}}\\nA:'; "
+            "write literal braces as '{{' and '}}'"
+        )
 
 
 @dataclass
@@ -43,13 +76,13 @@ def tokenize_fact(fact: Fact, tokenizer, template: str) -> Example:
     answer_ids = tokenizer(" " + fact.answer, add_special_tokens=False).input_ids
     where = f"fact id {fact.id} ({fact.question!r:.60})"
     if not answer_ids:
-        raise ValueError(
+        raise UserError(
             f"{where}: the answer {fact.answer!r:.60} tokenizes to nothing; use an answer the tokenizer "
             "can represent, or a tokenizer that covers its characters"
         )
     decoded = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
     if decoded != fact.answer:
-        raise ValueError(
+        raise UserError(
             f"{where}: the answer {fact.answer!r:.60} does not survive tokenization (decodes to "
             f"{decoded!r:.60}, e.g. unknown characters), so it could never be recalled exactly; "
             "fix the answer or use a tokenizer that covers its characters"
@@ -130,8 +163,29 @@ class FactsDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if "{question}" not in template:
-            raise ValueError(f"template must contain '{{question}}', got {template!r}")
+        check_template(template)
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("num_random_facts", num_random_facts, 0 if facts_path else 1),
+            ("num_heldout", num_heldout, 0),
+            ("answer_min_len", answer_min_len, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if value < low:
+                raise UserError(f"data.{name}={value} must be >= {low}; {_FIXES[name]}")
+        if answer_max_len < answer_min_len:
+            raise UserError(
+                f"data.answer_max_len={answer_max_len} is below data.answer_min_len={answer_min_len}; "
+                "set answer_max_len >= answer_min_len"
+            )
+        # a facts file is read now, so that a bad file is refused before any model is loaded
+        self._file_facts = load_facts(facts_path) if facts_path is not None else None
+        if self._file_facts is not None and num_heldout >= len(self._file_facts):
+            raise UserError(
+                f"data.num_heldout={num_heldout} leaves no fact to train on: {facts_path} holds "
+                f"{len(self._file_facts)} facts; use num_heldout < {len(self._file_facts)}"
+            )
         self.save_hyperparameters()
         self.train_examples: list[Example] = []
         self.heldout_examples: list[Example] = []
@@ -147,15 +201,11 @@ class FactsDataModule(L.LightningDataModule):
 
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer)
-        if hp.facts_path is not None:
-            facts = load_facts(hp.facts_path)
+        if self._file_facts is not None:
+            facts = self._file_facts
         else:
             facts = random_facts(
                 hp.num_random_facts + hp.num_heldout, hp.seed, hp.answer_min_len, hp.answer_max_len
-            )
-        if not 0 <= hp.num_heldout < len(facts):
-            raise ValueError(
-                f"num_heldout={hp.num_heldout} must be in [0, {len(facts)}) for {len(facts)} facts"
             )
         order = list(range(len(facts)))
         if hp.facts_path is not None and hp.num_heldout:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from decoding.errors import UserError
+
 
 @dataclass
 class RoutingState:
@@ -64,15 +66,18 @@ def check_bank_size(num_experts: int, rank: int, k: int | None = None) -> None:
     """Refuse impossible bank settings with a message that names the fix.
 
     Raises:
-        ValueError: ``num_experts < 1``, ``rank <= 0`` or ``k`` outside ``1..num_experts``.
+        UserError: ``num_experts < 1``, ``rank <= 0`` or ``k`` outside ``1..num_experts``.
     """
+    for name, value in (("num_experts", num_experts), ("rank", rank), ("k", k)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UserError(f"mome.{name}={value!r} must be an integer")
     if num_experts < 1:
-        raise ValueError(f"num_experts={num_experts} must be >= 1")
+        raise UserError(f"mome.num_experts={num_experts} must be >= 1 (e.g. 4096)")
     if rank <= 0:
-        raise ValueError(f"rank={rank} must be a positive integer (1..64 are typical expert ranks)")
+        raise UserError(f"mome.rank={rank} must be a positive integer (1..64 are typical expert ranks)")
     if k is not None and not 1 <= k <= num_experts:
-        raise ValueError(
-            f"k={k} experts per input cannot be selected from num_experts={num_experts}; "
+        raise UserError(
+            f"mome.k={k} experts per input cannot be selected from num_experts={num_experts}; "
             f"use 1 <= k <= {num_experts} or enlarge the bank"
         )
 

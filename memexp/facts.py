@@ -17,6 +17,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from decoding.errors import UserError
+
 ANSWER_ALPHABET = string.ascii_uppercase + string.digits
 
 
@@ -30,50 +32,71 @@ class Fact:
 
 
 def load_facts(path: str | Path) -> list[Fact]:
-    """Read facts from a JSONL file.
+    """Read facts from a UTF-8 JSONL file (a leading byte-order mark is allowed).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, or a line is not a JSON object with non-empty string
-            ``question`` and ``answer`` (the message names file and line), or ids repeat.
+        UserError: the file is missing or empty, a line is not UTF-8 or not a JSON object with
+            non-empty string ``question`` and ``answer``, ids repeat, or a question repeats (with the
+            same or another answer); the message names file and line.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"facts file {path} does not exist; pass an existing JSONL file with one "
             '{"question": ..., "answer": ...} object per line, or set data.facts_path to null and '
             "data.num_random_facts > 0 to generate random facts"
         )
     facts: list[Fact] = []
-    seen: dict[int, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    seen_ids: dict[int, int] = {}
+    seen_questions: dict[str, tuple[int, str]] = {}  # question -> (line, answer)
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"{where}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+                    "save the facts file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{where}: not valid JSON ({err.msg}); each line must be one JSON object"
-                ) from err
+                raise UserError(
+                    f"{where}: not valid JSON ({err.msg}, column {err.colno}); each line must be one "
+                    'JSON object like {"question": "...", "answer": "..."}'
+                ) from None
             if not isinstance(row, dict):
-                raise ValueError(
+                raise UserError(
                     f"{where}: expected a JSON object with 'question' and 'answer', got {row!r:.80}"
                 )
             for key in ("question", "answer"):
                 value = row.get(key)
                 if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{where}: '{key}' must be a non-empty string, got {value!r:.80}")
+                    raise UserError(f"{where}: '{key}' must be a non-empty string, got {value!r:.80}")
             fact_id = row.get("id", len(facts))
-            if not isinstance(fact_id, int):
-                raise ValueError(f"{where}: 'id' must be an integer, got {fact_id!r:.80}")
-            if fact_id in seen:
-                raise ValueError(f"{where}: id {fact_id} repeats line {seen[fact_id]}; ids must be unique")
-            seen[fact_id] = lineno
-            facts.append(Fact(fact_id, row["question"].strip(), row["answer"].strip()))
+            if not isinstance(fact_id, int) or isinstance(fact_id, bool):
+                raise UserError(f"{where}: 'id' must be an integer, got {fact_id!r:.80}")
+            if fact_id in seen_ids:
+                raise UserError(f"{where}: id {fact_id} repeats line {seen_ids[fact_id]}; ids must be unique")
+            question, answer = row["question"].strip(), row["answer"].strip()
+            if question in seen_questions:
+                first, other = seen_questions[question]
+                what = "with the same answer" if other == answer else f"with another answer ({other!r:.40})"
+                raise UserError(
+                    f"{where}: question {question!r:.80} already appears on line {first} {what}; "
+                    "a question must have one answer: keep one line per question"
+                )
+            seen_ids[fact_id] = lineno
+            seen_questions[question] = (lineno, answer)
+            facts.append(Fact(fact_id, question, answer))
     if not facts:
-        raise ValueError(f"facts file {path} holds no facts; write one JSON object per line")
+        raise UserError(
+            f"facts file {path} holds no facts; write one JSON object per line, e.g. "
+            '{"question": "...", "answer": "..."}'
+        )
     return facts
 
 
@@ -113,9 +136,11 @@ def random_facts(n: int, seed: int = 0, min_len: int = 8, max_len: int = 32) -> 
         max_len: longest answer, in characters.
     """
     if n <= 0:
-        raise ValueError(f"num_random_facts must be > 0, got {n}")
+        raise UserError(f"num_random_facts must be > 0, got {n}; ask for at least one fact")
     if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+        raise UserError(
+            f"need 1 <= answer_min_len <= answer_max_len, got min_len={min_len}, max_len={max_len}"
+        )
     rng = random.Random(seed)
     pairs = len(ADJECTIVES) * len(NOUNS)
     order = rng.sample(range(max(n, pairs)), n)  # distinct entities, spread over all pairs

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from decoding.errors import UserError
+
 KINDS = ("exact", "flat", "ivf", "hnsw")
 
 
@@ -109,9 +111,16 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"index kind {self.kind!r} is unknown; choose one of {KINDS}")
+            raise UserError(f"index kind {self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
         if self.on_stale not in ("rebuild", "error"):
-            raise ValueError(f"on_stale={self.on_stale!r}; choose 'rebuild' or 'error'")
+            raise UserError(f"index on_stale={self.on_stale!r} is unknown; choose 'rebuild' or 'error'")
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                raise UserError(f"index {name}={getattr(self, name)} must be >= 1")
+        if self.rebuild_every < 0:
+            raise UserError(
+                f"index rebuild_every={self.rebuild_every} must be >= 0 (0 = check the fingerprint)"
+            )
 
 
 def _faiss():

@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from decoding.errors import UserError, one_line
+from memexp.checkpoint_io import use_checked_checkpoint_io
 from memexp.recall import answer_stats, head_exact, parse_head_spec
 
 Method = Literal["full", "lora"]
@@ -37,20 +39,45 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
+def check_number(name: str, value: float, low: float = 0.0, strict: bool = True, fix: str = "") -> None:
+    """Refuse a setting that is not a finite number above ``low`` (``>= low`` when not ``strict``).
+
+    Raises:
+        UserError: naming ``name``, the value and ``fix``.
+    """
+    ok = isinstance(value, int | float) and math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise UserError(f"{name}={value!r} must be a finite number {bound}" + (f"; {fix}" if fix else ""))
+
+
+def parse_eval_heads(specs: list[str] | None) -> dict:
+    """``{spec: head}`` for the ``eval_heads`` option; a bad spec is one line naming it."""
+    heads = {}
+    for spec in specs or []:
+        try:
+            heads[spec] = parse_head_spec(spec)
+        except Exception as err:  # noqa: BLE001 - unknown names, bad options, constructor errors
+            raise UserError(
+                f"eval_heads entry {spec!r} is not a decoding head ({one_line(str(err))}); write "
+                "NAME[:key=value,...] with NAME in greedy, dola, sled, dera, e.g. sled or dera:lam=2"
+            ) from None
+    return heads
+
+
 def apply_lora(
     model: nn.Module, r: int, alpha: float, dropout: float, targets: list[str] | None
 ) -> nn.Module:
     """Wrap ``model`` with a peft LoRA adapter; refuse target names that match no linear module."""
     from peft import LoraConfig, get_peft_model
 
-    if r <= 0:
-        raise ValueError(f"lora_r must be > 0, got {r}")
+    check_lora(r, alpha, dropout)
     available = linear_module_names(model)
     if targets:
         missing = [t for t in targets if t not in available]
         if missing:
-            raise ValueError(
-                f"LoRA target modules {missing} match no linear layer of {type(model).__name__}; "
+            raise UserError(
+                f"lora_targets {missing} match no linear layer of {type(model).__name__}; "
                 f"the linear modules are {available} (or leave lora_targets null for all of them)"
             )
     config = LoraConfig(
@@ -61,6 +88,17 @@ def apply_lora(
         fan_in_fan_out=type(model).__name__.startswith("GPT2"),
     )
     return get_peft_model(model, config)
+
+
+def check_lora(r: int, alpha: float, dropout: float) -> None:
+    """Refuse LoRA settings peft would reject late or silently misuse."""
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise UserError(f"lora_r={r!r} must be an integer >= 1 (the adapter rank, e.g. 8 or 16)")
+    check_number(
+        "lora_alpha", alpha, fix="the LoRA scale is lora_alpha / lora_r, e.g. lora_alpha = 2 * lora_r"
+    )
+    if not (isinstance(dropout, int | float) and 0 <= dropout < 1):
+        raise UserError(f"lora_dropout={dropout!r} must be in [0, 1), e.g. 0.0 or 0.05")
 
 
 class FactTuning(L.LightningModule):
@@ -105,20 +143,37 @@ class FactTuning(L.LightningModule):
         eval_heads: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if method not in ("full", "lora"):
-            raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
-        self.save_hyperparameters()
-        from decoding.models import load_causal_lm
+        from decoding.models import load_causal_lm, parse_dtype
 
+        # every setting is checked before the backbone is loaded
+        if method not in ("full", "lora"):
+            raise UserError(f"method={method!r} is unknown; choose 'full' or 'lora'")
+        if method == "lora":
+            check_lora(lora_r, lora_alpha, lora_dropout)
+        elif lora_targets:
+            raise UserError(
+                f"lora_targets={lora_targets} are given but method='full' trains every weight; "
+                "use method='lora' or drop lora_targets"
+            )
+        check_number("lr", lr, fix="the learning rate, e.g. 1e-3")
+        check_number("weight_decay", weight_decay, strict=False, fix="use 0.0 for none")
+        if optimizer not in ("adamw", "adafactor", "sgd"):
+            raise UserError(f"optimizer={optimizer!r} is unknown; choose adamw, adafactor or sgd")
+        if lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr_schedule={lr_schedule!r} is unknown; choose constant or cosine")
+        if dtype is not None:
+            parse_dtype(dtype)
+        self.eval_heads = parse_eval_heads(eval_heads)
+        if any(h.uses_ref for h in self.eval_heads.values()) and method == "full":
+            raise UserError(
+                f"eval_heads {[s for s, h in self.eval_heads.items() if h.uses_ref]}: DeRa heads need a "
+                "reference model: use method='lora' (adapter off) or a memory-expert module"
+            )
+        self.save_hyperparameters()
         model = load_causal_lm(backbone, dtype=dtype)
         if method == "lora":
             model = apply_lora(model, lora_r, lora_alpha, lora_dropout, lora_targets)
         self.model = model.train()  # from_pretrained returns eval mode; Lightning would keep it
-        self.eval_heads = {spec: parse_head_spec(spec) for spec in eval_heads or []}
-        if any(h.uses_ref for h in self.eval_heads.values()) and method == "full":
-            raise ValueError(
-                "DeRa heads need a reference model: use method='lora' (adapter off) or a memory-expert module"
-            )
         self.strict_loading = method == "full"  # LoRA checkpoints hold only the trainable weights
         self.fact_records: dict[str, torch.Tensor] = {}
         self._val_outputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}
@@ -131,6 +186,7 @@ class FactTuning(L.LightningModule):
     def setup(self, stage: str) -> None:
         from decoding.models import check_tokenizer_fits
 
+        use_checked_checkpoint_io(self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             check_tokenizer_fits(datamodule.tokenizer, self.model)
@@ -159,7 +215,7 @@ class FactTuning(L.LightningModule):
             )
         if hp.optimizer == "sgd":
             return torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose adamw, adafactor or sgd")
+        raise UserError(f"optimizer={hp.optimizer!r} is unknown; choose adamw, adafactor or sgd")
 
     def configure_optimizers(self):
         optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])
@@ -255,17 +311,54 @@ class FactTuning(L.LightningModule):
         shutil.rmtree(old, ignore_errors=True)
         return out
 
+    def checkpoint_identity(self) -> dict:
+        """What a checkpoint must match to be resumed by this module (stored as ``checkpoint["memexp"]``)."""
+        hp = self.hparams
+        identity = {"module": f"{type(self).__module__}.{type(self).__qualname__}", "backbone": hp.backbone}
+        identity["method"] = hp.method
+        if hp.method == "lora":
+            identity |= {"lora_r": hp.lora_r, "lora_targets": hp.lora_targets}
+        return identity
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only trainable weights when the backbone is frozen (LoRA): it is referenced, not copied."""
+        """Record what wrote the checkpoint; keep only trainable weights when the backbone is frozen (LoRA):
+        it is referenced, not copied."""
+        checkpoint["memexp"] = self.checkpoint_identity()
         if self.hparams.method == "full":
             return
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trainer = self._trainer
+        self.check_checkpoint(checkpoint, trainer.ckpt_path if trainer is not None else None)
+
+    def check_checkpoint(self, checkpoint: dict, path: str | Path | None = None) -> None:
+        """Refuse a checkpoint written by another module, method, backbone or adapter shape.
+
+        Args:
+            checkpoint: the loaded checkpoint (:func:`memexp.checkpoint_io.read_checkpoint`).
+            path: its file, named in the message.
+
+        Raises:
+            UserError: naming the file and the settings that differ.
+        """
+        where = f"checkpoint {path}" if path else "the checkpoint"
+        saved, mine = checkpoint.get("memexp"), self.checkpoint_identity()
+        if not isinstance(saved, dict):
+            raise UserError(
+                f"{where} was not written by memexp (no 'memexp' record); resume only from "
+                "<default_root_dir>/checkpoints/*.ckpt of a memexp run with the same config"
+            )
+        differ = [f"{k}={saved.get(k)!r} there, {v!r} here" for k, v in mine.items() if saved.get(k) != v]
+        if differ:
+            raise UserError(
+                f"{where} belongs to another run ({'; '.join(differ)}); resume with the config that "
+                "wrote it, or start without --ckpt_path"
+            )
         missing = {n for n, p in self.named_parameters() if p.requires_grad} - set(checkpoint["state_dict"])
         if missing:
-            raise ValueError(
-                f"checkpoint lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}); it was "
+            raise UserError(
+                f"{where} lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}); it was "
                 "written for another method or backbone: resume with the config that wrote it"
             )

@@ -24,12 +24,14 @@ Phase 2 passes cached ``expert_ids``/``expert_weights`` and skips the router.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from decoding.errors import UserError
 from memexp.experts import RoutingState, check_bank_size
 from memexp.index import IndexConfig
 from memexp.router import Router, Routing
@@ -83,8 +85,43 @@ class MoMEConfig:
         if isinstance(self.index, dict):
             self.index = IndexConfig(**self.index)
         check_bank_size(self.num_experts, self.rank, self.k)
-        if self.gate < 0:
-            raise ValueError(f"gate={self.gate} must be >= 0 (0 = off, 0.5 = half the typical fact spacing)")
+        if (
+            isinstance(self.sites, str)
+            or not self.sites
+            or not all(isinstance(p, str) and p for p in self.sites)
+        ):
+            raise UserError(
+                f"mome.sites={self.sites!r} must be a non-empty list of module-name patterns, "
+                "e.g. ['*.layers.*.mlp.down_proj']"
+            )
+        for name in ("key_dim", "heads"):
+            if getattr(self, name) < 1:
+                raise UserError(f"mome.{name}={getattr(self, name)} must be >= 1")
+        if self.query_layer < -1:
+            raise UserError(
+                f"mome.query_layer={self.query_layer} must be a layer index >= 0, or -1 for the block of the "
+                "first expert site"
+            )
+        if self.balance not in ("batchnorm", "none"):
+            raise UserError(f"mome.balance={self.balance!r} is unknown; choose 'batchnorm' or 'none'")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UserError(f"mome.dtype={self.dtype!r} is unknown; choose 'float32' or 'bfloat16'")
+        for name, low, strict in (("temperature", 0, True), ("scale", 0, True), ("aux_weight", 0, False)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > low if strict else value >= low)):
+                raise UserError(
+                    f"mome.{name}={value!r} must be a finite number {'>' if strict else '>='} {low}"
+                )
+        if not (math.isfinite(self.gate) and self.gate >= 0):
+            raise UserError(f"gate={self.gate} must be >= 0 (0 = off, 0.5 = half the typical fact spacing)")
+        if self.gate > 0 and self.per_token:
+            raise UserError(
+                f"mome.gate={self.gate} works with per-question routing only; set per_token false or gate 0"
+            )
+
+
+# hparams of MoME checkpoints hold these configs; they are loaded with torch.load(weights_only=True)
+torch.serialization.add_safe_globals([MoMEConfig, IndexConfig])
 
 
 class MoMEModel(nn.Module):
@@ -115,9 +152,12 @@ class MoMEModel(nn.Module):
         first = min(site_layers.values())
         self.query_layer = first if config.query_layer < 0 else config.query_layer
         if not 0 <= self.query_layer < len(layers):
-            raise ValueError(f"query_layer={config.query_layer} is outside 0..{len(layers) - 1}")
+            raise UserError(
+                f"mome.query_layer={config.query_layer} is outside 0..{len(layers) - 1} (the backbone has "
+                f"{len(layers)} blocks); use -1 for the block of the first expert site"
+            )
         if self.query_layer > first:
-            raise ValueError(
+            raise UserError(
                 f"query_layer={self.query_layer} comes after the expert site in layer {first} "
                 f"({[n for n, i in site_layers.items() if i == first][0]}); the router must run before the "
                 f"first site: use query_layer <= {first} or move the sites to later layers"

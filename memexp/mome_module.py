@@ -39,14 +39,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from decoding.errors import UserError
 from memexp.data import IGNORE_INDEX, collate_examples
 from memexp.index import IndexConfig, exact_topk, recall_at_k
-from memexp.module import FactTuning
+from memexp.module import FactTuning, check_number
 from memexp.mome import MoMEConfig, MoMEModel
 from memexp.mome_checkpoint import save_mome
 from memexp.router import collision_stats
-
-torch.serialization.add_safe_globals([MoMEConfig, IndexConfig])  # hparams of weights_only checkpoints
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 
@@ -96,13 +95,22 @@ class MoMETuning(FactTuning):
         dtype: str | None = None,
         seed: int = 0,
     ) -> None:
+        # the MoME settings are checked before the backbone is loaded (mome checks itself: MoMEConfig)
+        if optimizer not in ("sparse_adam", "adamw", "adafactor"):
+            raise UserError(f"optimizer={optimizer!r} is unknown; choose sparse_adam, adamw or adafactor")
+        if phase1_epochs < 0:
+            raise UserError(f"phase1_epochs={phase1_epochs} must be >= 0 (0 skips the router phase)")
+        check_number("router_lr", router_lr, fix="the router's learning rate, e.g. 1e-3")
+        check_number("stop_nll", stop_nll, low=-math.inf, fix="use ln 2 = 0.693, or 0 to keep every fact")
+        if recall_queries < 0:
+            raise UserError(f"recall_queries={recall_queries} must be >= 0 (0 skips the index recall)")
+        if mome is not None and not isinstance(mome, MoMEConfig):
+            raise UserError(
+                f"mome must be a MoMEConfig (or its fields as a mapping), got {type(mome).__name__}"
+            )
         super().__init__(
             backbone=backbone, method="full", lr=lr, weight_decay=weight_decay, dtype=dtype, seed=seed
         )
-        if optimizer not in ("sparse_adam", "adamw", "adafactor"):
-            raise ValueError(f"optimizer={optimizer!r}; choose sparse_adam, adamw or adafactor")
-        if phase1_epochs < 0:
-            raise ValueError(f"phase1_epochs={phase1_epochs} must be >= 0")
         config = dataclasses.replace(mome or MoMEConfig())  # hparams keep the user's config untouched
         config.sparse = optimizer == "sparse_adam"
         self.phase2_index = config.index
@@ -313,7 +321,9 @@ class MoMETuning(FactTuning):
 
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the MoME weights, buffers and cache; the backbone is referenced, not copied."""
+        """Record what wrote the checkpoint; keep the MoME weights, buffers and cache (the backbone is
+        referenced, not copied)."""
+        checkpoint["memexp"] = self.checkpoint_identity()
         keep = ("model.router.", "cached_ids", "cached_weights", "memorised")
         checkpoint["state_dict"] = {
             k: v
@@ -321,7 +331,16 @@ class MoMETuning(FactTuning):
             if k.startswith(keep) or k.endswith((".A.weight", ".B.weight"))
         }
 
+    def checkpoint_identity(self) -> dict:
+        """Module, backbone and the bank's shape: what a resumed checkpoint must match."""
+        cfg = self.model.config
+        shape = ("num_experts", "k", "rank", "heads", "key_dim", "sites", "dtype", "per_token")
+        identity = super().checkpoint_identity()
+        identity.pop("method")
+        return identity | {"mome": {name: getattr(cfg, name) for name in shape}}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         sd = checkpoint["state_dict"]
         for name in ("cached_ids", "cached_weights", "memorised"):
             if name in sd:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from decoding.errors import UserError
 from memexp.experts import check_bank_size
 from memexp.gate import FactGate
 from memexp.index import IndexConfig, KeyIndex
@@ -127,9 +128,9 @@ class Router(nn.Module):
         super().__init__()
         check_bank_size(num_experts, 1, k)
         if balance not in ("batchnorm", "none"):
-            raise ValueError(f"balance={balance!r}; choose 'batchnorm' or 'none'")
+            raise UserError(f"balance={balance!r} is unknown; choose 'batchnorm' or 'none'")
         if heads < 1 or key_dim < 1:
-            raise ValueError(f"heads={heads} and key_dim={key_dim} must be >= 1")
+            raise UserError(f"heads={heads} and key_dim={key_dim} must be >= 1")
         self.num_experts, self.k, self.key_dim, self.heads = num_experts, k, key_dim, heads
         self.balance, self.aux_weight, self.temperature, self.per_token = (
             balance,

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from decoding.errors import UserError
 from memexp.experts import ExpertLinear, RoutingState
 
 
@@ -32,13 +33,13 @@ def match_sites(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         patterns = [patterns]
     candidates = linear_names(model)
     if not patterns:
-        raise ValueError(f"no expert sites given; choose among the linear layers: {_preview(candidates)}")
+        raise UserError(f"no expert sites given; choose among the linear layers: {_preview(candidates)}")
     chosen: list[str] = []
     for pattern in patterns:
         hits = [name for name in candidates if fnmatch.fnmatchcase(name, pattern)]
         if not hits:
-            raise ValueError(
-                f"expert site pattern {pattern!r} matches no nn.Linear module; candidates are: "
+            raise UserError(
+                f"expert site pattern {pattern!r} (mome.sites) matches no nn.Linear module; candidates are: "
                 f"{_preview(candidates)}"
             )
         chosen.extend(h for h in hits if h not in chosen)
@@ -119,4 +120,4 @@ def layer_of(model: nn.Module, layers: nn.ModuleList, site_name: str) -> int:
     for i, block in enumerate(layers):
         if any(m is target for m in block.modules()):
             return i
-    raise ValueError(f"expert site {site_name!r} is not inside a decoder layer; choose a linear inside one")
+    raise UserError(f"expert site {site_name!r} is not inside a decoder layer; choose a linear inside one")

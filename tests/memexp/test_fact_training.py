@@ -67,7 +67,7 @@ def test_lora_keeps_backbone_bit_identical(small_facts, tmp_path):
 def test_lora_target_that_does_not_exist_lists_candidates():
     with pytest.raises(ValueError, match=r"\['nope'\] match no linear layer.*'down_proj'.*'q_proj'"):
         FactTuning(backbone=QUICK_MODEL, method="lora", lora_targets=["q_proj", "nope"])
-    with pytest.raises(ValueError, match="lora_r must be > 0"):
+    with pytest.raises(ValueError, match="lora_r=0 must be an integer >= 1"):
         FactTuning(backbone=QUICK_MODEL, method="lora", lora_r=0)
 
 

@@ -56,14 +56,14 @@ def test_bad_fact_files_name_file_and_line(tmp_path, content, message):
 
 
 def test_missing_fact_file_says_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist; pass an existing JSONL file"):
+    with pytest.raises(ValueError, match="does not exist; pass an existing JSONL file"):
         load_facts(tmp_path / "missing.jsonl")
 
 
 def test_bad_generator_arguments():
     with pytest.raises(ValueError, match="num_random_facts must be > 0"):
         random_facts(0)
-    with pytest.raises(ValueError, match="min_len <= max_len"):
+    with pytest.raises(ValueError, match="min_len <= answer_max_len"):
         random_facts(3, min_len=9, max_len=4)
 
 
