@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from decoding.errors import UserError, concise_parser_errors
 from decoding.run_folder import RunState, record_run_config
+from memexp.checkpoint_io import read_checkpoint
 from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule
 from memexp.module import FactTuning
@@ -96,6 +97,24 @@ class MemexpCLI(LightningCLI):
 
     run_state: RunState | None = None
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands without ``--weights_only``: memexp reads checkpoints as tensors only."""
+        return {name: skip | {"weights_only"} for name, skip in LightningCLI.subcommands().items()}
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and path not in ("last", "best", "hpc", "registry"):
+            read_checkpoint(path)
+        super()._parse_ckpt_path()
+
+    def _check_checkpoint(self, path: str | Path) -> None:
+        """Refuse a checkpoint that is not whole or that another module, backbone or method wrote."""
+        if hasattr(self.model, "check_checkpoint"):
+            self.model.check_checkpoint(read_checkpoint(path), path)
+
     def init_parser(self, **kwargs):
         return concise_parser_errors(super().init_parser(**kwargs), prog="memexp")
 
@@ -152,6 +171,8 @@ class MemexpCLI(LightningCLI):
         launcher = launching_process()
         resume = self.run_state is RunState.RESUME if launcher else cfg.get("ckpt_path") or cfg.get("extend")
         last = last_checkpoint(root) if resume else None
+        if last is not None:
+            self._check_checkpoint(last)
         if cfg.get("extend"):
             for cb in self.trainer.callbacks:
                 if isinstance(cb, RunCheckpoint):
@@ -170,6 +191,8 @@ class MemexpCLI(LightningCLI):
     # ---- validate / test / predict: "last" and "best" name the run folder's checkpoints --------------
     def _resolve_named_checkpoint(self) -> None:
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt is not None and ckpt not in ("last", "best"):
+            self._check_checkpoint(ckpt)
         if ckpt not in ("last", "best"):
             return
         path = Path(self.trainer.default_root_dir) / CHECKPOINT_DIR / f"{ckpt}.ckpt"
@@ -178,6 +201,7 @@ class MemexpCLI(LightningCLI):
                 f"--ckpt_path {ckpt}: {path} does not exist; train into --trainer.default_root_dir first "
                 "(best.ckpt needs a RunCheckpoint monitor), or pass a checkpoint file"
             )
+        self._check_checkpoint(path)
         self.config_init[self.subcommand]["ckpt_path"] = str(path)
 
     before_validate = before_test = before_predict = _resolve_named_checkpoint

@@ -133,13 +133,6 @@ CASES = [  # id, config, extra arguments ({d}: folder with the fact files and ch
     ),
 ]
 
-NEEDS_CLI_CHECK = pytest.mark.xfail(
-    strict=True,
-    reason="LightningCLI torch.loads --ckpt_path (_parse_ckpt_path) and writes config.yaml "
-    "(SaveConfigCallback) before any memexp hook runs; memexp.cli must call "
-    "memexp.checkpoint_io.read_checkpoint and FactTuning.check_checkpoint first "
-    "(the same checks pass below without the CLI).",
-)
 CHECKPOINT_CASES = [  # --ckpt_path (run without a logger: wandb starts before a trainer hook can check)
     ("checkpoint missing", "none.ckpt", "does not exist"),
     ("checkpoint empty", "empty.ckpt", "is empty (0 bytes"),
@@ -164,12 +157,12 @@ def inputs(tmp_path_factory) -> Path:
     return folder
 
 
-def run_fit(config: str, extra: list[str], root: Path, inputs: Path) -> None:
+def run_fit(config: str, extra: list[str], root: Path, inputs: Path, command: str = "fit") -> None:
     args = [a.replace("{d}", str(inputs)) for a in extra]
     quick = QUICK if config == DEMO else []
     common = [f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", config, *common, *quick, *args])
+        main([command, "--config", config, *common, *quick, *args])
     assert exit_info.value.code != 0
 
 
@@ -189,12 +182,18 @@ def test_bad_input_is_one_line_naming_the_value(config, extra, words, inputs, tm
     check_one_line(capfd.readouterr().err, words, inputs, root)
 
 
-@NEEDS_CLI_CHECK
 @pytest.mark.parametrize("file, words", [c[1:] for c in CHECKPOINT_CASES], ids=CHECKPOINT_IDS)
 def test_bad_checkpoint_is_one_line_naming_the_file(file, words, inputs, tmp_path, capfd):
+    """``memexp validate --ckpt_path FILE`` checks the file before Lightning reads it."""
     root = tmp_path / "run"
-    run_fit(DEMO, ["--trainer.logger=false", f"--ckpt_path={{d}}/{file}"], root, inputs)
+    run_fit(DEMO, ["--trainer.logger=false", f"--ckpt_path={{d}}/{file}"], root, inputs, command="validate")
     check_one_line(capfd.readouterr().err, [f"{{d}}/{file} {words}"], inputs, root)
+
+
+def test_weights_only_is_not_an_option(inputs, tmp_path, capfd):
+    root = tmp_path / "run"
+    run_fit(DEMO, ["--weights_only=false"], root, inputs)
+    check_one_line(capfd.readouterr().err, ["--weights_only"], inputs, root)
 
 
 @pytest.mark.parametrize("file, words", [c[1:] for c in CHECKPOINT_CASES], ids=CHECKPOINT_IDS)
