@@ -121,7 +121,7 @@ class FactTuning(L.LightningModule):
         eval_heads: extra decoding heads whose hallucination rate is also logged, as
             ``val/hallucination_rate/<spec>``; specs like ``sled``, ``dola``, ``dera:lam=2``
             (DeRa's reference is this model with its adapter switched off; see
-            :func:`memexp.recall.parse_head_spec`).
+            :func:`decoding.head_spec.parse_head_spec`).
         seed: base seed; every training step re-seeds torch with (seed, step, rank) so that a run
             resumed from a checkpoint replays the uninterrupted run exactly.
     """

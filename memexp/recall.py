@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from decoding.head_spec import parse_head_spec  # noqa: F401 - the one head-spec parser, re-exported
 from memexp.data import IGNORE_INDEX
 
 
@@ -44,31 +45,6 @@ def answer_stats(logits: torch.Tensor, labels: torch.Tensor) -> AnswerStats:
     nll = (token_nll * mask).sum(1) / num_tokens.clamp_min(1)
     hit = (logits.argmax(-1) == safe) | ~mask  # (B, T-1)
     return AnswerStats(nll=nll, exact=hit.all(1) & (num_tokens > 0), num_tokens=num_tokens)
-
-
-def parse_head_spec(spec: str):
-    """Build a decoding head from ``NAME[:key=value,...]``, e.g. ``sled`` or ``dera:lam=2``.
-
-    Values are parsed as int, float or kept as strings. DeRa's reference is the same model with its
-    adaptation (LoRA adapter / memory experts) switched off.
-    """
-    from decoding.head import make_head
-
-    name, _, args = spec.partition(":")
-    options: dict[str, object] = {}
-    for item in filter(None, args.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"head option {item!r} in {spec!r} must look like key=value")
-        for cast in (int, float):
-            try:
-                options[key] = cast(raw)
-                break
-            except ValueError:
-                continue
-        else:
-            options[key] = raw
-    return make_head(name, **options)
 
 
 def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
