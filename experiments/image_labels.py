@@ -28,13 +28,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from decoding.errors import UserError
 from experiments.cell import first_epoch_reaching, write_rows
 from experiments.progress import EpochBar
 from experiments.tasks import check_fraction
+from memexp.checkpointing import RunCheckpoint
 from memexp.run_dir import atomic_write_json
 
 IMAGE_METHODS = ("full", "lora")
@@ -196,7 +196,7 @@ def run_image_cell(
         logger=logger,
         callbacks=[
             probe,
-            ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0),
+            RunCheckpoint(dirpath=str(ckpt_dir), every_n_epochs=cfg.eval_every),  # after the probe evaluates
             EpochBar(f"image cell {method} p={p:g}", leave=False),
         ],
         enable_progress_bar=False,

@@ -65,6 +65,8 @@ class RunCheckpoint(Checkpoint):
         mode: ``min`` or ``max``: which value of ``monitor`` is best.
         every_n_train_steps: also rewrite ``last.ckpt`` every this many optimiser steps (for long epochs;
             a resume from the middle of an epoch restarts that epoch's data order).
+        every_n_epochs: also rewrite ``last.ckpt`` at the end of every this many epochs, for loops that
+            evaluate in a callback (``on_train_epoch_end``) instead of Lightning's validation loop.
 
     Attributes:
         last_model_path: the path of ``last.ckpt`` once written.
@@ -78,6 +80,7 @@ class RunCheckpoint(Checkpoint):
         monitor: str | None = None,
         mode: Literal["min", "max"] = "min",
         every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -85,6 +88,9 @@ class RunCheckpoint(Checkpoint):
             raise ValueError(f"every_n_train_steps must be >= 0 (0 or null: off), got {every_n_train_steps}")
         self.dirpath, self.monitor, self.mode = dirpath, monitor, mode
         self.every_n_train_steps = every_n_train_steps or 0
+        if every_n_epochs is not None and every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 (0 or null: off), got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs or 0  # for loops that evaluate in a callback, not validation
         self.last_model_path = ""
         self.best_model_path = ""
         self.best_model_score: float | None = None
@@ -142,7 +148,9 @@ class RunCheckpoint(Checkpoint):
             self._save_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._evaluated and not self._skip(trainer):
+        n = self.every_n_epochs
+        due = self._evaluated or bool(n and (trainer.current_epoch + 1) % n == 0)
+        if due and not self._skip(trainer):
             self._save_last(trainer)
         self._evaluated = False
 

@@ -47,3 +47,26 @@ def test_a_cell_killed_mid_run_resumes_from_its_last_evaluation(tmp_path, monkey
     assert {k: v for k, v in resumed.items() if k not in drop} == {
         k: v for k, v in whole.items() if k not in drop
     }
+
+
+def test_a_killed_image_cell_resumes_from_its_last_evaluation(tmp_path):
+    """Image cells evaluate in a callback; RunCheckpoint(every_n_epochs) checkpoints after each evaluation."""
+    from experiments.image_labels import ImageStudyConfig, run_image_cell
+
+    def cfg(max_epochs: int) -> ImageStudyConfig:
+        return ImageStudyConfig(methods=["full"], max_epochs=max_epochs, eval_every=2, num_train=64)
+
+    whole = run_image_cell(tmp_path / "whole", "full", 0.5, cfg(4), seed=0)
+    run_image_cell(tmp_path / "part", "full", 0.5, cfg(2), seed=0)  # "killed" after its epoch-2 evaluation
+    (tmp_path / "part" / "cell.json").unlink()
+    assert (tmp_path / "part" / "checkpoints" / "last.ckpt").is_file()
+    resumed = run_image_cell(tmp_path / "part", "full", 0.5, cfg(4), seed=0)
+
+    def rows(folder: str) -> list[dict]:  # NaN (the loss before training) as None: equal rows compare equal
+        curve = read_rows(tmp_path / folder / "curve.csv")
+        return [{k: None if v != v else v for k, v in r.items()} for r in curve]
+
+    assert rows("part") == rows("whole")
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == {
+        k: v for k, v in whole.items() if k != "wall_time_s"
+    }
