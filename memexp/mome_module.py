@@ -38,9 +38,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
 from memexp.data import IGNORE_INDEX, collate_examples
+from memexp.ddp_sparse import register_sparse_allreduce_hook
 from memexp.index import IndexConfig, exact_topk, recall_at_k
 from memexp.module import FactTuning, check_number
 from memexp.mome import MoMEConfig, MoMEModel
@@ -121,6 +123,12 @@ class MoMETuning(FactTuning):
         self.register_buffer("cached_ids", torch.zeros(0, config.k * config.heads, dtype=torch.long))
         self.register_buffer("cached_weights", torch.zeros(0, config.k * config.heads))
         self.register_buffer("memorised", torch.zeros(0, dtype=torch.bool))
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        ddp = self.trainer.strategy.model
+        if self.model.config.sparse and isinstance(ddp, DistributedDataParallel):
+            register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.ddp_sparse
 
     # ---- phases -------------------------------------------------------------------------------
     @property

@@ -1,7 +1,8 @@
 """DDP with 2 CPU processes (gloo): sparse expert and key gradients are all-reduced like dense ones.
 
 Oracle: DDP averages the ranks' gradients, so with equal halves of a batch and a per-example mean loss,
-every rank must end with exactly the single-process gradient of the whole batch.
+every rank must end with exactly the single-process gradient of the whole batch. The sparse gradients go
+through :mod:`memexp.ddp_sparse` (gloo's own sparse all-reduce corrupts the heap now and then).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from memexp.ddp_sparse import allreduce_sparse, register_sparse_allreduce_hook, sparse_allreduce_hook
 from memexp.mome import MoMEConfig, MoMEModel
 
 
@@ -71,10 +73,14 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         model = DistributedDataParallel(tiny_mome())
+        register_sparse_allreduce_hook(model)
         ids, proj = inputs()
         half = slice(2 * rank, 2 * rank + 2)
         per_example_loss(model, ids[half], proj[half]).backward()
         torch.save(grads(model), os.path.join(out_dir, f"grads{rank}.pt"))
+        rows = torch.tensor([[1, 3]]) if rank else torch.zeros(1, 0, dtype=torch.long)  # rank 0: no row
+        part = torch.sparse_coo_tensor(rows, torch.ones(rows.shape[1], 2), (5, 2))
+        torch.save(allreduce_sparse(part).to_dense(), os.path.join(out_dir, f"empty{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -92,15 +98,19 @@ def test_ddp_synchronises_sparse_expert_gradients(tmp_path):
         assert got.keys() == want.keys()
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+        want_avg = torch.zeros(5, 2).index_fill_(0, torch.tensor([1, 3]), 0.5)  # rank 1's rows, halved
+        torch.testing.assert_close(torch.load(tmp_path / f"empty{rank}.pt"), want_avg, rtol=0, atol=0)
 
 
 class SaveTables(L.Callback):
-    """Each rank writes its expert tables and keys after training."""
+    """Each rank checks the sparse-gradient hook is in place and writes its expert tables and keys."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
 
     def on_train_end(self, trainer, module) -> None:
+        hooks = [hook for hook, _ in trainer.strategy.model._comm_hooks]
+        assert hooks == [sparse_allreduce_hook], f"sparse gradients must not use gloo's all-reduce: {hooks}"
         state = {
             n: p.detach().clone()
             for n, p in module.model.named_parameters()
