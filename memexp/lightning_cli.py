@@ -103,10 +103,11 @@ class MemexpCLI(LightningCLI):
         return {name: skip | {"weights_only"} for name, skip in LightningCLI.subcommands().items()}
 
     def _parse_ckpt_path(self) -> None:
-        """Check a ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
+        """Check a ``--ckpt_path`` file before LightningCLI reads hyperparameters from it (``fit`` takes
+        only ``last``, refused otherwise in :meth:`before_instantiate_classes`)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
-        if path and path not in ("last", "best", "hpc", "registry"):
+        if sub != "fit" and path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
         super()._parse_ckpt_path()
 

@@ -315,8 +315,9 @@ class FactTuning(L.LightningModule):
         """What a checkpoint must match to be resumed by this module (stored as ``checkpoint["memexp"]``)."""
         hp = self.hparams
         identity = {"module": f"{type(self).__module__}.{type(self).__qualname__}", "backbone": hp.backbone}
-        identity["method"] = hp.method
-        if hp.method == "lora":
+        if "method" in hp:  # subclasses (MoMETuning) have no method setting
+            identity["method"] = hp.method
+        if hp.get("method") == "lora":
             identity |= {"lora_r": hp.lora_r, "lora_targets": hp.lora_targets}
         return identity
 
@@ -324,7 +325,7 @@ class FactTuning(L.LightningModule):
         """Record what wrote the checkpoint; keep only trainable weights when the backbone is frozen (LoRA):
         it is referenced, not copied."""
         checkpoint["memexp"] = self.checkpoint_identity()
-        if self.hparams.method == "full":
+        if self.hparams.get("method") == "full":
             return
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

@@ -343,9 +343,7 @@ class MoMETuning(FactTuning):
         """Module, backbone and the bank's shape: what a resumed checkpoint must match."""
         cfg = self.model.config
         shape = ("num_experts", "k", "rank", "heads", "key_dim", "sites", "dtype", "per_token")
-        identity = super().checkpoint_identity()
-        identity.pop("method")
-        return identity | {"mome": {name: getattr(cfg, name) for name in shape}}
+        return super().checkpoint_identity() | {"mome": {name: getattr(cfg, name) for name in shape}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
