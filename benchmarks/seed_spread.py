@@ -1,7 +1,7 @@
 """Seed spread of a ``memexp fit`` demo: first epoch at 0% hallucination and final metrics, mean ± sd.
 
-Seed ``s`` sets both ``--seed_everything`` (initialisation, dropout) and ``--data.init_args.seed`` (which
-random facts, the held-out split and the batch order): full fine-tuning has no other randomness.
+Seed ``s`` sets ``--seed_everything`` (initialisation) and ``--model.init_args.seed`` (dropout, and through
+the CLI's link the data seed: which random facts, the held-out split and the batch order).
 
 Runs the shipped config once per seed through the real CLI, each in its own run folder, and prints one
 JSON summary with the package versions, the CPU path and the sha256 of the offline backbone, so that a
@@ -40,7 +40,7 @@ def run_seed(config: str, seed: int, out: Path) -> dict:
     results = folder / "results.json"
     if not results.exists():  # a finished seed is read back, not re-run
         cmd = [sys.executable, "-m", "memexp", "fit", "--config", config, f"--seed_everything={seed}",
-               f"--data.init_args.seed={seed}",
+               f"--model.init_args.seed={seed}",
                f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
                "--trainer.enable_progress_bar=false"]
         start = time.perf_counter()

@@ -10,7 +10,7 @@ For ``fit`` (see :mod:`memexp.run_dir` for the rule and :mod:`memexp.checkpointi
 - ``--ckpt_path last`` is ``<run folder>/checkpoints/last.ckpt``;
 - ``--trainer.fast_dev_run`` never writes into the run folder.
 
-The model's ``backbone`` is linked to the data module's ``tokenizer``.
+The model's ``backbone`` is linked to the data module's ``tokenizer``, its ``seed`` to the data module's.
 """
 
 from __future__ import annotations
@@ -121,6 +121,9 @@ class MemexpCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
+        # one seed per run: the facts, split and batch order follow the module's seed (two different values
+        # also made Lightning refuse to log the merged hyperparameters)
+        parser.link_arguments("model.init_args.seed", "data.init_args.seed")
         parser.add_argument(
             "--overwrite",
             type=bool,

@@ -227,3 +227,15 @@ def test_ddp_two_cpu_processes(tmp_path):
     rows = fact_rows(root)
     for epoch in ("-1", "0", "1"):  # every fact evaluated exactly once per evaluation, across both ranks
         assert sorted(int(r["fact_id"]) for r in rows if r["epoch"] == epoch) == list(range(8))
+
+
+def test_the_module_seed_is_the_data_seed(tmp_path):
+    """One seed per run (different module and data seeds made Lightning refuse to log hyperparameters)."""
+    from memexp.data import FactsDataModule
+    from memexp.lightning_cli import MemexpCLI
+    from memexp.module import FactTuning
+
+    args = ["--config", DEMO, "--model.init_args.seed=3", f"--trainer.default_root_dir={tmp_path}"]
+    cli = MemexpCLI(FactTuning, FactsDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                    run=False, args=args)  # fmt: skip
+    assert cli.model.hparams.seed == cli.datamodule.hparams.seed == 3
