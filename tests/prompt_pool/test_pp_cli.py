@@ -119,33 +119,9 @@ def test_every_baseline_config_parses_on_top_of_split_digits(capsys, baseline):
     assert cfg["model"]["init_args"]["checkpoint"] == "tiny:digits"
 
 
-def test_fit_runs_a_whole_sequence_from_the_cli(tmp_path, capsys, tiny_vit_kwargs):
+def test_fit_runs_a_whole_sequence_from_the_cli(tmp_path, capsys, base_args):
     out = tmp_path / "run"
-    main(
-        [
-            "fit",
-            "--config",
-            str(CFG / "split_digits.yaml"),
-            "--data.dataset",
-            "synthetic",
-            "--data.num_tasks",
-            "2",
-            "--data.synthetic_classes",
-            "4",
-            "--model.init_args.checkpoint",
-            "null",
-            "--model.init_args.backbone_kwargs",
-            json.dumps(tiny_vit_kwargs),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.logger",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--runner.out_dir",
-            str(out),
-        ]
-    )
+    main(base_args(out))
     printed = capsys.readouterr().out
     metrics = json.loads(printed[printed.index("{") : printed.rindex("}") + 1])
     saved = json.loads((out / "results.json").read_text())
