@@ -26,14 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from decoding.errors import UserError
+from decoding.run_folder import atomic_write_dir
 
 KINDS = ("exact", "flat", "ivf", "hnsw")
 
@@ -297,14 +296,7 @@ class KeyIndex:
         out = Path(directory)
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True or choose a new folder")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            self.write_into(tmp)
-            atomic_replace_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
+        return atomic_write_dir(out, self.write_into)
 
     def write_into(self, folder: Path) -> None:
         """Write the index files into an existing (temporary) folder."""
@@ -361,14 +353,3 @@ class KeyIndex:
         index._keys, index._version = keys, None
         index.ensure_fresh(keys)
         return index
-
-
-def atomic_replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``; an old ``out`` is removed only after the swap."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,8 +33,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from decoding.errors import UserError
+from decoding.run_folder import atomic_write_dir
 from memexp.experts import ExpertLinear
-from memexp.index import KeyIndex, atomic_replace_dir
+from memexp.index import KeyIndex
 from memexp.mome import MoMEConfig, MoMEModel
 
 FORMAT = "memexp-mome/1"
@@ -105,9 +104,8 @@ def save_mome(
     out = Path(directory)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True or choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         config = {
             "format": FORMAT,
             "mome": asdict(model.config),
@@ -133,9 +131,8 @@ def save_mome(
             "backbone_fingerprint": backbone_fingerprint(model.backbone),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        atomic_replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_write_dir(out, fill)
     return out
 
 
