@@ -13,7 +13,6 @@ override :meth:`FactTuning.forward` / :meth:`FactTuning.configure_optimizers` on
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from decoding.errors import UserError, one_line
+from decoding.run_folder import atomic_write_dir
 from memexp.checkpoint_io import use_checked_checkpoint_io
 from memexp.recall import answer_stats, head_exact, parse_head_spec
 
@@ -298,18 +298,13 @@ class FactTuning(L.LightningModule):
         names its base) + tokenizer, so ``decoding generate --model out_dir`` and
         :func:`decoding.models.load_causal_lm` load it. Written to a temporary folder, then renamed.
         """
-        out = Path(out_dir)
-        tmp, old = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
-        for stale in (tmp, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        return out
+
+        def fill(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+
+        return atomic_write_dir(out_dir, fill)
 
     def checkpoint_identity(self) -> dict:
         """What a checkpoint must match to be resumed by this module (stored as ``checkpoint["memexp"]``)."""
