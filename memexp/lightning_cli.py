@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from decoding.errors import UserError, concise_parser_errors
 from decoding.run_folder import RunState, record_run_config
@@ -96,6 +98,16 @@ class MemexpCLI(LightningCLI):
     """LightningCLI with the run-folder rule, ``RunCheckpoint`` and ``ResultsWriter`` built in."""
 
     run_state: RunState | None = None
+    seed: int | None = None
+
+    def _set_seed(self) -> None:
+        """Seed as LightningCLI does, quietly: "Seed set to N" is logged once the start is accepted
+        (:meth:`before_fit`), so a refused start prints its one error line and nothing else."""
+        seed = self._get(self.config, "seed_everything")
+        if seed is False:
+            return
+        self.seed = seed_everything(None if seed is True else seed, workers=True, verbose=False)
+        self.config[self.subcommand]["seed_everything"] = self.seed
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -169,6 +181,8 @@ class MemexpCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cfg = self.config["fit"]
+        if self.seed is not None:
+            rank_zero_info(f"Seed set to {self.seed}")
         if cfg.trainer.get("fast_dev_run"):
             return
         root = Path(self.trainer.default_root_dir)

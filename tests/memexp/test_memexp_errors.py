@@ -25,7 +25,7 @@ MOME = str(ROOT / "configs" / "memexp" / "mome_demo.yaml")
 QUICK = [f"--model.init_args.backbone={QUICK_MODEL}", "--data.init_args.num_random_facts=8"]
 LORA = ["--model.init_args.method=lora"]
 NOISE = re.compile(  # Lightning's start-up lines and the model-loading progress bar, printed before any check
-    r"^(Seed set to \d+|Restoring states from the checkpoint path at .*|.*Loading weights.*"
+    r"^(Restoring states from the checkpoint path at .*|.*Loading weights.*"
     r"|[GT]PU available: .*|💡 Tip: .*)$"
 )
 
