@@ -5,7 +5,7 @@ Run (CPU; each run stops at 0% hallucination or at ``--max-minutes``)::
     python benchmarks/mome_memorisation.py --facts 1000 --lora-lrs 1e-3 3e-3 --max-minutes 12
 
 Backbone: ``tiny:llama?hidden=128&layers=4&pretrain_steps=600``, a tiny Llama pretrained offline on the
-answer format (random-weight backbones bound what frozen-backbone adapters can do: see the README).
+answer format (random-weight backbones bound what frozen-backbone adapters can do: see docs/memexp.md).
 Every run: same tiny backbone, same facts (seeded), same held-out facts (never trained on), validation
 every ``--val-every`` epochs. Reported per run: training wall time until validation first shows 0%
 hallucination (validation time excluded), epochs, final hallucination rate, and the held-out answer NLL

@@ -1,6 +1,7 @@
 """DoLa head: contrast the mature layer with a dynamically chosen premature layer.
 
-Exactly HF transformers v4.43-v4.52 ``_dola_decoding`` (spec §3.1), removed from transformers 5.x:
+Exactly HF transformers v4.43-v4.52 ``_dola_decoding``, removed from transformers 5.x
+(docs/algorithms/decoding.md, 'DoLa'):
 
 1. z_N = mature logits (``.float()``); z_l = early logits of each candidate, in the model dtype.
 2. one candidate: M = it. Else, with A_l = (p_N + p_l) / 2, the "JS" score
@@ -10,7 +11,7 @@ Exactly HF transformers v4.43-v4.52 ``_dola_decoding`` (spec §3.1), removed fro
    ``s_M := -1e-3, s_N := -inf``; scores = s_N - s_M.
 
 HF picks one layer for the whole batch (the batch mean of js); here each row picks its own layer by
-default so that a batch gives row by row the tokens of batch 1 (spec §7.4); ``batch_mean=True``
+default so that a batch gives row by row the tokens of batch 1; ``batch_mean=True``
 restores HF's choice. ``relative_top=0`` gives the raw difference ``z_N - z_M`` of the original
 repo's generation.
 
@@ -21,7 +22,7 @@ Candidate buckets (``dola_layers``), N blocks, ``start`` = 0 untied / 2 tied (1 
     list   = [i for i in list if i < N]   (the mature id N is dropped as in HF; ids < 0 or > N are
              rejected, where HF silently lets negatives through and drops ids > N)
 
-Multiple-choice scoring (:meth:`DoLa.mc_scores`, the original repo's ``lm_score``, §3.3): per
+Multiple-choice scoring (:meth:`DoLa.mc_scores`, the original repo's ``lm_score``): per
 position M as above; diff = log_softmax(z_N) - log_softmax(z_M), optionally log_softmax'ed again
 (``post_softmax``); if ``relative_top > 0`` tokens below the threshold get -1000.
 

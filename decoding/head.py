@@ -8,8 +8,9 @@ A head is a small callable object::
 ``*batch`` is any shape: ``(B,)`` while generating, ``(B, P)`` for teacher-forced scoring, or
 ``(batch,)`` of a classifier's class logits (prompt_pool) -- heads never need an HF model. The
 scores are what a greedy decoder would argmax: logits processors (repetition penalty) and sampling
-warpers run *after* the head (spec pitfall 8). :meth:`Head.mc_scores` gives the per-token scores
-summed by multiple-choice scoring (raw, or ``log_softmax`` with ``post_softmax``).
+warpers run *after* the head (as in both references: they see SLED's LB and DoLa's -inf).
+:meth:`Head.mc_scores` gives the per-token scores summed by multiple-choice scoring (raw, or
+``log_softmax`` with ``post_softmax``).
 
 :func:`make_head` builds a head by name from typed options; :func:`decoding.head_spec.parse_head_spec`
 from an option string (``dera:lam=2,head=sled``); :mod:`decoding.presets` adds per-task defaults.

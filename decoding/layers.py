@@ -1,6 +1,6 @@
 """Per-layer (early-exit) logits of any HF causal LM, projected by one stacked lm_head GEMM.
 
-Convention (spec §1, the SLED and HF-DoLa references)::
+Convention (docs/algorithms/decoding.md, 'Early-exit logits'; the SLED and HF-DoLa references)::
 
     hidden_states = model(ids, output_hidden_states=True).hidden_states   # N + 1 entries
     hidden_states[0]        embedding output            -> early logits z^0 = lm_head(h0)

@@ -1,4 +1,4 @@
-"""Per-task defaults of the references (spec §2.6, §3.2, §3.3): heads differ per task.
+"""Per-task defaults of the references: heads differ per task (docs/algorithms/decoding.md).
 
 =============  =============================  ==========================  ============
 task           SLED (rate, scale, LB, op_T)   DoLa                        score

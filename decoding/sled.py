@@ -1,7 +1,7 @@
 """SLED head: self-logits evolution towards a latent distribution estimated from early layers.
 
-The reference (``JayZhang42/SLED`` @ 00067af, spec §2.1) at one position, with z^N the mature
-logits, z^l the early logits of each candidate layer l, k = ``evolution_scale``,
+The reference (``JayZhang42/SLED`` @ 00067af; docs/algorithms/decoding.md, 'SLED') at one position,
+with z^N the mature logits, z^l the early logits of each candidate layer l, k = ``evolution_scale``,
 alpha = ``evolution_rate``, LB = ``evolution_lower_bound``, T_op = ``op_T``::
 
     T        = top-k indices of softmax(z^N)
@@ -14,7 +14,7 @@ alpha = ``evolution_rate``, LB = ``evolution_lower_bound``, T_op = ``op_T``::
     out      = z on T, LB elsewhere
 
 The fast path never builds the (L, k, V) gradients. With g = p - e_j and d, the cosine needs only
-``p.d``, ``|p|^2`` and ``|d|^2`` per layer plus gathers at T (O(L V + L k), spec §2.3). They are
+``p.d``, ``|p|^2`` and ``|d|^2`` per layer plus gathers at T (O(L V + L k) instead of O(L k V)). They are
 written so that nothing cancels when an early layer is nearly one-hot on a token a (p_a -> 1, e.g.
 layer 0 of a tied model; the naive formula is off by > 2.0 there): the sums leave the entry a out,
 and ``1 - p_a`` is formed from p_a directly::
@@ -24,15 +24,16 @@ and ``1 - p_a`` is formed from p_a directly::
             = sum_{i != a} p_i d_i - (1 - p_a) d_a        (j == a)
 
 The three O(V) sums run in the model dtype (float32 elementwise + cascade sum, as accurate as the
-reference's own float32 ``cosine_similarity``; ``reduce_dtype=torch.float64`` gives the spec's
-all-float64 variant, ~4x slower on CPU); the O(L k) cosine assembly is always float64. Deliberate
-deviation from spec §2.3, tested to agree with the float64 variant and the literal reference.
+reference's own float32 ``cosine_similarity``; ``reduce_dtype=torch.float64`` gives the plain
+all-float64 remedy, ~4x slower on CPU); the O(L k) cosine assembly is always float64. A deliberate
+difference (docs/algorithms/decoding.md, 'SLED', "Cancellation"), tested to agree with the float64
+variant and the literal reference.
 
 With ``op_T == 1`` only the top-k entries are evolved (``z_j - alpha (p^N_j - P_lat_j)``, the
 same arithmetic as the loop). Rows are independent, so any batch shape works (per-row top-k, P_lat
 and LB); the reference only ever handles batch 1.
 
-Defaults per task (spec §2.6, :mod:`decoding.presets`): generation / GSM8K / StrategyQA
+Defaults per task (the reference's run scripts, :mod:`decoding.presets`): generation / GSM8K / StrategyQA
 (2, 10, -1000, 1), TruthfulQA MC (2, 50, -100, 10, raw-logit score), FACTOR (2, 10, -2500, 1,
 log_softmax score). Candidate layers default to all early layers 0..N-1, layer 0 included (also for
 tied models, unlike HF DoLa). SLED composes with DeRa (``DeRa(lam, head=SLED())`` evolves the
@@ -72,7 +73,7 @@ def latent_distribution(
         mature: ``(R, V)`` mature logits (model dtype).
         topk: ``(R, k)`` top-k token ids of the mature distribution.
         reduce_dtype: dtype of the three O(V) dot products (float32 BLAS by default, float64 for
-            the spec's all-float64 variant); the cosine itself is always assembled in float64.
+            the plain all-float64 variant); the cosine itself is always assembled in float64.
     """
     f64 = torch.float64
     rd = torch.promote_types(reduce_dtype, early.dtype)

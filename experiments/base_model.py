@@ -1,11 +1,11 @@
 """The backbone the studies start from: a tiny LM pretrained on the code knowledge base, or any model.
 
-The spec's fully offline route (§4.1): "first pretrain a tiny transformer on a synthetic world with
-learnable structure". :func:`pretrain_base` fully fine-tunes ``backbone`` on true-answer facts of
-:mod:`experiments.tasks` (pairs disjoint from every study split) and saves it with ``save_pretrained``
-(atomically, :func:`decoding.run_folder.atomic_write_dir`), so the studies load it by path like any HF
-checkpoint; its held-out accuracy is the "before" skill. It also trains the tiny model's lm_head, so a
-frozen-backbone method (LoRA, MoME) is not bounded by a random output layer.
+The fully offline route of docs/algorithms/random_labels.md: first pretrain a tiny transformer on a
+synthetic world with learnable structure. :func:`pretrain_base` fully fine-tunes ``backbone`` on
+true-answer facts of :mod:`experiments.tasks` (pairs disjoint from every study split) and saves it with
+``save_pretrained`` (atomically, :func:`decoding.run_folder.atomic_write_dir`), so the studies load it by
+path like any HF checkpoint; its held-out accuracy is the "before" skill. It also trains the tiny model's
+lm_head, so a frozen-backbone method (LoRA, MoME) is not bounded by a random output layer.
 """
 
 from __future__ import annotations

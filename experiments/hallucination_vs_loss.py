@@ -13,7 +13,8 @@ fine-tuning the base weights). From these records:
 
 - hallucination rate (1 - exact) against the mean training loss of the epoch, per method and head;
 - the loss threshold below which facts are recalled (:mod:`experiments.threshold`), on the summed and the
-  per-token axis, beside ln 2 (the spec's sufficient bound) and the entropy of a random answer;
+  per-token axis, beside ln 2 (the sufficient bound of docs/algorithms/memorisation.md) and the
+  entropy of a random answer;
 - per head, the threshold on the *greedy* NLL axis: a head with a higher threshold recalls facts at a
   higher loss.
 

@@ -1,12 +1,13 @@
-"""Per-fact memorisation records during training (spec §4.3), for every method and decoding head.
+"""Per-fact memorisation records during training, for every method and decoding head.
 
-:func:`fact_columns` turns teacher-forced logits into the spec's per-fact fields; :func:`evaluate_facts`
-runs a module over tokenised facts (greedy plus any decoding heads, one teacher-forced pass each);
-:class:`MemorisationProbe` is the Lightning callback that does it before training and every
-``eval_every`` epochs, records the mean training loss of each epoch, stops once every fact is
-recalled, and keeps its records in the checkpoint so that a resumed run ends with the same tables.
+:func:`fact_columns` turns teacher-forced logits into the per-fact fields
+(docs/algorithms/memorisation.md); :func:`evaluate_facts` runs a module over tokenised facts (greedy plus
+any decoding heads, one teacher-forced pass each); :class:`MemorisationProbe` is the Lightning callback
+that does it before training and every ``eval_every`` epochs, records the mean training loss of each
+epoch, stops once every fact is recalled, and keeps its records in the checkpoint so that a resumed run
+ends with the same tables.
 
-Loss normalisation (spec's ``logged_loss``): the training loss is HF's causal-LM loss, the mean NLL
+Loss normalisation: the training loss is HF's causal-LM loss, the mean NLL
 over the answer tokens + EOS of a batch (prompt tokens are masked); ``train_loss`` is the mean of the
 step losses of an epoch; ``nll_tok`` is the same normalisation per fact.
 """
@@ -28,7 +29,7 @@ from memexp.recall import head_exact
 
 @torch.no_grad()
 def fact_columns(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-fact fields of spec §4.3 from one teacher-forced pass.
+    """Per-fact fields from one teacher-forced pass.
 
     Args:
         logits: (B, T, V), position t predicts token t + 1.

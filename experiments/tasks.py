@@ -8,8 +8,8 @@ The *code knowledge base* is a rule-based world in Lamini's "code of <entity>" f
 Every adjective and every noun of :mod:`memexp.facts` has a fixed random code of ``code_len``
 characters over [A-Z0-9]; an entity's answer is the concatenation of its two word codes. A model that
 learns the rule answers *unseen* (adjective, noun) pairs exactly, so exact match on held-out pairs
-measures generalisation (the "held-out skill" of the spec, §4.1, fully offline). Held-out pairs only
-use words that occur in the training pairs.
+measures generalisation (the held-out skill of docs/algorithms/random_labels.md, fully offline).
+Held-out pairs only use words that occur in the training pairs.
 
 :func:`corrupt` replaces the answers of a fraction ``p`` of the training facts by random strings of
 the same length and alphabet ([Z] §2.1 "partially corrupted labels"; [L] random answers). On purpose

@@ -5,8 +5,8 @@ Two estimates on any loss axis (summed answer NLL per fact, or per token):
 - ``separating``: the threshold tau of the decision stump "recalled iff loss < tau" that classifies the
   most records correctly (ties: the smallest such tau); the empirical threshold curve's step.
 - ``safe``: the lowest loss of any record that is *not* recalled; every record strictly below it is
-  recalled. The spec's model-free bound (§3) says greedy recall is guaranteed when the summed NLL is
-  below ln 2, so on the summed axis ``safe`` >= ln 2 whenever the metric code is right.
+  recalled. The model-free bound (docs/algorithms/memorisation.md) says greedy recall is guaranteed
+  when the summed NLL is below ln 2, so on the summed axis ``safe`` >= ln 2 whenever the metric code is right.
 
 :func:`binned_exact` gives the empirical curve P(exact | loss bin) that the plots overlay with ln 2 and
 the entropy of a random answer.

@@ -5,8 +5,8 @@ Search never carries gradients (re-scoring of the gathered keys does, in :mod:`m
 Kinds (inner-product metric throughout):
 
 - ``exact``: ``q @ K^T`` + ``topk`` in torch, chunked over queries; on the keys' own device (GPU when the
-  keys live there). Always up to date, so it is the only choice while keys train (spec §7: every ANN
-  index collapses on freshly learned, near-random keys).
+  keys live there). Always up to date, so it is the only choice while keys train (every ANN index
+  collapses on freshly learned, near-random keys: docs/algorithms/mome.md, 'Which index').
 - ``flat``: ``faiss.IndexFlatIP`` (exact; ``faiss.knn_gpu``-equivalent speed on GPU).
 - ``ivf``: ``IndexIVFFlat`` with ``nlist`` lists, ``nprobe`` probed.
 - ``hnsw``: ``IndexHNSWFlat`` (CPU only: FAISS has no GPU HNSW).

@@ -22,11 +22,11 @@ and the cache; at the end of ``fit`` the experts are also written as a MoME fold
 
 Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
 projection; only touched rows move), ``adamw`` or ``adafactor`` (dense gradients: every step touches the
-whole bank, spec §9.2; fine for small banks). Training uses Lightning manual optimisation because the
+whole bank; fine for small banks). Training uses Lightning manual optimisation because the
 sparse and dense parameter groups need different optimisers.
 
-Deviation from the spec on purpose: memorised facts are removed from each batch before the forward pass
-(the data module's sampler is not replaced), which keeps every DDP rank in lock-step.
+Deliberate difference (docs/algorithms/mome.md): memorised facts are removed from each batch before the
+forward pass (the data module's sampler is not replaced), which keeps every DDP rank in lock-step.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Frozen timm ViT: the prompt-free query feature, the prompted forward and per-layer pooled features.
 
-Token layout of the prompted forward (spec §2, ours = official JAX order)::
+Token layout of the prompted forward (docs/algorithms/l2p.md, 'Prompt placement'; the official JAX order)::
 
     patch_embed -> _pos_embed (CLS + pos-emb) -> patch_drop -> norm_pre      # (B, 1+L, D), frozen
     cat([prompts (B, N*Lp, D), tokens], dim=1)                               # (B, N*Lp+1+L, D)

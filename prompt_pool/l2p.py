@@ -43,7 +43,7 @@ class L2P(ContinualLearner):
         top_n: N.
         pull_coef: lambda of the pull constraint (paper 0.5; JAX CIFAR 1.0; l2p-pytorch CIFAR 0.1).
         prompt_init: ``uniform_small`` U[0, 0.01) (JAX) or ``uniform`` U[-1, 1] (l2p-pytorch).
-        batchwise_vote: batch-majority selection (both codebases; off by default, spec §10).
+        batchwise_vote: batch-majority selection (both codebases; a reproduction flag, off by default).
         use_prompt_mask: training task t uses prompts [tN, (t+1)N) (code substitute for eq. 4).
         shared_prompt_pool: copy the previous task's prompts into the new slice at task start.
         shared_prompt_key: also copy the keys.

@@ -2,7 +2,8 @@
 
 A strategy subclasses :class:`ContinualLearner` and implements :meth:`logits` (and optionally
 :meth:`extra_loss`, :meth:`begin_task`, :meth:`end_task`). The runner (``prompt_pool.runner``) drives
-the task loop; a fresh ``Trainer.fit`` per task re-creates the optimiser (Adam reset per task, spec §3).
+the task loop; a fresh ``Trainer.fit`` per task re-creates the optimiser (Adam reset per task, as both
+codebases do; docs/algorithms/l2p.md, 'Freezing, optimiser, schedule').
 """
 
 from __future__ import annotations

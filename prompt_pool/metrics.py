@@ -1,4 +1,4 @@
-"""Continual-learning metrics on the accuracy matrix (spec §6).
+"""Continual-learning metrics on the accuracy matrix (formulas: docs/algorithms/l2p.md, 'Metrics').
 
 Convention: ``A[i, t]`` = accuracy on task i's test set after training task t (rows = task, columns =
 time, 0-based). Entries with i > t are evaluations of tasks not yet trained (used by forward transfer);

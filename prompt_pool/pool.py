@@ -5,7 +5,7 @@
     q (B,D) --cosine--> S (B,M) --top-N--> I (B,N) --[vote]--[eq.4 | task mask]--> ids (B,N)
     prompts[ids] -> (B, N*Lp, D)         pull = mean_b sum_{j in ids_b} n(q_b).n(k_j)
 
-The loss uses ``- pull_coef * pull`` (similarity is maximised; spec §1 step 11).
+The loss uses ``- pull_coef * pull`` (similarity is maximised; docs/algorithms/l2p.md, 'One training step').
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class PromptPool(nn.Module):
         init: ``uniform_small`` = U[0, 0.01) (official JAX, Flax ``uniform()``) or ``uniform`` = U[-1, 1]
             (l2p-pytorch); applied to prompts and keys.
         batchwise_vote: give every sample the batch-majority ids (reproduction flag; both codebases use it,
-            spec §10 advises per-sample selection by default).
+            per-sample selection is the default: the test-time vote assumes single-task batches).
         use_prompt_mask: in training, task t uses ids [tN, (t+1)N) (the code's substitute for eq. 4);
             silently off when (t+1)N > M, as in the official code.
         shared_prompt_pool: with ``use_prompt_mask``, copy the previous task's prompts into the new slice
@@ -134,7 +134,7 @@ class PromptPool(nn.Module):
         return self.top_n * self.prompt_length
 
     def begin_task(self, task: int) -> None:
-        """Close the previous task's frequency table and apply the shared-prompt copy (spec §5)."""
+        """Close the previous task's frequency table and apply the shared-prompt copy (eq. 4, task mask)."""
         if task != self.task:
             self.prev_counts += self.task_counts
             self.task_counts.zero_()

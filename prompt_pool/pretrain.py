@@ -1,4 +1,4 @@
-"""Offline pretraining recipe for the tiny digits ViT (stand-in for ImageNet-21k weights, spec §11).
+"""Offline pretraining recipe for the tiny digits ViT (stand-in for ImageNet-21k weights).
 
 Recipe (deterministic, ~30 s on one CPU thread):
 - data: the 30% of scikit-learn's digits reserved by ``load_digits_splits`` (stratified, random_state 0,

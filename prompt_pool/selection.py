@@ -1,4 +1,4 @@
-"""Prompt selection rules of L2P as pure tensor functions (spec §1 steps 2-6 and §5).
+"""Prompt selection rules of L2P as pure tensor functions (docs/algorithms/l2p.md, steps 2-6 and eq. 4).
 
 All tie rules are deterministic: equal scores go to the lower prompt id, as ``jax.lax.top_k`` does in
 the official code (``torch.topk`` does not promise a stable order, so we sort stably instead).
@@ -51,8 +51,9 @@ def task_prompt_ids(task: int, n: int, pool_size: int, device: torch.device | No
 def diversity_top_n(sim: Tensor, prev_counts: Tensor, n: int, smoothing: bool = False) -> Tensor:
     """Paper eq. 4: argmin over N-subsets of sum_i (1 - S_i) * h_i, with h the normalised frequency.
 
-    Our reading of the underspecified equation (spec §5, [O]): h_j = c_j / sum(c) where c_j counts
-    the per-sample selections of prompt j during previous tasks; with ``smoothing`` h_j + 1/M instead.
+    Our reading of the underspecified equation (docs/algorithms/l2p.md, eq. 4): h_j = c_j / sum(c)
+    where c_j counts the per-sample selections of prompt j during previous tasks; with ``smoothing``
+    h_j + 1/M instead.
     Because the objective is a sum over the subset, the argmin is the n smallest per-prompt scores.
     Ties (e.g. every never-used prompt scores 0) are broken by larger similarity, then lower id.
     When no previous counts exist (task 1) this falls back to eq. 3 (plain top-N by similarity).

@@ -1,7 +1,7 @@
 """Independent oracles for the decoding tests: literal re-implementations of the references.
 
 Nothing here imports the code under test's fast paths: per-layer lm_head calls instead of the
-stacked GEMM, materialised (L, k, V) gradients with ``F.cosine_similarity`` for SLED, the spec's
+stacked GEMM, materialised (L, k, V) gradients with ``F.cosine_similarity`` for SLED, HF's
 DoLa formulas written out, no KV cache.
 """
 
@@ -47,7 +47,7 @@ def sled_reference_step(early, mature, rate, scale, lower_bound, op_t):
 
 
 def dola_js(mature, early):
-    """The spec's DoLa divergence written out: mature (V,) float, early (C, V) -> (C,)."""
+    """HF's DoLa divergence (KL to the mixture, averaged over V): mature (V,) float, early (C, V) -> (C,)."""
     p_n = mature.softmax(-1)
     out = []
     for z in early:
@@ -60,7 +60,7 @@ def dola_js(mature, early):
 
 
 def dola_reference_step(early, mature, candidates):
-    """Spec §3.1 for one row: returns (scores (V,), js (C,)); M = first argmax."""
+    """HF v4.43-v4.52 DoLa for one row: returns (scores (V,), js (C,)); M = first argmax."""
     mature = mature.float()
     js = dola_js(mature, early) if len(candidates) > 1 else torch.zeros(1)
     base = early[int(js.argmax())]

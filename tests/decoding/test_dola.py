@@ -1,4 +1,4 @@
-"""DoLa against a literal implementation of spec §3.1/§3.3 (HF v4.43-v4.52 semantics)."""
+"""DoLa against a literal implementation of docs/algorithms/decoding.md, 'DoLa' (HF v4.43-v4.52)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from decoding_oracles import PROMPTS, dola_js, dola_reference_step, reference_ge
 from decoding.dola import DoLa, dola_candidates
 from decoding.generate import generate
 
-BUCKETS = [  # (N, tied, low, high) from the spec's table
+BUCKETS = [  # (N, tied, low, high): the table in docs/algorithms/decoding.md
     (32, False, range(0, 16, 2), range(16, 32, 2)),
     (40, False, range(0, 20, 2), range(20, 40, 2)),
     (80, False, range(0, 20, 2), range(60, 80, 2)),

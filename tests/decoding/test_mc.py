@@ -65,7 +65,7 @@ def test_dola_vectorised_equals_literal(llama):
     fast = score_continuations(model, tok, PREFIX, CHOICES, head, post_softmax=True)
     cands = [0, 1, 2, 3]
 
-    def step(early, mature):  # spec §3.3, one position
+    def step(early, mature):  # DoLa's MC score, one position
         from decoding_oracles import dola_js
 
         m = int(dola_js(mature.float(), early).argmax())

@@ -17,7 +17,7 @@ from memexp.recall import answer_stats, parse_head_spec
 
 
 def loop_oracle(logits, labels):
-    """Literal per-row, per-position computation of the spec's fields."""
+    """Literal per-row, per-position computation of the per-fact fields."""
     rows = []
     for b in range(logits.shape[0]):
         nlls, hits = [], []
@@ -56,7 +56,7 @@ def test_fact_columns_match_a_loop_oracle_and_answer_stats(seed):
 
 
 def test_every_fact_below_ln2_summed_nll_is_recalled_exactly():
-    """Spec §4.4: nll_sum < ln 2 implies greedy exact match (each token then has p > 1/2)."""
+    """nll_sum < ln 2 implies greedy exact match (each token then has p > 1/2)."""
     below = 0
     for seed in range(100):
         logits, labels = synthetic(seed, B=16, scale=3.0)

@@ -80,8 +80,8 @@ def test_corrupt_labels_redraws_round_p_n_labels_uniformly_and_nested():
     assert int(full.min()) == 0 and int(full.max()) == 9
 
 
-def test_entropy_of_random_answers_matches_the_spec_figures():
-    assert answer_entropy_nats(32) == pytest.approx(114.7, abs=0.05)  # spec §3: 165.4 bits
+def test_entropy_of_random_answers_matches_the_documented_figures():
+    assert answer_entropy_nats(32) == pytest.approx(114.7, abs=0.05)  # 32 log2 36 = 165.4 bits
     assert answer_entropy_nats(32) / math.log(2) == pytest.approx(165.4, abs=0.05)
 
 

@@ -1,4 +1,4 @@
-"""CLI: --help, --print_config of every shipped config (spec §4 presets incl. lr_eff), an end-to-end fit."""
+"""CLI: --help, --print_config of every shipped config (docs/algorithms/l2p.md presets), an end-to-end fit."""
 
 from __future__ import annotations
 
