@@ -240,6 +240,7 @@ def generate(
     final_norm: bool = False,
     penalty_before_mix: bool = False,
     add_special_tokens: bool = True,
+    generator: torch.Generator | None = None,
 ) -> GenerationOutput:
     """Generate continuations of ``prompts`` with ``head``.
 
@@ -255,11 +256,13 @@ def generate(
         repetition_penalty: HF's CTRL penalty, applied after the head (1.0 = off).
         stop_strings: a row stops once its decoded text contains one of them; the text is cut before it.
         do_sample, temperature, top_k, top_p: sampling instead of argmax (any head).
-        seed: seed of the sampler.
+        seed: seed of the sampler (a fresh ``torch.Generator``; same tokens as HF's sampling after
+            ``torch.manual_seed(seed)`` with the same warpers).
         final_norm: apply the final norm to early layers (off, as the references).
         penalty_before_mix: DeRa compatibility with HF processors: penalise the aligned logits, then mix.
         add_special_tokens: let the tokenizer add its special tokens (BOS...); False for prompts that
             already hold them, e.g. rendered by ``tokenizer.apply_chat_template``.
+        generator: the sampler's generator, instead of ``seed`` (one stream over several calls).
 
     Returns:
         GenerationOutput with the new ids and texts, one per prompt.
@@ -285,7 +288,8 @@ def generate(
             text = tokenizer.decode(new, skip_special_tokens=True)
             return any(s in text for s in stop_strings)
 
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         new, lengths = decode(
             model,
