@@ -188,3 +188,32 @@ def test_greedy_default_unchanged(sharp_llama_dir, llama, capsys):
     model, tok = llama
     rows = _gen(capsys, sharp_llama_dir, "--prompt", PROMPTS[0])
     assert _ids(rows) == generate(model, tok, PROMPTS[0], head=Greedy(), max_new_tokens=6).token_ids
+
+
+@pytest.mark.slow
+def test_chat_on_smollm2_equals_hf_chat_template(monkeypatch, capsys):
+    """``--chat`` on SmolLM2-Instruct gives HF's greedy tokens on ``apply_chat_template``'s ids."""
+    import os
+    from pathlib import Path
+
+    from decoding.errors import UserError
+    from decoding.models import load_causal_lm, load_tokenizer
+
+    cache = os.environ.get("MEMEXP_REAL_CACHE", str(Path.home() / ".cache" / "memexp"))
+    monkeypatch.setenv("MEMEXP_CACHE", cache)
+    try:
+        model = load_causal_lm("smollm2:135m-instruct").eval()
+    except UserError as err:
+        pytest.skip(str(err))
+    tok = load_tokenizer("smollm2:135m-instruct")
+    question = "What is the capital of France?"
+    rows = _gen(capsys, "smollm2:135m-instruct", "--chat", "--prompt", question)
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    hf = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert _ids(rows) == [hf[0, enc["input_ids"].shape[1] :].tolist()]
+    assert "Paris" in rows[0]["text"]
