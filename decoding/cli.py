@@ -7,8 +7,9 @@ Examples::
     decoding generate --model DIR --head dola --dola_layers high --repetition_penalty 1.2 --prompt "..."
     decoding generate --model ALIGNED --head dera --ref_model REF --lam 2 --prompt "..."
     decoding generate --model PEFT_DIR --head dera --ref_model adapters-off --lam 0.5 --prompt "..."
+    decoding generate --model smollm2:135m-instruct --chat --prompt_file questions.txt --json
     decoding score --model DIR --head sled --task truthfulqa-mc --data TruthfulQA.csv --json
-    decoding score --model DIR --head dola --task factor --data wiki_factor.csv --limit 100
+    decoding score --model DIR --head dola --task factor --data wiki_factor.csv --per_item items.csv
 
 Head options take the references' names; unset options take the task's defaults
 (:mod:`decoding.presets`).
@@ -16,107 +17,12 @@ Head options take the references' names; unset options take the task's defaults
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 from pathlib import Path
 
-from decoding.errors import UserError, concise_parser_errors, run_cli
-from decoding.head_spec import HEAD_NAMES
-
-GEN_TASKS = ("generation", "gsm8k", "strategyqa")
-SCORE_TASKS = ("truthfulqa-mc", "factor")
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-HEAD_FLAGS = {  # option -> the head it belongs to
-    "evolution_rate": "sled",
-    "evolution_scale": "sled",
-    "evolution_lower_bound": "sled",
-    "op_T": "sled",
-    "dola_layers": "dola",
-    "relative_top": "dola",
-    "lam": "dera",
-}
-
-
-def _layers(text: str) -> str | list[int]:
-    if text in ("low", "high"):
-        return text
-    try:
-        return [int(i) for i in text.split(",") if i.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use 'low', 'high' or comma-separated ids like 0,2,4"
-        ) from err
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
-        return value
-
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _number(low: float = -math.inf, high: float = math.inf, low_open: bool = False, high_open: bool = False):
-    """A finite float in the given range (argparse type)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-            if math.isinf(high):
-                raise argparse.ArgumentTypeError(f"{value:g} must be {'>' if low_open else '>='} {low:g}")
-            raise argparse.ArgumentTypeError(f"{value:g} must be in {lo}{low:g}, {high:g}{hi}")
-        return value
-
-    return parse
-
-
-def _add_model_and_head(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model folder, hub id or tiny:llama / tiny:gpt2")
-    p.add_argument(
-        "--head",
-        default="greedy",
-        help=f"one of {', '.join(HEAD_NAMES)}, with options as NAME:key=value,... "
-        "e.g. 'dola:dola_layers=0,2' "
-        "or 'dera:lam=2,head=sled' (default: greedy)",
-    )
-    p.add_argument("--dtype", default=None, choices=DTYPES, help="checkpoint dtype when unset")
-    p.add_argument("--device", default=None, help="e.g. cuda (CPU when unset)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    g = p.add_argument_group("SLED")
-    g.add_argument("--evolution_rate", type=_number(), default=None, help="alpha (default 2)")
-    g.add_argument("--evolution_scale", type=_int_at_least(1), default=None, help="k, top tokens evolved")
-    g.add_argument("--evolution_lower_bound", type=_number(), default=None, help="score outside the top-k")
-    g.add_argument("--op_T", type=_int_at_least(1), default=None, help="evolution iterations (task default)")
-    g = p.add_argument_group("DoLa")
-    g.add_argument("--dola_layers", type=_layers, default=None, help="'low', 'high' or ids 0,2,4")
-    g.add_argument(
-        "--relative_top",
-        type=_number(0, 1, high_open=True),
-        default=None,
-        help="relative-top filter (0 = off)",
-    )
-    g = p.add_argument_group("DeRa")
-    g.add_argument("--ref_model", default=None, help="reference model path, or 'adapters-off' (peft model)")
-    g.add_argument("--lam", type=_number(0), default=None, help="lambda >= 0 (1 = aligned, 0 = reference)")
-    g.add_argument(
-        "--dera_head",
-        default=None,
-        choices=["greedy", "sled", "dola"],
-        help="head on the mix (default greedy)",
-    )
+from decoding.cli_parser import HEAD_FLAGS, LAYER_HEADS
+from decoding.cli_parser import build_parser as _build_parser
+from decoding.errors import UserError, run_cli
 
 
 def _head(args, task: str):
@@ -134,18 +40,26 @@ def _head(args, task: str):
         inner = args.dera_head
     inner = inner or "greedy"
     used = {"dera", inner} if name == "dera" else {name}
-    for flag, owner in HEAD_FLAGS.items():
+    for flag, (owner, key) in HEAD_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
             continue
         if owner not in used:
+            shown = (
+                "" if value is True else f" {','.join(map(str, value)) if isinstance(value, list) else value}"
+            )
             raise UserError(
-                f"--{flag} {value} applies to the {owner} head, not {args.head!r}; "
+                f"--{flag}{shown} applies to the {owner} head, not {args.head!r}; "
                 f"drop it or use --head {owner}"
             )
-        if flag in opts and opts[flag] != value:
-            raise UserError(f"{flag} is given twice ({opts[flag]} in --head, {value} as --{flag}); keep one")
-        opts[flag] = value
+        if key in opts and opts[key] != value:
+            raise UserError(f"{key} is given twice ({opts[key]} in --head, {value} as --{flag}); keep one")
+        opts[key] = value
+    if args.final_norm and not used & set(LAYER_HEADS):
+        raise UserError(
+            f"--final_norm applies to heads that read early layers ({', '.join(LAYER_HEADS)}), not "
+            f"{args.head!r}; drop it"
+        )
     if name != "dera" and args.dera_head is not None:
         raise UserError(
             f"--dera_head {args.dera_head} applies to the dera head only; drop it or use --head dera"
@@ -215,29 +129,53 @@ def _layout_of(info: tuple[int, bool], model):
 
 
 def _generate(args) -> None:
-    if any(not p.strip() for p in args.prompt):
+    from decoding.cli_io import chat_prompts, read_prompt_file
+
+    prompts = read_prompt_file(args.prompt_file) if args.prompt_file else args.prompt
+    if any(not p.strip() for p in prompts):
         raise UserError("--prompt '' is empty; give the text to continue")
+    if args.penalty_before_mix and args.head.split(":")[0] != "dera":
+        raise UserError(f"--penalty_before_mix applies to the dera head, not {args.head!r}; drop it")
+    if args.penalty_before_mix and args.repetition_penalty == 1.0:
+        raise UserError(
+            "--penalty_before_mix orders DeRa's mix and the repetition penalty; it needs "
+            "--repetition_penalty other than 1.0 (or drop it)"
+        )
     args.head_obj = _head(args, args.task)
     model, tok, ref, ref_tok = _load(args)
+    if args.chat:
+        prompts = chat_prompts(tok, prompts, args.model)
+    import torch
+
     from decoding.generate import generate
 
-    out = generate(
-        model,
-        tok,
-        args.prompt,
-        head=args.head_obj,
-        max_new_tokens=args.max_new_tokens,
-        ref_model=ref,
-        ref_tokenizer=ref_tok,
-        repetition_penalty=args.repetition_penalty,
-        stop_strings=args.stop or (),
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    rows = [{"token_ids": ids, "text": text} for ids, text in zip(out.token_ids, out.texts)]
+    generator = None  # unseeded: torch's global generator, also one stream over the batches
+    if args.seed is not None:
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
+    token_ids, texts = [], []
+    for start in range(0, len(prompts), args.batch_size):
+        out = generate(
+            model,
+            tok,
+            prompts[start : start + args.batch_size],
+            head=args.head_obj,
+            max_new_tokens=args.max_new_tokens,
+            ref_model=ref,
+            ref_tokenizer=ref_tok,
+            repetition_penalty=args.repetition_penalty,
+            stop_strings=args.stop or (),
+            do_sample=args.do_sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            generator=generator,
+            final_norm=args.final_norm,
+            penalty_before_mix=args.penalty_before_mix,
+            add_special_tokens=not args.chat,  # the chat template holds the special tokens
+        )
+        token_ids += out.token_ids
+        texts += out.texts
+    rows = [{"token_ids": ids, "text": text} for ids, text in zip(token_ids, texts)]
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
     else:
@@ -245,9 +183,14 @@ def _generate(args) -> None:
 
 
 def _score(args) -> None:
+    from decoding.cli_io import check_new_file, csv_text
     from decoding.data import load_factor, load_truthfulqa
     from decoding.presets import task_defaults
 
+    if args.overwrite and not args.per_item:
+        raise UserError("--overwrite replaces an existing --per_item file; pass --per_item FILE or drop it")
+    if args.per_item:
+        check_new_file(args.per_item, "--per_item", args.overwrite)
     args.head_obj = _head(args, args.task)
     post = task_defaults(args.task).get("post_softmax", False)
     if args.post_softmax is not None:
@@ -267,10 +210,15 @@ def _score(args) -> None:
     model, tok, ref, _ = _load(args)
     from decoding.mc import evaluate_factor, evaluate_truthfulqa
 
+    per_item: list[dict] | None = [] if args.per_item else None
     kw = dict(post_softmax=post, ref_model=ref, separate_tokenization=args.separate_tokenization)
     evaluate = evaluate_truthfulqa if args.task == "truthfulqa-mc" else evaluate_factor
-    metrics = evaluate(model, tok, items, args.head_obj, **kw)
+    metrics = evaluate(model, tok, items, args.head_obj, per_item=per_item, final_norm=args.final_norm, **kw)
     metrics = {"task": args.task, "head": repr(args.head_obj), **metrics}
+    if per_item:
+        from decoding.run_folder import atomic_write_text
+
+        atomic_write_text(args.per_item, csv_text(per_item))
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -288,53 +236,9 @@ def _tiny(args) -> None:
     print(build_tiny_lm(out, arch=args.arch, hidden=args.hidden, layers=args.layers, seed=args.seed))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``decoding`` parser; every sub-parser reports errors as one line (exit 2)."""
-    parser = argparse.ArgumentParser(
-        prog="decoding", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny", help="build a seeded tiny HF causal LM + tokenizer into a folder (offline)")
-    tiny.add_argument("out", help="target folder (must not exist or be empty)")
-    tiny.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
-    tiny.add_argument("--hidden", type=_int_at_least(4), default=64)
-    tiny.add_argument("--layers", type=_int_at_least(1), default=2)
-    tiny.add_argument("--seed", type=int, default=0)
-
-    gen = sub.add_parser("generate", help="generate with a decoding head")
-    _add_model_and_head(gen)
-    gen.add_argument("--prompt", required=True, action="append", help="prompt text (repeat for a batch)")
-    gen.add_argument("--max_new_tokens", type=_int_at_least(1), default=32)
-    gen.add_argument("--task", choices=GEN_TASKS, default="generation", help="head defaults of this task")
-    gen.add_argument(
-        "--repetition_penalty",
-        type=_number(0, low_open=True),
-        default=1.0,
-        help="CTRL penalty after the head",
-    )
-    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
-    gen.add_argument("--do_sample", action="store_true", help="sample instead of argmax")
-    gen.add_argument("--temperature", type=_number(0, low_open=True), default=1.0)
-    gen.add_argument("--top_k", type=_int_at_least(0), default=0, help="0 = off")
-    gen.add_argument("--top_p", type=_number(0, 1, low_open=True), default=1.0, help="in (0, 1]; 1 = off")
-    gen.add_argument("--seed", type=int, default=None)
-
-    score = sub.add_parser("score", help="multiple-choice scoring: TruthfulQA MC1/2/3 or FACTOR")
-    _add_model_and_head(score)
-    score.add_argument("--task", choices=SCORE_TASKS, required=True)
-    score.add_argument("--data", required=True, help="TruthfulQA csv/json/jsonl/parquet or FACTOR csv")
-    score.add_argument("--limit", type=_int_at_least(1), default=None, help="score only the first N items")
-    score.add_argument(
-        "--post_softmax", choices=["true", "false"], default=None, help="task default if unset"
-    )
-    score.add_argument(
-        "--separate_tokenization", action="store_true", help="tokenise prefix and answer apart"
-    )
-    score.add_argument("--prefix_column", default=None, help="FACTOR prefix column (reference rule if unset)")
-    for p in (parser, tiny, gen, score):
-        concise_parser_errors(p, prog="decoding")
-    return parser
+def build_parser():
+    """The ``decoding`` parser (see :mod:`decoding.cli_parser`)."""
+    return _build_parser(__doc__)
 
 
 def _main(argv: list[str] | None) -> None:

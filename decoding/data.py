@@ -5,7 +5,9 @@ TruthfulQA, any of:
 - the reference CSV (``TruthfulQA.csv``): columns ``Question``, ``Best Answer``, ``Correct Answers``,
   ``Incorrect Answers`` (``;``-separated; stripped; a '.' appended unless present, as the reference);
 - JSON / JSONL / parquet records with the same fields (``question``, ``best_answer``,
-  ``correct_answers``, ``incorrect_answers``; strings are split on ``;``, lists taken as they are);
+  ``correct_answers``, ``incorrect_answers``), e.g. HF's ``truthful_qa/generation`` layout, whose
+  answers are lists without the final '.': strings are split on ``;``, list items kept whole; both are
+  stripped and get the '.' of the reference, so the best answer matches its copy among the correct ones;
 - the HF ``truthful_qa/multiple_choice`` layout: ``question``, ``mc1_targets`` and ``mc2_targets``,
   each ``{"choices": [...], "labels": [...]}``. MC1 then uses the mc1 choices (best = the one labelled
   1), MC2/MC3 the mc2 choices.
@@ -105,7 +107,7 @@ def _answers(value, where: str, name: str) -> list[str]:
     if isinstance(value, str):
         return split_multi_answer(value)
     if isinstance(value, list) and all(isinstance(a, str) for a in value):
-        return [a.strip() for a in value if a.strip()]
+        return [format_best(a) for a in value if a.strip()]
     raise ValueError(f"{where}: field {name!r} must be a ';'-separated string or a list of strings")
 
 

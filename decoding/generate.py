@@ -17,12 +17,9 @@ DeRa's reference pass is either a second model (``ref_model=other``; its vocabul
 padded lm_head rows are cut off) or a context-manager factory that switches the adapters off, e.g.
 ``ref_model=peft_model.disable_adapter``: one backbone, two KV caches.
 
-Two entry points:
-
-- :func:`generate` (prompts in, ``GenerationOutput(token_ids, texts)`` out);
-- :func:`hf_custom_generate` for ``model.generate(ids, custom_generate=hf_custom_generate, head=SLED())``:
-  HF prepares the inputs and processors (its repetition penalty then sees pad ids) and this loop
-  runs the head; it returns ``(B, S + new)`` ids like HF.
+Entry points: :func:`generate` (prompts in, ``GenerationOutput(token_ids, texts)`` out) and, in
+:mod:`decoding.hf_generate`, HF's ``model.generate(..., custom_generate=...)`` (the same loop, fed by
+HF's prepared processors and stopping criteria).
 """
 
 from __future__ import annotations
@@ -94,9 +91,12 @@ def sample_warp(scores: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     return scores
 
 
-def _ref_pass(model: nn.Module, ref_model, tokenizer, ref_tokenizer) -> _Pass:
-    """The reference pass of DeRa: a second model, or the same model inside a context manager."""
-    if isinstance(ref_model, nn.Module):
+def _ref_pass(model: nn.Module, ref_model, tokenizer=None, ref_tokenizer=None) -> _Pass:
+    """The reference pass of DeRa: a second model, or the same model inside a context manager.
+
+    The vocabulary checks need ``tokenizer`` (the HF entry point has none: it only checks the type).
+    """
+    if isinstance(ref_model, nn.Module) and tokenizer is not None:
         if ref_tokenizer is not None and ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 "DeRa: the reference model's tokenizer differs from the aligned model's; "
@@ -108,6 +108,7 @@ def _ref_pass(model: nn.Module, ref_model, tokenizer, ref_tokenizer) -> _Pass:
                 f"DeRa: the reference model's vocabulary ({rows}) is smaller than the tokenizer's "
                 f"({len(tokenizer)}); use a reference trained with the same tokenizer"
             )
+    if isinstance(ref_model, nn.Module):
         return _Pass(ref_model)
     if callable(ref_model):
         return _Pass(model, context=ref_model)
@@ -135,11 +136,17 @@ def decode(
     penalty_before_mix: bool = False,
     stop: Callable[[int, list[int]], bool] | None = None,
     processor: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> Tensor:
+    criteria: Callable[[Tensor, Tensor], Tensor] | None = None,
+    streamer=None,
+) -> tuple[Tensor, Tensor]:
     """The decoding loop on left-padded ids.
 
-    ``stop(row, new_ids)`` ends a row early (stop strings); ``processor(ids, scores)`` replaces the
-    built-in repetition penalty (used by the HF entry point).
+    ``stop(row, new_ids)`` ends a row early (stop strings). The HF entry point passes HF's prepared
+    lists: ``processor(ids, scores)`` replaces the built-in repetition penalty *and* the sampling
+    warpers (HF puts temperature / top-k / top-p into it), so ``temperature``, ``top_k`` and ``top_p``
+    are not applied again; ``criteria(ids, scores) -> (B,) bool`` ends rows (HF's
+    ``StoppingCriteriaList``: max length, EOS, stop strings, max time); ``streamer.put(new ids (B,))``
+    is called after every step and ``streamer.end()`` once at the end, as HF's sampling loop does.
 
     Returns:
         ``(new ids (B, T) with pads after a row ends, number of real new tokens per row (B,))``.
@@ -179,20 +186,25 @@ def decode(
                 x.tied,
             )
         scores = head(x, r)  # (B, V')
-        if processor is not None:
-            scores = processor(all_ids, scores)
+        if processor is not None:  # HF's list: penalties, then its warpers when sampling (float32, as HF)
+            scores = processor(all_ids, scores.float())
         elif not penalty_before_mix:
             scores = repetition_penalty(scores, seen[:, : scores.shape[-1]] > 0, repetition_penalty_)
         if do_sample:
-            probs = sample_warp(scores, temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            warped = sample_warp(scores, temperature, top_k, top_p) if processor is None else scores.float()
+            nxt = torch.multinomial(warped.softmax(-1), 1, generator=generator).squeeze(1)  # (B,)
         else:
             nxt = scores.argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         out.append(nxt)
         lengths += (~done).long()
         seen.scatter_add_(1, nxt[:, None], (~done).float()[:, None])
+        all_ids = torch.cat([all_ids, nxt[:, None]], 1)  # (B, S + t)
+        if streamer is not None:
+            streamer.put(nxt.cpu())
         done = done | torch.isin(nxt, eos)
+        if criteria is not None:
+            done = done | criteria(all_ids, scores).to(done.device)
         if stop is not None:
             new = torch.stack(out, 1).tolist()
             for row in range(b):
@@ -201,9 +213,10 @@ def decode(
         if bool(done.all()):
             break
         ids = nxt[:, None]
-        all_ids = torch.cat([all_ids, ids], 1)
         mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
         pos = pos[:, -1:] + 1
+    if streamer is not None:
+        streamer.end()
     if not out:
         return input_ids.new_zeros(b, 0), lengths
     return torch.stack(out, 1), lengths  # (B, T), (B,)
@@ -226,6 +239,8 @@ def generate(
     seed: int | None = None,
     final_norm: bool = False,
     penalty_before_mix: bool = False,
+    add_special_tokens: bool = True,
+    generator: torch.Generator | None = None,
 ) -> GenerationOutput:
     """Generate continuations of ``prompts`` with ``head``.
 
@@ -241,9 +256,13 @@ def generate(
         repetition_penalty: HF's CTRL penalty, applied after the head (1.0 = off).
         stop_strings: a row stops once its decoded text contains one of them; the text is cut before it.
         do_sample, temperature, top_k, top_p: sampling instead of argmax (any head).
-        seed: seed of the sampler.
+        seed: seed of the sampler (a fresh ``torch.Generator``; same tokens as HF's sampling after
+            ``torch.manual_seed(seed)`` with the same warpers).
         final_norm: apply the final norm to early layers (off, as the references).
         penalty_before_mix: DeRa compatibility with HF processors: penalise the aligned logits, then mix.
+        add_special_tokens: let the tokenizer add its special tokens (BOS...); False for prompts that
+            already hold them, e.g. rendered by ``tokenizer.apply_chat_template``.
+        generator: the sampler's generator, instead of ``seed`` (one stream over several calls).
 
     Returns:
         GenerationOutput with the new ids and texts, one per prompt.
@@ -256,7 +275,7 @@ def generate(
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
     finally:
         tokenizer.padding_side = side
     ref = _ref_pass(model, ref_model, tokenizer, ref_tokenizer) if ref_model is not None else None
@@ -269,7 +288,8 @@ def generate(
             text = tokenizer.decode(new, skip_special_tokens=True)
             return any(s in text for s in stop_strings)
 
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         new, lengths = decode(
             model,
@@ -278,17 +298,17 @@ def generate(
             head,
             max_new_tokens,
             ref,
-            repetition_penalty,
-            eos_ids,
-            tokenizer.pad_token_id,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            generator,
-            final_norm,
-            penalty_before_mix,
-            stop,
+            repetition_penalty_=repetition_penalty,
+            eos_token_ids=eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            final_norm=final_norm,
+            penalty_before_mix=penalty_before_mix,
+            stop=stop,
         )
     token_ids, texts = [], []
     for row, n in zip(new.tolist(), lengths.tolist()):
@@ -298,50 +318,3 @@ def generate(
         token_ids.append(ids)
         texts.append(text[: min(cut)] if cut else text)
     return GenerationOutput(token_ids, texts)
-
-
-def hf_custom_generate(
-    model: nn.Module,
-    input_ids: Tensor,
-    logits_processor=None,
-    stopping_criteria=None,
-    generation_config=None,
-    head: Head | None = None,
-    ref_model=None,
-    synced_gpus: bool = False,
-    streamer=None,
-    **model_kwargs,
-) -> Tensor:
-    """HF entry point: ``model.generate(ids, custom_generate=hf_custom_generate, head=SLED(), ...)``.
-
-    HF's prepared ``logits_processor`` (repetition penalty etc.) runs after the head; EOS and
-    ``max_new_tokens`` come from ``generation_config``; sampling follows ``do_sample`` /
-    ``temperature`` / ``top_k`` / ``top_p``. Returns ``(B, S + T)`` ids.
-    """
-    cfg = generation_config
-    mask = model_kwargs.get("attention_mask")
-    mask = torch.ones_like(input_ids) if mask is None else mask
-    ref = None
-    if ref_model is not None:
-        ref = _Pass(ref_model) if isinstance(ref_model, nn.Module) else _Pass(model, context=ref_model)
-    eos = cfg.eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-    max_new = cfg.max_new_tokens or max(0, (cfg.max_length or 20) - input_ids.shape[1])
-    new, _ = decode(
-        model,
-        input_ids,
-        mask,
-        head,
-        max_new,
-        ref,
-        1.0,
-        eos_ids,
-        pad,
-        bool(cfg.do_sample),
-        cfg.temperature or 1.0,
-        cfg.top_k or 0,
-        cfg.top_p or 1.0,
-        processor=logits_processor,
-    )
-    return torch.cat([input_ids, new], 1)

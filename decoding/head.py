@@ -18,6 +18,9 @@ from an option string (``dera:lam=2,head=sled``); :mod:`decoding.presets` adds p
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from torch import Tensor
 
 from decoding.errors import UserError
@@ -51,8 +54,13 @@ class Head:
         s = self(x, ref)
         return s.float().log_softmax(-1) if post_softmax else s
 
+    def settings(self) -> dict[str, Any]:
+        """The head's public settings: its constructor's arguments as stored (no state of a call)."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"{type(self).__name__}({args})"
 
 

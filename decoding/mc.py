@@ -232,13 +232,18 @@ def evaluate_truthfulqa(
     post_softmax: bool = False,
     ref_model=None,
     progress: bool = True,
+    per_item: list[dict] | None = None,
     **score_kwargs,
 ) -> dict[str, float]:
-    """Mean MC1/MC2/MC3 over ``items`` plus ``n`` and ``mc2_nan`` (questions whose MC2 was NaN -> 0)."""
+    """Mean MC1/MC2/MC3 over ``items`` plus ``n`` and ``mc2_nan`` (questions whose MC2 was NaN -> 0).
+
+    ``per_item``, when a list, gets one record per question: its index, question, MC1/MC2/MC3,
+    ``mc2_nan``, the best answer's score and the highest false answer's score.
+    """
     from tqdm.auto import tqdm
 
     totals = {"MC1": 0.0, "MC2": 0.0, "MC3": 0.0, "mc2_nan": 0.0}
-    for item in tqdm(items, desc="truthfulqa-mc", disable=not progress):
+    for i, item in enumerate(tqdm(items, desc="truthfulqa-mc", disable=not progress)):
         answers = list(dict.fromkeys([item.best, *item.true, *item.false, *item.mc1_false]))
         s = score_continuations(
             model,
@@ -259,6 +264,13 @@ def evaluate_truthfulqa(
         )
         for k in totals:
             totals[k] += m[k]
+        if per_item is not None:
+            row = {
+                "index": i,
+                "question": item.question,
+                **{k: m[k] for k in ("MC1", "MC2", "MC3", "mc2_nan")},
+            }
+            per_item.append({**row, "best": by[item.best], "max_false": max(by[a] for a in item.false)})
     n = len(items)
     return {
         "MC1": totals["MC1"] / n,
@@ -277,16 +289,32 @@ def evaluate_factor(
     post_softmax: bool = True,
     ref_model=None,
     progress: bool = True,
+    per_item: list[dict] | None = None,
     **score_kwargs,
 ) -> dict[str, float]:
-    """FACTOR accuracy: an item is correct unless a contradiction scores strictly higher (ties count)."""
+    """FACTOR accuracy: an item is correct unless a contradiction scores strictly higher (ties count).
+
+    ``per_item``, when a list, gets one record per item: its index, completion, correctness, the
+    completion's score and the highest contradiction's score.
+    """
     from tqdm.auto import tqdm
 
     correct = 0
-    for item in tqdm(items, desc="factor", disable=not progress):
+    for i, item in enumerate(tqdm(items, desc="factor", disable=not progress)):
         conts = [" " + item.completion] + [" " + c for c in item.contradictions]
         s = score_continuations(
             model, tokenizer, item.prefix, conts, head, post_softmax, ref_model, **score_kwargs
         ).tolist()
-        correct += int(not any(v > s[0] for v in s[1:]))
+        ok = int(not any(v > s[0] for v in s[1:]))
+        correct += ok
+        if per_item is not None:
+            per_item.append(
+                {
+                    "index": i,
+                    "completion": item.completion,
+                    "correct": ok,
+                    "true": s[0],
+                    "max_false": max(s[1:]),
+                }
+            )
     return {"accuracy": correct / len(items), "n": len(items)}

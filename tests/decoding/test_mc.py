@@ -138,6 +138,42 @@ def test_truthfulqa_loaders(tmp_path):
     assert load_truthfulqa(tmp_path / "mc.parquet")[0] == item
 
 
+def test_truthfulqa_generation_layout_with_list_answers(tmp_path):
+    """HF's truthful_qa/generation records (list answers without the final '.') load as the CSV does."""
+    records = [
+        {
+            "type": "A",
+            "category": "B",
+            "question": "What is the code?",
+            "best_answer": "42",
+            "correct_answers": ["42", "forty-two.", "I have no comment"],
+            "incorrect_answers": ["the river", "A city"],
+            "source": "x",
+        },
+        {
+            "type": "A",
+            "category": "B",
+            "question": "Who wrote?",
+            "best_answer": "nobody",
+            "correct_answers": ["nobody", " I have no comment "],
+            "incorrect_answers": ["the author"],
+            "source": "x",
+        },
+    ]
+    csv_path = tmp_path / "tfqa.csv"
+    csv_path.write_text(TFQA_CSV)
+    expect = load_truthfulqa(csv_path)
+    (tmp_path / "gen.json").write_text(json.dumps(records))
+    (tmp_path / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "gen.parquet")
+    for name in ("gen.json", "gen.jsonl", "gen.parquet"):
+        assert load_truthfulqa(tmp_path / name) == expect, name
+    assert expect[0].best == "42." and expect[0].true == ["42.", "forty-two.", "I have no comment."]
+
+
 def test_malformed_files_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
