@@ -37,6 +37,32 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def hub_weights_file(name: str) -> str:
+    """The local path of timm's hub weights for the tagged model ``name`` (downloaded once into the HF cache).
+
+    Raises:
+        UserError: ``name`` has no hub weights, or they cannot be fetched (offline, empty cache).
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # an unknown architecture or tag
+        cfg = None
+    if cfg is None or not cfg.hf_hub_id:
+        raise UserError(
+            f"timm model {name!r} has no hub weights to pin by checksum; name a tag with hub weights "
+            "(e.g. vit_base_patch16_224.orig_in21k) or pass checkpoint=<local .safetensors>."
+        )
+    try:
+        return hf_hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors")
+    except Exception as err:  # no network and nothing cached
+        raise UserError(
+            f"could not fetch the hub weights of {name!r} ({cfg.hf_hub_id}): {one_line(str(err))}; offline, "
+            "pass checkpoint=<local .safetensors> and pretrained=false."
+        ) from err
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """Load a state dict safely: safetensors, or a torch file with ``weights_only=True`` (no code runs).
 
@@ -73,11 +99,14 @@ class ViTBackbone(nn.Module):
 
     Args:
         name: any timm VisionTransformer name (``vit_tiny_patch16_224``, ``vit_base_patch16_224``...).
-        pretrained: load timm's hub weights (needs network or a filled HF cache).
+        pretrained: load timm's hub weights for ``name`` (a timm tag such as
+            ``vit_base_patch16_224.orig_in21k``; needs network or a filled HF cache). With
+            ``checkpoint_sha256`` the downloaded file is checked before it is loaded.
         checkpoint: local ``.safetensors`` (or ``.pt``/``.pth``) state dict, e.g. from
             ``prompt_pool.pretrain``; its classifier head, if any, is ignored. ``tiny:digits`` builds
             (once, cached) the tiny ViT pretrained on the reserved digits (``prompt_pool.pretrain``).
-        checkpoint_sha256: if given, the checkpoint's SHA-256 must match (weights pinned by hash).
+        checkpoint_sha256: if given, the SHA-256 of the checkpoint (or of the hub file, with
+            ``pretrained``) must match: weights pinned by hash.
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``, ``in_chans``,
             ``embed_dim``, ``depth``, ``num_heads``...). The classifier head is always dropped.
         frozen: freeze every weight and keep eval mode (L2P); False for the whole-model fine-tuning baselines.
@@ -106,6 +135,8 @@ class ViTBackbone(nn.Module):
                 f"patch_size (e.g. img_size={int(img) // int(patch) * int(patch) or int(patch)})."
             )
         kwargs["num_classes"] = 0
+        if pretrained and checkpoint is None and checkpoint_sha256 is not None:
+            checkpoint = hub_weights_file(name)  # checked below like a local file
         try:
             vit = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
         except Exception as err:  # network-less hub download, unknown name, bad kwargs

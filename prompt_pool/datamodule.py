@@ -1,7 +1,9 @@
 """Lightning data module of a continual task sequence: one train loader per task, one test loader per task.
 
 Every sample carries a unique integer id ``uid`` (batch = ``(x, y, uid)``), so that frozen query
-features can be cached per sample when inputs are deterministic (no augmentation).
+features can be cached per sample when inputs are deterministic; with augmentation every training sample
+carries ``NO_CACHE`` (-1) instead, so no learner (L2P's query cache, the head-only baselines' feature
+cache) can reuse a stale crop's features.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prompt_pool.datasets import (
     load_image_folder,
     synthetic_splits,
 )
+from prompt_pool.query_cache import NO_CACHE
 from prompt_pool.tasks import (
     ClassOrder,
     Setting,
@@ -95,6 +98,8 @@ class TaskDataset(Dataset):
         self.x, self.y = images.x, images.y
         self.image_size = image_size
         self.uid = torch.arange(uid_offset, uid_offset + len(images))
+        if augment:  # every read is another crop: no learner may cache features by sample id
+            self.uid = torch.full_like(self.uid, NO_CACHE)
         self.augment = augment
         self._aug = None
         if augment:

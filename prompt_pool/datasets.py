@@ -153,13 +153,32 @@ def load_cifar100(root: str | Path) -> tuple[ImageSet, ImageSet]:
     return out[0], out[1]
 
 
-def _read_image(path: Path, size: int, channels: int) -> Tensor:
+def _read_image(path: Path, size: tuple[int, int] | None, channels: int) -> Tensor:
+    """One image as (C, H, W) floats in [0, 1]; at its own size (``size`` None) or resized to (W, H)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB" if channels == 3 else "L").resize((size, size), Image.BILINEAR)
+        im = im.convert("RGB" if channels == 3 else "L")
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.BILINEAR)
         arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.as_tensor(arr).reshape(size, size, channels).permute(2, 0, 1)  # (C, H, W)
+    return torch.as_tensor(arr).reshape(arr.shape[0], arr.shape[1], channels).permute(2, 0, 1)  # (C, H, W)
+
+
+def _read_images(files: list[Path], image_size: int | None, channels: int) -> Tensor:
+    """Images stacked (n, C, H, W): at ``image_size`` when given, else at the first image's own size.
+
+    Stored images keep their resolution by default (CORe50 stays 128 px) and are resized once per
+    sample to the backbone's input size when read (``TaskDataset``); shrinking them here first (as an
+    earlier fixed 32 px did) would throw detail away before an upscale to 224.
+    """
+    size = (image_size, image_size) if image_size else None
+    xs = []
+    for f in files:
+        x = _read_image(f, size, channels)
+        size = size or (x.shape[2], x.shape[1])  # (W, H) of the first image: the set's size
+        xs.append(x)
+    return torch.stack(xs)
 
 
 def _class_dirs(folder: Path, expected: str) -> list[Path]:
@@ -171,8 +190,13 @@ def _class_dirs(folder: Path, expected: str) -> list[Path]:
     return dirs
 
 
-def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3) -> tuple[ImageSet, ImageSet]:
-    """``<root>/{train,test}/<class>/*.png``; classes are the sorted sub-folder names of train/."""
+def load_image_folder(
+    root: str | Path, image_size: int | None = None, channels: int = 3
+) -> tuple[ImageSet, ImageSet]:
+    """``<root>/{train,test}/<class>/*.png``; classes are the sorted sub-folder names of train/.
+
+    Images keep the size of the first one (``image_size`` None) or are resized to ``image_size``.
+    """
     root, layout = Path(root), "<root>/{train,test}/<class_name>/<image>.png"
     classes = [p.name for p in _class_dirs(root / "train", layout)]
     out = []
@@ -183,36 +207,39 @@ def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3)
             raise UserError(
                 f"{str(root / split)!r} has classes {unknown} that train/ lacks; layout: {layout}."
             )
-        xs, ys = [], []
+        files, ys = [], []
         for d in dirs:
             for f in sorted(d.iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    xs.append(_read_image(f, image_size, channels))
+                    files.append(f)
                     ys.append(classes.index(d.name))
-        if not xs:
+        if not files:
             raise UserError(
                 f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root / split)!r}; layout: {layout}."
             )
-        out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
+        out.append(ImageSet(_read_images(files, image_size, channels), torch.tensor(ys)))
     return out[0], out[1]
 
 
 def load_core50(
-    root: str | Path, sessions: list[int], image_size: int = 32, channels: int = 3
+    root: str | Path, sessions: list[int], image_size: int | None = None, channels: int = 3
 ) -> list[ImageSet]:
-    """One ImageSet per CORe50 session ``<root>/s<k>/o<j>/*.png``; label = object id - 1 (0..49)."""
+    """One ImageSet per CORe50 session ``<root>/s<k>/o<j>/*.png``; label = object id - 1 (0..49).
+
+    Images stay 128 px (``image_size`` None; 196 KB each as float32) unless ``image_size`` is given.
+    """
     root, layout = Path(root), "<root>/s<session 1-11>/o<object 1-50>/<image>.png (core50_128x128)"
     out = []
     for s in sessions:
-        xs, ys = [], []
+        files, ys = [], []
         for d in _class_dirs(root / f"s{s}", layout):
             if not (d.name.startswith("o") and d.name[1:].isdigit()):
                 raise UserError(f"unexpected folder {str(d)!r}; expected object folders o1..o50 ({layout}).")
             for f in sorted(d.iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    xs.append(_read_image(f, image_size, channels))
+                    files.append(f)
                     ys.append(int(d.name[1:]) - 1)
-        if not xs:
+        if not files:
             raise UserError(f"session folder {str(root / f's{s}')!r} holds no images; layout: {layout}.")
-        out.append(ImageSet(torch.stack(xs), torch.tensor(ys)))
+        out.append(ImageSet(_read_images(files, image_size, channels), torch.tensor(ys)))
     return out

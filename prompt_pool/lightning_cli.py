@@ -188,8 +188,6 @@ class PromptPoolCLI(LightningCLI):
 
     def fit(self, model: ContinualLearner, datamodule: TaskSequenceDataModule, **_: Any) -> None:
         """Run the task sequence and print the final metrics as JSON."""
-        if datamodule.augment and getattr(model, "cache_queries", False):
-            model.cache_queries = False  # augmented inputs change every epoch: no per-sample cache
         runner = TaskSequenceRunner(self.runner_config, self._new_trainer, self.settings, not self.dry_run)
         result = runner.run(model, datamodule)
         where = {"fast_dev_run": True} if self.dry_run else {"out_dir": self.runner_config.out_dir}

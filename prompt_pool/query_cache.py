@@ -3,7 +3,8 @@
 The L2P query q(x) comes from the frozen, prompt-free backbone, so for a fixed input it never changes:
 with deterministic inputs (no augmentation) it can be computed once per sample and reused in every
 epoch, task and evaluation. This removes the separate query pass that a straightforward implementation
-runs at every step (see ``benchmarks/prompt_pool_throughput.py``).
+runs at every step (see ``benchmarks/prompt_pool_throughput.py``). A sample whose input changes from one
+read to the next (an augmented crop) carries the id :data:`NO_CACHE`: its features are always computed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+NO_CACHE = -1  # the id of a sample that must not be cached (its input changes at every read)
 
 
 class QueryCache:
@@ -44,8 +47,20 @@ class QueryCache:
         self.values, self.filled = values, filled
 
     def get(self, uid: Tensor, x: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
-        """Features of samples ``uid`` (B,); ``compute(x[missing])`` fills unseen ids.  -> (B, D)."""
+        """Features of samples ``uid`` (B,); ``compute(x[missing])`` fills unseen ids.  -> (B, D).
+
+        Rows whose id is :data:`NO_CACHE` (negative) are computed every time and never stored.
+        """
         uid = uid.to(x.device)
+        fresh = uid < 0  # (B,)
+        if fresh.all():
+            return compute(x)
+        if fresh.any():
+            kept = self.get(uid[~fresh], x[~fresh], compute)  # (B_kept, D)
+            out = kept.new_empty(uid.shape[0], kept.shape[-1])
+            out[~fresh] = kept
+            out[fresh] = compute(x[fresh]).to(kept.dtype)
+            return out
         need = int(uid.max()) + 1
         if self.values is None:
             first = compute(x[:1])

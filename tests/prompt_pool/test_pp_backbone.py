@@ -136,3 +136,42 @@ def test_the_digits_vit_build_shows_a_progress_bar_and_loads_back(tmp_path, caps
     ViTBackbone(checkpoint=str(path), model_kwargs=tiny_vit_kwargs)  # a complete, loadable file
     with pytest.raises(UserError, match="exists; remove it or choose another --out"):
         pretrain_digits_vit(tmp_path / "vit", tiny_vit_kwargs, recipe={"epochs": 2})
+
+
+def _fake_hub(monkeypatch, tmp_path, tiny_vit_kwargs) -> tuple[str, torch.Tensor]:
+    """Serve a seeded tiny ViT's weights as the 'hub file' of any tag (no network); returns its sha256."""
+    import hashlib
+
+    import huggingface_hub
+
+    torch.manual_seed(1)
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=0, **tiny_vit_kwargs)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename: str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest(), src.pos_embed.detach()
+
+
+def test_pretrained_hub_weights_are_checked_against_a_given_checksum(monkeypatch, tmp_path, tiny_vit_kwargs):
+    sha, pos = _fake_hub(monkeypatch, tmp_path, tiny_vit_kwargs)
+    name = "vit_tiny_patch16_224.augreg_in21k"
+    b = ViTBackbone(name, pretrained=True, checkpoint_sha256=sha, model_kwargs=tiny_vit_kwargs)
+    assert torch.equal(b.vit.pos_embed, pos)  # the checked file is the one loaded
+    with pytest.raises(UserError, match="does not match the pinned sha256 " + "0" * 64):
+        ViTBackbone(name, pretrained=True, checkpoint_sha256="0" * 64, model_kwargs=tiny_vit_kwargs)
+
+
+def test_a_checksum_needs_a_tag_with_hub_weights(tiny_vit_kwargs):
+    with pytest.raises(UserError, match="has no hub weights to pin"):
+        ViTBackbone("vit_nonexistent_model", pretrained=True, checkpoint_sha256="0" * 64)
+
+
+def test_paper_configs_name_the_original_in21k_weights():
+    """The paper's ViT-B/16 is Google's ImageNet-21k checkpoint (timm's bare name: augreg2 in21k->in1k)."""
+    import yaml
+
+    for name in ("split_cifar100", "five_datasets"):
+        cfg = yaml.safe_load(open(f"configs/prompt_pool/{name}.yaml"))["model"]["init_args"]
+        assert cfg["backbone"] == "vit_base_patch16_224.orig_in21k" and cfg["pretrained"] is True
+        hub = timm.models.get_pretrained_cfg(cfg["backbone"]).hf_hub_id
+        assert hub == "timm/vit_base_patch16_224.orig_in21k"

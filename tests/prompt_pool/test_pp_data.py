@@ -91,7 +91,7 @@ def test_five_datasets_from_image_folders_offsets_labels(tmp_path):
                 _write_images(tmp_path / name / split / cls, 2)
     dm = TaskSequenceDataModule("five_datasets", root=str(tmp_path), five_datasets_order=order)
     assert [t.classes for t in dm.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
-    assert dm.tasks[2].train.x.shape == (4, 3, 32, 32) and set(dm.tasks[4].test.y.tolist()) == {8, 9}
+    assert dm.tasks[2].train.x.shape == (4, 3, 6, 6) and set(dm.tasks[4].test.y.tolist()) == {8, 9}
 
 
 def test_wrong_folder_layout_says_what_was_expected(tmp_path):
@@ -101,6 +101,19 @@ def test_wrong_folder_layout_says_what_was_expected(tmp_path):
     _write_images(tmp_path / "core" / "s1" / "objects", 1)
     with pytest.raises(UserError, match=r"o1\.\.o50|s<session"):
         TaskSequenceDataModule("core50", root=str(tmp_path / "core"), setting="domain")
+
+
+def test_core50_keeps_its_128_px_detail_until_the_per_sample_resize(tmp_path):
+    """1-px stripes survive: stored at 128 px, resized once to 224 when read (a 32 px store blurred them)."""
+    stripes = np.zeros((128, 128, 3), dtype=np.uint8)
+    stripes[:, ::2] = 255
+    for s in range(1, 12):
+        (tmp_path / f"s{s}" / "o1").mkdir(parents=True)
+        Image.fromarray(stripes, mode="RGB").save(tmp_path / f"s{s}" / "o1" / "0.png")
+    dm = TaskSequenceDataModule("core50", root=str(tmp_path), setting="domain", image_size=224)
+    assert dm.tasks[0].train.x.shape == (1, 3, 128, 128)
+    x, _, _ = dm.train_dataset(0)[0]
+    assert x.shape == (3, 224, 224) and x.std() > 0.2  # 0.29 here; stored at 32 px: ~0
 
 
 def test_core50_sessions_are_domain_tasks_with_a_shared_test_set(tmp_path):
