@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,11 @@ def truthfulqa_prompt(question: str) -> str:
     """The 6-shot TruthfulQA prompt ending in ``Q: {question}\\nA:`` (continuations start with a space)."""
     demos = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in TRUTHFULQA_DEMOS)
     return f"{TRUTHFULQA_INSTRUCTION}\n\n{demos}Q: {question}\nA:"
+
+
+def zero_shot_prompt(question: str) -> str:
+    """``Q: {question}\\nA:`` without the instruction and demos (a far shorter prefix than the 6-shot one)."""
+    return f"Q: {question}\nA:"
 
 
 def encode_choice(tokenizer, prefix: str, cont: str, separate: bool = False) -> tuple[list[int], int]:
@@ -232,18 +237,27 @@ def evaluate_truthfulqa(
     post_softmax: bool = False,
     ref_model=None,
     progress: bool = True,
+    prompt: Callable[[str], str] = truthfulqa_prompt,
+    per_item: bool = False,
+    desc: str = "truthfulqa-mc",
     **score_kwargs,
-) -> dict[str, float]:
-    """Mean MC1/MC2/MC3 over ``items`` plus ``n`` and ``mc2_nan`` (questions whose MC2 was NaN -> 0)."""
+) -> dict:
+    """Mean MC1/MC2/MC3 over ``items`` plus ``n`` and ``mc2_nan`` (questions whose MC2 was NaN -> 0).
+
+    ``prompt`` builds the prefix from the question (the references' 6-shot prompt by default);
+    ``per_item`` adds ``"items"``: one ``{MC1, MC2, MC3, mc2_nan}`` dict per question, in order;
+    ``desc`` labels the progress bar.
+    """
     from tqdm.auto import tqdm
 
     totals = {"MC1": 0.0, "MC2": 0.0, "MC3": 0.0, "mc2_nan": 0.0}
-    for item in tqdm(items, desc="truthfulqa-mc", disable=not progress):
+    rows = []
+    for item in tqdm(items, desc=desc, disable=not progress):
         answers = list(dict.fromkeys([item.best, *item.true, *item.false, *item.mc1_false]))
         s = score_continuations(
             model,
             tokenizer,
-            truthfulqa_prompt(item.question),
+            prompt(item.question),
             [" " + a for a in answers],
             head,
             post_softmax,
@@ -259,14 +273,16 @@ def evaluate_truthfulqa(
         )
         for k in totals:
             totals[k] += m[k]
+        rows.append(m)
     n = len(items)
-    return {
+    out = {
         "MC1": totals["MC1"] / n,
         "MC2": totals["MC2"] / n,
         "MC3": totals["MC3"] / n,
         "n": n,
         "mc2_nan": int(totals["mc2_nan"]),
     }
+    return {**out, "items": rows} if per_item else out
 
 
 def evaluate_factor(
@@ -277,16 +293,22 @@ def evaluate_factor(
     post_softmax: bool = True,
     ref_model=None,
     progress: bool = True,
+    per_item: bool = False,
+    desc: str = "factor",
     **score_kwargs,
-) -> dict[str, float]:
-    """FACTOR accuracy: an item is correct unless a contradiction scores strictly higher (ties count)."""
+) -> dict:
+    """FACTOR accuracy: an item is correct unless a contradiction scores strictly higher (ties count).
+
+    ``per_item`` adds ``"items"``: 1.0 / 0.0 per item, in order; ``desc`` labels the progress bar.
+    """
     from tqdm.auto import tqdm
 
-    correct = 0
-    for item in tqdm(items, desc="factor", disable=not progress):
+    hits = []
+    for item in tqdm(items, desc=desc, disable=not progress):
         conts = [" " + item.completion] + [" " + c for c in item.contradictions]
         s = score_continuations(
             model, tokenizer, item.prefix, conts, head, post_softmax, ref_model, **score_kwargs
         ).tolist()
-        correct += int(not any(v > s[0] for v in s[1:]))
-    return {"accuracy": correct / len(items), "n": len(items)}
+        hits.append(float(not any(v > s[0] for v in s[1:])))
+    out = {"accuracy": sum(hits) / len(items), "n": len(items)}
+    return {**out, "items": hits} if per_item else out
