@@ -168,6 +168,9 @@ def run_mc_task(task: str, model, tok, items, args) -> dict:
     from decoding.bootstrap import paired_bootstrap
     from decoding.layers import model_info
 
+    score_task(
+        task, model, tok, items[:1], task_head("sled", task), "warm-up", args
+    )  # one-off costs, untimed
     heads = {
         key: score_task(task, model, tok, items, task_head(key, task), f"{task} {key}", args)
         for key in args.heads
@@ -236,6 +239,7 @@ def run_open(model, tok, args) -> dict:
 
     prompts, inputs, chat = open_prompts(tok, args.limit, not args.no_chat_template)
     special = set(tok.all_special_ids)
+    generate(model, tok, inputs[: args.gen_batch], task_head("sled", "open"), 2)  # one-off costs, untimed
     heads = {}
     for key in args.heads:
         head = task_head(key, "open")

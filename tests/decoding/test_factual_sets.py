@@ -89,4 +89,10 @@ def test_arithmetic_items_are_right():
 
 def test_the_shipped_files_are_package_data():
     text = (Path(decoding.__file__).parent.parent / "pyproject.toml").read_text()
-    assert 'decoding = ["data/*.csv"]' in text
+    assert 'decoding = ["data/*.csv", "data/*.txt"]' in text  # the factual sets and open_prompts.txt
+
+
+def test_open_prompts_are_distinct_single_line_requests():
+    lines = (DATA / "open_prompts.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= 50 and all(line and line == line.strip() for line in lines)
+    assert len(set(lines)) == len(lines) and all(line.endswith(".") for line in lines)
