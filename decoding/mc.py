@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,11 @@ def truthfulqa_prompt(question: str) -> str:
     """The 6-shot TruthfulQA prompt ending in ``Q: {question}\\nA:`` (continuations start with a space)."""
     demos = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in TRUTHFULQA_DEMOS)
     return f"{TRUTHFULQA_INSTRUCTION}\n\n{demos}Q: {question}\nA:"
+
+
+def zero_shot_prompt(question: str) -> str:
+    """``Q: {question}\\nA:`` without the instruction and demos (a far shorter prefix than the 6-shot one)."""
+    return f"Q: {question}\nA:"
 
 
 def encode_choice(tokenizer, prefix: str, cont: str, separate: bool = False) -> tuple[list[int], int]:
@@ -233,22 +238,25 @@ def evaluate_truthfulqa(
     ref_model=None,
     progress: bool = True,
     per_item: list[dict] | None = None,
+    prompt: Callable[[str], str] = truthfulqa_prompt,
+    desc: str = "truthfulqa-mc",
     **score_kwargs,
 ) -> dict[str, float]:
     """Mean MC1/MC2/MC3 over ``items`` plus ``n`` and ``mc2_nan`` (questions whose MC2 was NaN -> 0).
 
     ``per_item``, when a list, gets one record per question: its index, question, MC1/MC2/MC3,
-    ``mc2_nan``, the best answer's score and the highest false answer's score.
+    ``mc2_nan``, the best answer's score and the highest false answer's score. ``prompt`` builds the
+    prefix from the question (the references' 6-shot prompt by default); ``desc`` labels the bar.
     """
     from tqdm.auto import tqdm
 
     totals = {"MC1": 0.0, "MC2": 0.0, "MC3": 0.0, "mc2_nan": 0.0}
-    for i, item in enumerate(tqdm(items, desc="truthfulqa-mc", disable=not progress)):
+    for i, item in enumerate(tqdm(items, desc=desc, disable=not progress)):
         answers = list(dict.fromkeys([item.best, *item.true, *item.false, *item.mc1_false]))
         s = score_continuations(
             model,
             tokenizer,
-            truthfulqa_prompt(item.question),
+            prompt(item.question),
             [" " + a for a in answers],
             head,
             post_softmax,
@@ -290,17 +298,18 @@ def evaluate_factor(
     ref_model=None,
     progress: bool = True,
     per_item: list[dict] | None = None,
+    desc: str = "factor",
     **score_kwargs,
 ) -> dict[str, float]:
     """FACTOR accuracy: an item is correct unless a contradiction scores strictly higher (ties count).
 
     ``per_item``, when a list, gets one record per item: its index, completion, correctness, the
-    completion's score and the highest contradiction's score.
+    completion's score and the highest contradiction's score. ``desc`` labels the progress bar.
     """
     from tqdm.auto import tqdm
 
     correct = 0
-    for i, item in enumerate(tqdm(items, desc="factor", disable=not progress)):
+    for i, item in enumerate(tqdm(items, desc=desc, disable=not progress)):
         conts = [" " + item.completion] + [" " + c for c in item.contradictions]
         s = score_continuations(
             model, tokenizer, item.prefix, conts, head, post_softmax, ref_model, **score_kwargs

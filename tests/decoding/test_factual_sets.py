@@ -92,7 +92,13 @@ def test_the_shipped_files_are_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     root = Path(decoding.__file__).parent
     globs = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    shipped = [*DATA.glob("*.csv"), *(root / "hub").rglob("*.py")]
+    shipped = [*DATA.glob("*.csv"), *DATA.glob("*.txt"), *(root / "hub").rglob("*.py")]
     assert MC_FILE in shipped and root / "hub" / "custom_generate" / "generate.py" in shipped
     for file in shipped:
         assert any(file.relative_to(root).match(g) for g in globs["decoding"]), file
+
+
+def test_open_prompts_are_distinct_single_line_requests():
+    lines = (DATA / "open_prompts.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= 50 and all(line and line == line.strip() for line in lines)
+    assert len(set(lines)) == len(lines) and all(line.endswith(".") for line in lines)
