@@ -89,4 +89,4 @@ def test_arithmetic_items_are_right():
 
 def test_the_shipped_files_are_package_data():
     text = (Path(decoding.__file__).parent.parent / "pyproject.toml").read_text()
-    assert 'decoding = ["data/*.csv"]' in text
+    assert 'decoding = ["data/*.csv", "lm_eval_tasks/*.yaml"]' in text  # the lm-eval task files too
