@@ -69,11 +69,11 @@ def _head(args, task: str):
     return head
 
 
-def _load_model(name: str, args):
+def _load_model(name: str, dtype: str | None, device: str | None):
     from decoding.models import load_causal_lm
 
     try:
-        return load_causal_lm(name, dtype=args.dtype, device=args.device).eval()
+        return load_causal_lm(name, dtype=dtype, device=device).eval()
     except OSError as err:  # load_causal_lm's message names the model and what to pass instead
         raise UserError(str(err)) from err
     except Exception as err:  # safetensors' own error type for a truncated or corrupt file
@@ -85,41 +85,61 @@ def _load_model(name: str, args):
         ) from err
 
 
-def _load(args):
+def load_models(
+    model_name: str,
+    head,
+    head_spec: str,
+    ref_model: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+):
+    """``(model, tokenizer, ref, ref_tokenizer)`` for ``head``, checked as the command line checks them.
+
+    ``ref_model`` is DeRa's reference: a model name, or ``adapters-off`` (``model`` is a peft adapter
+    folder; ``ref`` is then ``model.disable_adapter``). ``head_spec`` names the head in messages.
+
+    Raises:
+        UserError: a model that cannot be loaded, a tokenizer or head that does not fit it, a DeRa head
+            without a reference, a reference with another tokenizer or a smaller vocabulary.
+    """
     from decoding.head_spec import check_head_fits
     from decoding.layers import model_info
     from decoding.models import check_tokenizer_fits, load_tokenizer
 
-    if args.head.split(":")[0] == "dera" and not args.ref_model:
-        raise UserError(f"--head {args.head} needs --ref_model PATH (or adapters-off)")
-    if args.ref_model == "adapters-off" and not (Path(args.model) / "adapter_config.json").exists():
+    if head.uses_ref and not ref_model:
+        raise UserError(f"--head {head_spec} needs --ref_model PATH (or adapters-off)")
+    if ref_model == "adapters-off" and not (Path(model_name) / "adapter_config.json").exists():
         raise UserError(
             f"--ref_model adapters-off needs a peft adapter folder as --model (no adapter_config.json in "
-            f"{args.model!r}); pass a reference model path instead"
+            f"{model_name!r}); pass a reference model path instead"
         )
-    model = _load_model(args.model, args)
-    tok = load_tokenizer(args.model)
+    model = _load_model(model_name, dtype, device)
+    tok = load_tokenizer(model_name)
     check_tokenizer_fits(tok, model)
-    check_head_fits(args.head_obj, _layout_of(model_info(model), model), args.head, args.model)
+    check_head_fits(head, _layout_of(model_info(model), model), head_spec, model_name)
     ref, ref_tok = None, None
-    if args.ref_model == "adapters-off":
+    if ref_model == "adapters-off":
         ref = model.disable_adapter
-    elif args.ref_model:
-        ref = _load_model(args.ref_model, args)
-        ref_tok = load_tokenizer(args.ref_model)
+    elif ref_model:
+        ref = _load_model(ref_model, dtype, device)
+        ref_tok = load_tokenizer(ref_model)
         if ref_tok.get_vocab() != tok.get_vocab():
             raise UserError(
-                f"--ref_model {args.ref_model!r} has another tokenizer than "
-                f"--model {args.model!r}; DeRa needs "
+                f"--ref_model {ref_model!r} has another tokenizer than "
+                f"--model {model_name!r}; DeRa needs "
                 "a reference that shares the model's tokenizer (e.g. the base it was fine-tuned from)"
             )
         rows = ref.get_output_embeddings().weight.shape[0]
         if rows < len(tok):
             raise UserError(
-                f"--ref_model {args.ref_model!r} has {rows} output rows for {len(tok)} token ids; use a "
+                f"--ref_model {ref_model!r} has {rows} output rows for {len(tok)} token ids; use a "
                 "reference trained with the same tokenizer"
             )
     return model, tok, ref, ref_tok
+
+
+def _load(args):
+    return load_models(args.model, args.head_obj, args.head, args.ref_model, args.dtype, args.device)
 
 
 def _layout_of(info: tuple[int, bool], model):

@@ -12,7 +12,8 @@ forward computes every layer's hidden states, one stacked lm_head GEMM projects 
 positions ``(L, B, P, V)`` and the head runs on all positions at once (choices are split into
 chunks when ``L * B * P * V`` exceeds ``max_elements``; one choice's positions are never split).
 The tokens all choices share (the prompt, up to the first scored position) run once and their KV
-cache is reused for every choice (``reuse_prefix``).
+cache is reused for every choice (``reuse_prefix``). :func:`score_encoded` is the same scorer on token
+ids (it also says whether each continuation is the head's greedy choice); the lm-eval model uses it.
 
 Metrics (the reference ``MC_calcs``): MC1 = 1[s(best) > max s(false)]; MC3 = mean over true answers
 of 1[s_t > max s(false)]; MC2 = sum e^{s_true} / (sum e^{s_true} + sum e^{s_false}) in float64, a
@@ -26,6 +27,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -109,8 +111,52 @@ def score_continuations(
         max_elements: chunk the choices so ``L * B * P * V`` stays below this.
         reuse_prefix: run the tokens all choices share once and reuse their KV cache.
     """
-    device = next(model.parameters()).device
     enc = [encode_choice(tokenizer, prefix, c, separate_tokenization) for c in continuations]
+    return score_encoded(
+        model,
+        enc,
+        head,
+        post_softmax,
+        ref_model,
+        final_norm,
+        max_elements,
+        reuse_prefix,
+        tokenizer.pad_token_id or 0,
+    ).scores
+
+
+@dataclass
+class EncodedScores:
+    """Scores of encoded continuations: ``scores`` ``(n,)`` float64 sums; ``greedy`` ``(n,)`` bool."""
+
+    scores: Tensor
+    greedy: Tensor
+
+
+def score_encoded(
+    model: nn.Module,
+    enc: Sequence[tuple[list[int], int]],
+    head: Head,
+    post_softmax: bool = False,
+    ref_model=None,
+    final_norm: bool = False,
+    max_elements: int = 2**26,
+    reuse_prefix: bool = True,
+    pad_token_id: int = 0,
+) -> EncodedScores:
+    """Score token sequences ``(ids, n_prefix)``: the sum of the head's scores of ``ids[n_prefix:]``.
+
+    :func:`score_continuations` after tokenisation (:func:`encode_choice`); the rows need not share
+    a prefix (the shared tokens, if any, run once). ``greedy[r]`` is True when every scored token of
+    row r is the argmax of the head's scores at its position. Arguments as in
+    :func:`score_continuations`.
+    """
+    if not enc:
+        raise ValueError("no continuations to score")
+    for ids, k in enc:
+        if not 1 <= k < len(ids):
+            raise ValueError(f"n_prefix={k} must be in [1, {len(ids) - 1}] for a sequence of {len(ids)} ids")
+    device = next(model.parameters()).device
     if head.uses_ref and ref_model is None:
         raise ValueError("the DeRa head needs ref_model= for scoring")
     passes = [(model, None)]
@@ -128,22 +174,13 @@ def score_continuations(
     p_max = max(len(ids) - k for ids, k in enc)
     per_row = (len(head.required_layers(n, tied)) + 2) * p_max * vocab
     step = max(1, max_elements // per_row)
-    out = []
-    for c0 in range(0, len(enc), step):
-        out.append(
-            _score_chunk(
-                enc[c0 : c0 + step],
-                head,
-                passes,
-                caches,
-                shared,
-                post_softmax,
-                final_norm,
-                tokenizer.pad_token_id or 0,
-                device,
-            )
+    out = [
+        _score_chunk(
+            enc[c0 : c0 + step], head, passes, caches, shared, post_softmax, final_norm, pad_token_id, device
         )
-    return torch.cat(out)
+        for c0 in range(0, len(enc), step)
+    ]
+    return EncodedScores(torch.cat([s for s, _ in out]), torch.cat([g for _, g in out]))
 
 
 def _prefix_cache(model: nn.Module, ctx, ids: list[int], device):
@@ -153,7 +190,9 @@ def _prefix_cache(model: nn.Module, ctx, ids: list[int], device):
     return output_cache(out)
 
 
-def _score_chunk(enc, head, passes, caches, shared, post_softmax, final_norm, pad, device) -> Tensor:
+def _score_chunk(
+    enc, head, passes, caches, shared, post_softmax, final_norm, pad, device
+) -> tuple[Tensor, Tensor]:
     b = len(enc)
     s = max(len(ids) for ids, _ in enc) - shared
     p = max(len(ids) - k for ids, k in enc)
@@ -195,7 +234,8 @@ def _score_chunk(enc, head, passes, caches, shared, post_softmax, final_norm, pa
                 )
         scores = head.mc_scores(xs[0], xs[1] if len(xs) > 1 else None, post_softmax=post_softmax)  # (B, P, V)
     tok = scores.gather(-1, target.unsqueeze(-1)).squeeze(-1).double()  # (B, P)
-    return torch.where(valid, tok, 0.0).sum(-1)  # (B,)
+    hit = scores.argmax(-1) == target  # (B, P) the scored token is the head's top choice
+    return torch.where(valid, tok, 0.0).sum(-1), (hit | ~valid).all(-1)  # (B,), (B,)
 
 
 def mc_metrics(

@@ -88,11 +88,12 @@ def test_arithmetic_items_are_right():
 
 
 def test_the_shipped_files_are_package_data():
-    """Every data file and the custom_generate folder match a package-data glob of pyproject.toml."""
+    """Every data file, the custom_generate folder and the lm-eval tasks match a package-data glob."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     root = Path(decoding.__file__).parent
     globs = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped = [*DATA.glob("*.csv"), *DATA.glob("*.txt"), *(root / "hub").rglob("*.py")]
+    shipped += [*(root / "lm_eval_tasks").glob("*.yaml")]
     assert MC_FILE in shipped and root / "hub" / "custom_generate" / "generate.py" in shipped
     for file in shipped:
         assert any(file.relative_to(root).match(g) for g in globs["decoding"]), file
