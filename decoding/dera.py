@@ -1,7 +1,7 @@
 """DeRa head: decoding-time realignment, ``lam * (aligned - ref) + ref`` on raw logits.
 
 DeRa (arXiv 2402.02992) approximates the model aligned with KL strength beta / lam by mixing, per
-token, the raw logits of the aligned model and of its reference (spec §4)::
+token, the raw logits of the aligned model and of its reference (docs/algorithms/decoding.md, 'DeRa')::
 
     h = lam * h_aligned + (1 - lam) * h_ref       (computed as torch.lerp(ref, aligned, lam))
 
@@ -19,7 +19,7 @@ row) and hands the mixture to ``H``: ``H = Greedy()`` (default) is plain DeRa; `
 the mixed logits; ``H = DoLa()`` contrasts mixed layers. Layer-wise heads need both passes to have
 the same layers (true for "same model, adapters off"); otherwise use the greedy inner head.
 
-**Processor order** (spec §4, pitfall 11). Here: mix -> head -> repetition penalty on the mixture
+**Processor order** (docs/algorithms/decoding.md, 'DeRa', processor order). Here: mix -> head -> repetition penalty on the mixture
 -> sampling warpers. HF's processor-based DeRa (the notebook's ``CombineLogitsProcessor``) applies
 the penalty to the *aligned* logits before mixing; ``generate(..., penalty_before_mix=True)``
 reproduces that order for compatibility.

@@ -1,6 +1,6 @@
 """Batched generation with any head: KV cache per pass, left padding, stop strings, penalties, sampling.
 
-One step (spec §2.4, §3.1, §4)::
+One step (docs/algorithms/decoding.md: 'SLED', 'DoLa', 'DeRa')::
 
     aligned pass:  model(new tokens, cache_a) -> LayerLogits (last position, stacked lm_head GEMM)
     [ref pass]:    ref_model(new tokens, cache_r) -> LayerLogits            (DeRa only)

@@ -1,4 +1,6 @@
-"""Multiple-choice scoring with any head: TruthfulQA MC1/MC2/MC3 and FACTOR (spec §2.5, §5).
+"""Multiple-choice scoring with any head: TruthfulQA MC1/MC2/MC3 and FACTOR.
+
+Rules: docs/algorithms/decoding.md, 'Multiple-choice scoring and benchmark rules'.
 
 ``score(prefix, cont)`` as the references' ``lm_score``::
 
