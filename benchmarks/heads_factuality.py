@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
 import subprocess
 import sys
@@ -71,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(HEAD_KEYS)} (greedy, the baseline, is always run)",
     )
     p.add_argument("--limit", type=int, default=None, help="first N items / prompts of every task")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="score a seeded random sample of N items per MC task (kept in file order; --sample-seed)",
+    )
+    p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--sweep-limit", type=int, default=None, help="SLED sweep on the first N items (all)")
     p.add_argument("--no-sweep", action="store_true", help="skip the SLED sweep")
     p.add_argument(
@@ -94,7 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.tasks = _subset(args.tasks, TASKS, "--tasks")
     args.heads = ("greedy", *(h for h in _subset(args.heads, HEAD_KEYS, "--heads") if h != "greedy"))
-    for flag in ("limit", "sweep_limit", "max_new_tokens", "gen_batch", "n_boot", "threads"):
+    if args.sample is not None and args.limit is not None:
+        raise UserError("--sample and --limit both pick items; pass one of them")
+    for flag in ("limit", "sample", "sweep_limit", "max_new_tokens", "gen_batch", "n_boot", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} {value} must be >= 1")
@@ -216,6 +226,14 @@ def summarise(heads: dict, metrics: tuple[str, ...], args) -> dict:
         )
         for m in metrics
     }
+
+
+def pick_items(items: list, args: argparse.Namespace) -> list:
+    """The first ``--limit`` items, or a seeded random ``--sample`` of them in file order (all by default)."""
+    if args.sample is None or args.sample >= len(items):
+        return items[: args.limit]
+    keep = sorted(random.Random(args.sample_seed).sample(range(len(items)), args.sample))
+    return [items[i] for i in keep]
 
 
 def open_prompts(tok, limit: int | None, chat: bool) -> tuple[list[str], list[str], bool]:
@@ -346,7 +364,7 @@ def _main(argv: list[str] | None) -> None:
             result["tasks"][task] = run_open(model, tok, args)
             continue
         items = load_truthfulqa(files[task]) if task == "truthfulqa-mc" else load_factor(files[task])
-        result["tasks"][task] = run_mc_task(task, model, tok, items[: args.limit], args)
+        result["tasks"][task] = run_mc_task(task, model, tok, pick_items(items, args), args)
 
     def fill(folder: Path) -> None:
         atomic_write_json(folder / "results.json", result)
