@@ -14,7 +14,8 @@ from decoding.run_folder import atomic_file
 def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None = None) -> Path:
     """Heatmap of A[i, t] (rows: evaluated task i, columns: after training task t), in %.
 
-    Cells above the diagonal (i > t) show tasks not yet trained; NaN cells are left blank.
+    Rows go down and columns right, so cells below the diagonal (i > t) are tasks not yet trained;
+    NaN cells are left blank.
     """
     path = Path(path)
     a = acc.clone().double()

@@ -202,6 +202,7 @@ class TaskSequenceRunner:
             if dm.joint
             else [(t.index, t.classes) for t in dm.tasks]
         )
+        trainer = None
         for t, classes in stages:
             if t < start:
                 continue
@@ -238,6 +239,8 @@ class TaskSequenceRunner:
             result.metrics["average_incremental_accuracy"] = average_incremental_accuracy(
                 correct.clamp(min=0), totals
             )
+        final = {f"cl/final/{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        self._log(trainer, final)  # forgetting, BWT, FWT... as logged metrics, not only results.json
         if self.write:
             self._write(result)
         return result
@@ -277,8 +280,7 @@ class TaskSequenceRunner:
         metrics = {"cl/average_accuracy": float(col.mean()), "cl/task": t}
         for i in range(t + 1):
             metrics[f"cl/acc_task{i}"] = float(acc[i, t])
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+        self._log(trainer, metrics)
         log.info("after task %d: A[:, %d] = %s", t, t, [round(float(v), 2) for v in col])
         if not (self.cfg.plots and self.write):
             return
@@ -289,6 +291,14 @@ class TaskSequenceRunner:
         if callable(log_image):
             for key, p in zip(("accuracy_matrix", "prompt_usage"), paths):
                 log_image(key=key, images=[str(p)])
+
+    @staticmethod
+    def _log(trainer: L.Trainer | None, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` at the trainer's last step and flush: the task loop runs after ``fit`` returned,
+        when Lightning no longer saves the logger (a CSV logger's last rows would stay in memory)."""
+        for logger in trainer.loggers if trainer is not None else []:
+            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+            logger.save()
 
     def _write(self, r: SequenceResult) -> None:
         """The CSV, then ``results.json`` (the finished-run marker), each written atomically."""

@@ -33,12 +33,12 @@ def tiny_vit_kwargs() -> dict:
 
 @pytest.fixture
 def make_trainer():
-    """Factory of real Trainers without logger, checkpoints or bars (gradient clipping as L2P)."""
+    """Factory of real Trainers without logger (unless given), checkpoints or bars (clipping as L2P)."""
 
-    def make(max_epochs: int = 1, **kw) -> L.Trainer:
+    def make(max_epochs: int = 1, logger=False, **kw) -> L.Trainer:
         return L.Trainer(
             max_epochs=max_epochs,
-            logger=False,
+            logger=logger,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,

@@ -154,3 +154,21 @@ def test_a_state_file_that_does_not_fit_the_model_is_one_clear_error(tmp_path, t
         UserError, match=r"cannot resume from .*state\.pt.*size mismatch.*--runner\.overwrite true"
     ):
         TaskSequenceRunner(replace(cfg, resume=True), lambda: make_trainer(1)).run(other, dm)
+
+
+def test_a_csv_logger_gets_every_task_row_and_the_final_metrics(tmp_path, tiny_vit_kwargs, make_trainer):
+    """The task loop logs after ``fit`` returns: each row is flushed, the last task's included, and the
+    final forgetting / BWT / FWT are logged metrics, not only entries of results.json."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm, m = _setup(tiny_vit_kwargs)
+    logger = CSVLogger(tmp_path / "logs", name="", version="")
+    cfg = RunnerConfig(out_dir=str(tmp_path / "run"))
+    res = TaskSequenceRunner(cfg, lambda: make_trainer(1, logger=logger)).run(m, dm)
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
+    assert {row["cl/task"] for row in rows if row.get("cl/task")} == {"0", "1", "2"}
+    final = next(row for row in rows if row.get("cl/final/forgetting"))
+    assert float(final["cl/final/forgetting"]) == pytest.approx(res.metrics["forgetting"])
+    assert float(final["cl/final/average_accuracy"]) == pytest.approx(res.metrics["average_accuracy"])
