@@ -32,7 +32,7 @@ _HOME = {
     "layer_logits_at": "decoding.layers",
     "load_causal_lm": "decoding.models",
     "load_tokenizer": "decoding.models",
-    "make_head": "decoding.head",
+    "make_head": "decoding.head_spec",
     "parse_head_spec": "decoding.head_spec",
     "resolve_model_path": "decoding.models",
     "score_continuations": "decoding.mc",

@@ -19,10 +19,10 @@ row) and hands the mixture to ``H``: ``H = Greedy()`` (default) is plain DeRa; `
 the mixed logits; ``H = DoLa()`` contrasts mixed layers. Layer-wise heads need both passes to have
 the same layers (true for "same model, adapters off"); otherwise use the greedy inner head.
 
-**Processor order** (docs/algorithms/decoding.md, 'DeRa', processor order). Here: mix -> head -> repetition penalty on the mixture
--> sampling warpers. HF's processor-based DeRa (the notebook's ``CombineLogitsProcessor``) applies
-the penalty to the *aligned* logits before mixing; ``generate(..., penalty_before_mix=True)``
-reproduces that order for compatibility.
+**Processor order** (docs/algorithms/decoding.md, 'DeRa', processor order). Here: mix -> head ->
+repetition penalty on the mixture -> sampling warpers. HF's processor-based DeRa (the notebook's
+``CombineLogitsProcessor``) applies the penalty to the *aligned* logits before mixing;
+``generate(..., penalty_before_mix=True)`` reproduces that order for compatibility.
 """
 
 from __future__ import annotations

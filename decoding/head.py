@@ -12,8 +12,9 @@ warpers run *after* the head (as in both references: they see SLED's LB and DoLa
 :meth:`Head.mc_scores` gives the per-token scores summed by multiple-choice scoring (raw, or
 ``log_softmax`` with ``post_softmax``).
 
-:func:`make_head` builds a head by name from typed options; :func:`decoding.head_spec.parse_head_spec`
-from an option string (``dera:lam=2,head=sled``); :mod:`decoding.presets` adds per-task defaults.
+The registry of heads by name lives in :mod:`decoding.head_spec` (``make_head`` from typed options,
+``parse_head_spec`` from an option string such as ``dera:lam=2,head=sled``); this module knows no head
+class, so the heads import it and nothing imports back. :mod:`decoding.presets` adds per-task defaults.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from typing import Any
 
 from torch import Tensor
 
-from decoding.errors import UserError
-from decoding.head_spec import HEAD_NAMES
 from decoding.layers import LayerLogits, as_layer_logits
 
-__all__ = ["HEAD_NAMES", "Head", "make_head"]
+__all__ = ["Head"]
 
 
 class Head:
@@ -62,20 +61,3 @@ class Head:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"{type(self).__name__}({args})"
-
-
-def make_head(name: str, **options) -> Head:
-    """Build a head by name: ``greedy``, ``dola``, ``sled`` or ``dera`` (options = its constructor's).
-
-    Raises:
-        UserError: unknown name (the known ones are listed), or options the head refuses.
-    """
-    from decoding.head_spec import head_class
-
-    cls = head_class(name)
-    try:
-        return cls(**options)
-    except TypeError as err:  # an unknown keyword
-        raise UserError(f"head {name!r}: {err}; see help({cls.__name__})") from err
-    except ValueError as err:
-        raise UserError(f"head {name!r}: {err}") from err

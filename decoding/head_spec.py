@@ -24,9 +24,12 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from decoding.errors import UserError
+
+if TYPE_CHECKING:
+    from decoding.head import Head
 
 HEAD_NAMES = ("greedy", "dola", "sled", "dera")
 _NONE = ("none", "null")
@@ -155,10 +158,23 @@ def parse_head_options(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+def make_head(name: str, **options) -> Head:
+    """Build a head by name: ``greedy``, ``dola``, ``sled`` or ``dera`` (options = its constructor's).
+
+    Raises:
+        UserError: unknown name (the known ones are listed), or options the head refuses.
+    """
+    cls = head_class(name)
+    try:
+        return cls(**options)
+    except TypeError as err:  # an unknown keyword
+        raise UserError(f"head {name!r}: {err}; see help({cls.__name__})") from err
+    except ValueError as err:
+        raise UserError(f"head {name!r}: {err}") from err
+
+
 def build_head(name: str, options: dict[str, Any] | None = None):
     """Build head ``name`` from typed ``options`` (for ``dera``: ``lam``, ``head`` and the inner head's)."""
-    from decoding.head import make_head
-
     options = dict(options or {})
     if name == "dera":
         own = head_parameters("dera")

@@ -17,7 +17,8 @@ logits, FACTOR log-probabilities (and DoLa log_softmaxes its contrast again ther
 
 from __future__ import annotations
 
-from decoding.head import Head, make_head
+from decoding.head import Head
+from decoding.head_spec import make_head
 
 _GEN_SLED = {"evolution_rate": 2.0, "evolution_scale": 10, "evolution_lower_bound": -1000.0, "op_T": 1}
 

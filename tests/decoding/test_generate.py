@@ -10,7 +10,7 @@ from decoding.dera import DeRa
 from decoding.dola import DoLa
 from decoding.generate import generate
 from decoding.greedy import Greedy
-from decoding.head import make_head
+from decoding.head_spec import make_head
 from decoding.sled import SLED
 
 HEADS = {

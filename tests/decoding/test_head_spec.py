@@ -94,3 +94,17 @@ def test_check_head_fits_layers_and_vocabulary():
         with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
             check_head_fits(parse_head_spec(spec), layout, spec, "m")
     check_head_fits(parse_head_spec("dola:dola_layers=99"), None, "s", "m")  # unknown layout: later check
+
+
+def test_the_head_interface_imports_no_head_and_no_registry():
+    """No import cycle: heads import ``decoding.head``; the registry (``head_spec``) imports the heads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, decoding.head; "
+        "print(sorted(m for m in sys.modules if m in ('decoding.' + n for n in "
+        "('greedy', 'dola', 'sled', 'dera', 'head_spec'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
