@@ -16,6 +16,7 @@ _HOME = {
     "SLED": "decoding.sled",
     "DeRa": "decoding.dera",
     "DoLa": "decoding.dola",
+    "DecodeSettings": "decoding.generate",
     "GenerationOutput": "decoding.generate",
     "Greedy": "decoding.greedy",
     "Head": "decoding.head",

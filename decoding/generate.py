@@ -117,23 +117,45 @@ def _ref_pass(model: nn.Module, ref_model, tokenizer=None, ref_tokenizer=None) -
     )
 
 
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What the decoding loop does at every step (everything but the model, the inputs and the hooks).
+
+    Attributes:
+        head: the decoding head (greedy when None).
+        max_new_tokens: new tokens per row at most.
+        repetition_penalty: CTRL penalty on the head's scores (1.0 = off).
+        eos_token_ids: ids that end a row.
+        pad_token_id: the id written after a row ended.
+        do_sample: sample from the (warped) scores instead of taking the argmax.
+        temperature: sampling temperature.
+        top_k: keep the k best scores when sampling (0 = off).
+        top_p: nucleus mass when sampling (1.0 = off).
+        final_norm: apply the model's final norm to early layers (SLED, DoLa).
+        penalty_before_mix: DeRa: penalise the aligned logits before mixing (HF processor order).
+    """
+
+    head: Head | None = None
+    max_new_tokens: int = 32
+    repetition_penalty: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    final_norm: bool = False
+    penalty_before_mix: bool = False
+
+
 def decode(
     model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor,
-    head: Head | None = None,
-    max_new_tokens: int = 32,
+    settings: DecodeSettings,
+    *,
     ref: _Pass | None = None,
-    repetition_penalty_: float = 1.0,
-    eos_token_ids: Sequence[int] = (),
-    pad_token_id: int = 0,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    final_norm: bool = False,
-    penalty_before_mix: bool = False,
     stop: Callable[[int, list[int]], bool] | None = None,
     processor: Callable[[Tensor, Tensor], Tensor] | None = None,
     criteria: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -151,11 +173,12 @@ def decode(
     Returns:
         ``(new ids (B, T) with pads after a row ends, number of real new tokens per row (B,))``.
     """
-    head = head if head is not None else Greedy()
+    cfg = settings
+    head = cfg.head if cfg.head is not None else Greedy()
     if head.uses_ref and ref is None:
         raise ValueError("the DeRa head needs ref_model= (a reference model or e.g. model.disable_adapter)")
-    if repetition_penalty_ <= 0:
-        raise ValueError(f"repetition_penalty={repetition_penalty_} must be > 0 (1.0 = off)")
+    if cfg.repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty={cfg.repetition_penalty} must be > 0 (1.0 = off)")
     n, tied = model_info(model)
     layers = head.required_layers(n, tied)
     ref_layers = ()
@@ -168,19 +191,19 @@ def decode(
     vocab = model.get_output_embeddings().weight.shape[0]
     seen = torch.zeros(b, vocab, device=input_ids.device)
     seen.scatter_add_(1, input_ids, mask.float())  # counts of prompt ids, pads excluded
-    eos = torch.tensor(list(eos_token_ids), device=input_ids.device, dtype=torch.long)
+    eos = torch.tensor(list(cfg.eos_token_ids), device=input_ids.device, dtype=torch.long)
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     lengths = torch.zeros(b, dtype=torch.long, device=input_ids.device)
     ids, out = input_ids, []
     all_ids = input_ids
     aligned = _Pass(model)
-    for _ in range(max_new_tokens):
-        x = aligned.step(ids, mask, pos, layers, final_norm)
-        r = ref.step(ids, mask, pos, ref_layers, final_norm) if ref is not None else None
-        if penalty_before_mix and r is not None:
+    for _ in range(cfg.max_new_tokens):
+        x = aligned.step(ids, mask, pos, layers, cfg.final_norm)
+        r = ref.step(ids, mask, pos, ref_layers, cfg.final_norm) if ref is not None else None
+        if cfg.penalty_before_mix and r is not None:
             x = LayerLogits(
                 x.early,
-                repetition_penalty(x.mature, seen[:, : x.mature.shape[-1]] > 0, repetition_penalty_),
+                repetition_penalty(x.mature, seen[:, : x.mature.shape[-1]] > 0, cfg.repetition_penalty),
                 x.layers,
                 x.num_layers,
                 x.tied,
@@ -188,14 +211,17 @@ def decode(
         scores = head(x, r)  # (B, V')
         if processor is not None:  # HF's list: penalties, then its warpers when sampling (float32, as HF)
             scores = processor(all_ids, scores.float())
-        elif not penalty_before_mix:
-            scores = repetition_penalty(scores, seen[:, : scores.shape[-1]] > 0, repetition_penalty_)
-        if do_sample:
-            warped = sample_warp(scores, temperature, top_k, top_p) if processor is None else scores.float()
+        elif not cfg.penalty_before_mix:
+            scores = repetition_penalty(scores, seen[:, : scores.shape[-1]] > 0, cfg.repetition_penalty)
+        if cfg.do_sample:
+            if processor is None:
+                warped = sample_warp(scores, cfg.temperature, cfg.top_k, cfg.top_p)
+            else:  # HF's processors already warped
+                warped = scores.float()
             nxt = torch.multinomial(warped.softmax(-1), 1, generator=generator).squeeze(1)  # (B,)
         else:
             nxt = scores.argmax(-1)  # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+        nxt = torch.where(done, torch.full_like(nxt, cfg.pad_token_id), nxt)
         out.append(nxt)
         lengths += (~done).long()
         seen.scatter_add_(1, nxt[:, None], (~done).float()[:, None])
@@ -291,25 +317,21 @@ def generate(
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        new, lengths = decode(
-            model,
-            enc.input_ids.to(device),
-            enc.attention_mask.to(device),
-            head,
-            max_new_tokens,
-            ref,
-            repetition_penalty_=repetition_penalty,
-            eos_token_ids=eos_ids,
+        settings = DecodeSettings(
+            head=head,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty,
+            eos_token_ids=tuple(eos_ids),
             pad_token_id=tokenizer.pad_token_id,
             do_sample=do_sample,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
-            generator=generator,
             final_norm=final_norm,
             penalty_before_mix=penalty_before_mix,
-            stop=stop,
         )
+        ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
+        new, lengths = decode(model, ids, mask, settings, ref=ref, generator=generator, stop=stop)
     token_ids, texts = [], []
     for row, n in zip(new.tolist(), lengths.tolist()):
         ids = row[:n]

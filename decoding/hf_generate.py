@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from decoding.generate import _ref_pass, decode
+from decoding.generate import DecodeSettings, _ref_pass, decode
 from decoding.head import Head
 
 
@@ -94,20 +94,15 @@ def hf_custom_generate(
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     max_new = cfg.max_new_tokens or max(0, (cfg.max_length or 20) - input_ids.shape[1])
-    new, _ = decode(
-        model,
-        input_ids,
-        mask,
-        _as_head(head),
-        max_new,
-        ref,
-        eos_token_ids=eos_ids,
+    settings = DecodeSettings(
+        head=_as_head(head),
+        max_new_tokens=max_new,
+        eos_token_ids=tuple(eos_ids),
         pad_token_id=pad,
         do_sample=bool(cfg.do_sample),
-        processor=logits_processor,
-        criteria=stopping_criteria,
-        streamer=streamer,
     )
+    hooks = {"processor": logits_processor, "criteria": stopping_criteria, "streamer": streamer}
+    new, _ = decode(model, input_ids, mask, settings, ref=ref, **hooks)
     return torch.cat([input_ids, new], 1)
 
 
