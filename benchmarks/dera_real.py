@@ -48,6 +48,7 @@ from decoding.run_folder import atomic_write_dir, atomic_write_json, differing_s
 
 MODEL = "smollm2:135m-instruct"
 ADAPTER_DIR, TRAIN_FILE, TABLE_JSON = "adapter", "train_settings.json", "dera_table.json"
+RECIPE_VERSION = 1  # part of the adapter's settings: bump when the training code changes what it learns
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -106,6 +107,7 @@ def train_settings(args: argparse.Namespace) -> dict:
 
     train, _ = split_questions(args.n_eval, args.seed)
     return {
+        "recipe": RECIPE_VERSION,
         "model": MODEL,
         "gguf_sha256": SMOLLM2["135m-instruct"].sha256,
         "n_eval": args.n_eval,
@@ -163,8 +165,8 @@ def chat_ids(tok, question: str) -> list[int]:
 
 
 def target_ids(tok, q: Question) -> list[int]:
-    """The one-word answer (capitalised, no full stop) and the end-of-turn token."""
-    return tok(q.answer[:1].upper() + q.answer[1:], add_special_tokens=False).input_ids + [tok.eos_token_id]
+    """The one-word answer as the fact list writes it (no full stop) and the end-of-turn token."""
+    return tok(q.answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
 
 
 def train_adapter(model, tok, train: list[Question], args: argparse.Namespace):
