@@ -12,7 +12,7 @@
 
 Writes ``OUT/dera_table.md``, ``OUT/dera_table.json`` and ``OUT/dera_real.png``::
 
-    nice -n 19 python benchmarks/dera_real.py --out runs/dera_real          # ~5-15 min on 2 CPU threads
+    nice -n 19 python benchmarks/dera_real.py --out runs/dera_real          # ~8 min on 2 CPU threads
     python benchmarks/dera_real.py --out runs/dera_real --overwrite         # retrain and sweep again
 
 The model's weights are SmolLM2-135M-Instruct's Q4_1 4-bit values expanded to float32
@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.dera_report import write_report  # noqa: E402
 from benchmarks.one_word_qa import Question, split_questions  # noqa: E402
-from decoding.answer_metrics import bootstrap_mean_ci, contains_word, word_count  # noqa: E402
+from decoding.answer_metrics import contains_word, word_count  # noqa: E402
+from decoding.bootstrap import paired_bootstrap  # noqa: E402
 from decoding.dera import DeRa  # noqa: E402
 from decoding.errors import UserError, concise_parser_errors, run_cli  # noqa: E402
 from decoding.generate import generate  # noqa: E402
@@ -160,8 +162,8 @@ def chat_text(tok, question: str) -> str:
 
 
 def chat_ids(tok, question: str) -> list[int]:
-    """:func:`chat_text`'s token ids, as ``generate`` tokenises them."""
-    return tok(chat_text(tok, question)).input_ids
+    """:func:`chat_text`'s token ids (the template holds the special tokens), as ``generate`` reads them."""
+    return tok(chat_text(tok, question), add_special_tokens=False).input_ids
 
 
 def target_ids(tok, q: Question) -> list[int]:
@@ -258,6 +260,7 @@ def _generate(peft_model, tok, prompts: list[str], batches, head, off: bool, arg
                 [prompts[i] for i in rows],
                 head=head,
                 max_new_tokens=args.max_new_tokens,
+                add_special_tokens=False,
                 **kw,
             )
         ids += out.token_ids
@@ -296,24 +299,35 @@ def sweep(peft_model, tok, held: list[Question], args: argparse.Namespace) -> di
             "nll_tuned": tuned,
             "hit_cap": [float(len(i) >= args.max_new_tokens and tok.eos_token_id not in i) for i in ids],
         }
-        summary = {k: bootstrap_mean_ci(v, args.n_boot, args.seed) for k, v in per_prompt.items()}
-        results[f"lambda={lam:g}"] = {"lam": lam, "summary": summary, "texts": texts, "token_ids": ids}
-        for ref_lam, name in ((0.0, "adapter off"), (1.0, "adapter on")):
+        name = f"lambda={lam:g}"
+        results[name] = {"lam": lam, "per_prompt": per_prompt, "texts": texts, "token_ids": ids}
+        for ref_lam, plain_name in ((0.0, "adapter off"), (1.0, "adapter on")):
             if lam == ref_lam:
-                same = sum(a == b for a, b in zip(ids, plain[name][0]))
-                results[f"lambda={lam:g}"]["same_tokens_as"] = {"run": name, "prompts": same, "of": len(held)}
+                same = sum(a == b for a, b in zip(ids, plain[plain_name][0]))
+                results[name]["same_tokens_as"] = {"run": plain_name, "prompts": same, "of": len(held)}
+    for metric in results[name]["per_prompt"]:  # one set of resamples for every lambda (paired)
+        stats = paired_bootstrap(
+            {k: r["per_prompt"][metric] for k, r in results.items()}, None, args.n_boot, args.seed
+        )
+        for k, r in results.items():
+            r.setdefault("summary", {})[metric] = (stats[k]["mean"], stats[k]["low"], stats[k]["high"])
     bar.close()
     return {"runs": results, "plain": {k: {"texts": v[1], "token_ids": v[0]} for k, v in plain.items()}}
 
 
 def provenance() -> dict:
-    """Package versions, CPU path, the GGUF file's and the converted checkpoint's sha256."""
+    """Package versions, CPU path, the GGUF file's and the converted checkpoint's sha256, git commit."""
     from decoding.gguf import SMOLLM2
     from decoding.models import resolve_model_path
     from decoding.provenance import environment, file_sha256
 
     folder = Path(resolve_model_path(MODEL))
+    root = Path(__file__).resolve().parents[1]
+    git = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True)
     return {
+        "git_commit": git.stdout.strip() or None,
+        "git_dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None,
         "environment": environment(),
         "model": MODEL,
         "gguf_sha256": SMOLLM2["135m-instruct"].sha256,

@@ -105,6 +105,7 @@ def write_report(out: Path, sweep: dict, meta: dict) -> None:
     ]
     env = ", ".join(f"{k} {v}" for k, v in prov["environment"].items())
     tr, st = meta["train"], meta["settings"]
+    dirty = " (with uncommitted changes)" if prov["git_dirty"] else ""
     md = "\n\n".join(
         [
             "# DeRa on SmolLM2-135M-Instruct with a one-word LoRA",
@@ -119,7 +120,7 @@ def write_report(out: Path, sweep: dict, meta: dict) -> None:
             f"training loss {meta['final_train_loss']:.3f}; adapter sha256 `{meta['adapter_sha256']}`.",
             f"Model: `{prov['model']}`, GGUF sha256 `{prov['gguf_sha256']}`, converted model.safetensors "
             f"sha256 `{prov['converted_model_safetensors_sha256']}`; weights: {prov['weights']}. "
-            f"Environment: {env}.",
+            f"Environment: {env}; git commit {prov['git_commit']}{dirty}.",
             "Examples:\n" + _examples(sweep, meta["questions"]),
         ]
     )
@@ -131,6 +132,7 @@ def write_report(out: Path, sweep: dict, meta: dict) -> None:
                 "lam": res["lam"],
                 **{k: dict(zip(("mean", "low", "high"), v)) for k, v in res["summary"].items()},
                 **({"same_tokens_as": res["same_tokens_as"]} if "same_tokens_as" in res else {}),
+                "per_prompt": res["per_prompt"],
                 "texts": res["texts"],
             }
             for name, res in sweep["runs"].items()

@@ -1,11 +1,12 @@
-"""Measuring generated answers: word counts, per-token NLL under a model, bootstrap intervals.
+"""Measuring generated answers: word counts, whole-word matches, per-token NLL under a model.
 
 Used by ``benchmarks/dera_real.py`` to put numbers on a change of behaviour (one-word answers instead of
 sentences) and on how far the outputs drift from a reference model::
 
     words = [word_count(t) for t in out.texts]
     nll = continuation_nll(model, prompt_ids, out.token_ids)      # (n,) mean NLL per generated token
-    mean, lo, hi = bootstrap_mean_ci(nll.tolist(), seed=0)        # 95% percentile interval over prompts
+
+Intervals over prompts: :mod:`decoding.bootstrap`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,30 +29,6 @@ def word_count(text: str) -> int:
 def contains_word(text: str, word: str) -> bool:
     """Whether ``word`` occurs in ``text`` as a whole word, ignoring case ("Paris." contains "paris")."""
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
-
-
-def bootstrap_mean_ci(
-    values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """The mean of ``values`` and its bootstrap percentile interval (resampling the values with replacement).
-
-    Args:
-        values: one number per unit resampled (e.g. per prompt).
-        n_boot: number of bootstrap resamples.
-        seed: seed of the resampling (the same seed resamples the same units for every metric).
-        level: the interval's coverage.
-
-    Returns:
-        ``(mean, low, high)``.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"bootstrap_mean_ci needs a non-empty 1-D sequence, got shape {x.shape}")
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n)
-    means = x[idx].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(x.mean()), float(low), float(high)
 
 
 @torch.no_grad()
