@@ -15,6 +15,21 @@ import torch.nn.functional as F
 PROMPTS = ["Q: What is the code of the city", "Q: who wrote", "A: 42 is the number of", "Q:"]
 
 
+def random_lora(model: torch.nn.Module):
+    """A copy of ``model`` with a seeded random (non-zero) LoRA on q and v: adapter on != adapter off."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(model), config).eval()
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    return peft_model
+
+
 def sled_reference_step(early, mature, rate, scale, lower_bound, op_t):
     """The reference SLED step for ONE position: early (L, V), mature (V,) -> (V,), materialised G."""
     v = mature.shape[-1]

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from decoding_oracles import PROMPTS
+from decoding_oracles import PROMPTS, random_lora
 
 from decoding.dera import DeRa
 from decoding.generate import generate
@@ -57,17 +57,9 @@ def test_sled_on_mixed_logits():
 
 def test_adapters_off_as_reference(llama):
     """One backbone, two passes: peft's disable_adapter() context manager is the reference."""
-    from peft import LoraConfig, get_peft_model
-
     model, tok = llama
     base = copy.deepcopy(model)
-    peft_model = get_peft_model(
-        copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    ).eval()
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    peft_model = random_lora(model)
     tuned = generate(peft_model, tok, PROMPTS, max_new_tokens=8).token_ids
     plain = generate(base, tok, PROMPTS, max_new_tokens=8).token_ids
     assert tuned != plain

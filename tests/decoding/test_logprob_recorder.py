@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from decoding_oracles import PROMPTS
+from decoding_oracles import PROMPTS, random_lora
 
 from decoding.answer_metrics import continuation_nll
 from decoding.dera import DeRa
@@ -18,17 +16,8 @@ from decoding.logprob_recorder import RecordLogprobs
 @pytest.fixture(scope="module")
 def peft_llama(llama):
     """The sharp tiny Llama with a random (non-zero) LoRA on q and v: adapter on != adapter off."""
-    from peft import LoraConfig, get_peft_model
-
     model, tok = llama
-    peft_model = get_peft_model(
-        copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    ).eval()
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
-    return peft_model, tok
+    return random_lora(model), tok
 
 
 def _prompt_ids(tok) -> list[list[int]]:
