@@ -12,7 +12,7 @@
 
 Writes ``OUT/dera_table.md``, ``OUT/dera_table.json`` and ``OUT/dera_real.png``::
 
-    nice -n 19 python benchmarks/dera_real.py --out runs/dera_real          # ~8 min on 2 CPU threads
+    nice -n 19 python benchmarks/dera_real.py --out runs/dera_real          # 3-8 min on 2 CPU threads
     python benchmarks/dera_real.py --out runs/dera_real --overwrite         # retrain and sweep again
 
 The model's weights are SmolLM2-135M-Instruct's Q4_1 4-bit values expanded to float32
