@@ -107,7 +107,10 @@ class MemexpCLI(LightningCLI):
         if seed is False:
             return
         self.seed = seed_everything(None if seed is True else seed, workers=True, verbose=False)
-        self.config[self.subcommand]["seed_everything"] = self.seed
+        if self.subcommand:
+            self.config[self.subcommand]["seed_everything"] = self.seed
+        else:
+            self.config["seed_everything"] = self.seed
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

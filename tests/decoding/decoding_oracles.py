@@ -22,7 +22,9 @@ def random_lora(model: torch.nn.Module):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(copy.deepcopy(model), config).eval()
+    with torch.random.fork_rng():  # lora_A is drawn from the global RNG: seed it, whatever ran before
+        torch.manual_seed(3)
+        peft_model = get_peft_model(copy.deepcopy(model), config).eval()
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

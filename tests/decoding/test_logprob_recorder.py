@@ -56,8 +56,8 @@ def test_refuses_tokens_it_did_not_pick(peft_llama):
     rec = RecordLogprobs(Greedy())
     with pytest.raises(ValueError, match="nothing recorded"):
         rec.mean_nll([[1]])
-    out = generate(model, tok, PROMPTS, head=rec, max_new_tokens=6, repetition_penalty=50.0)
-    plain = generate(model, tok, PROMPTS, max_new_tokens=6).token_ids
+    out = generate(model, tok, PROMPTS, head=rec, max_new_tokens=24, repetition_penalty=50.0)
+    plain = generate(model, tok, PROMPTS, max_new_tokens=24).token_ids
     assert out.token_ids != plain  # the penalty changed some picks after the head
     with pytest.raises(ValueError, match="not the recorded greedy picks"):
         rec.mean_nll(out.token_ids)

@@ -67,6 +67,8 @@ def test_a_killed_image_cell_resumes_from_its_last_evaluation(tmp_path):
         return [{k: None if v != v else v for k, v in r.items()} for r in curve]
 
     assert rows("part") == rows("whole")
-    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == {
-        k: v for k, v in whole.items() if k != "wall_time_s"
-    }
+    # the same summary; a float may differ in its last bits (a resumed model's tensors live at other
+    # addresses, and CPU kernels may then take another SIMD path: seen once, 1.75146294 vs 1.75146306)
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == pytest.approx(
+        {k: v for k, v in whole.items() if k != "wall_time_s"}, rel=1e-5
+    )
