@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from cli_checks import assert_refused_in_one_line
 from test_mc import TFQA_CSV
 
 from decoding.cli import main
@@ -194,15 +195,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     values = dict(
         model=sharp_llama_dir, other=other_tokenizer_dir, truncated=truncated_dir, data=data, tmp=tmp_path
     )
-    before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(SystemExit) as exc:
-        main([a.format(**values) for a in argv])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("decoding:")]
-    assert exc.value.code not in (0, None)
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
-    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    assert_refused_in_one_line([a.format(**values) for a in argv], message, tmp_path, capsys)
 
 
 def test_help_is_fast_and_imports_neither_torch_nor_transformers():
