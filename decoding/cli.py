@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from decoding.cli_parser import HEAD_FLAGS, LAYER_HEADS
+from decoding.cli_parser import LAYER_HEADS, head_flags
 from decoding.cli_parser import build_parser as _build_parser
 from decoding.errors import UserError, run_cli
 
@@ -40,9 +40,9 @@ def _head(args, task: str):
         inner = args.dera_head
     inner = inner or "greedy"
     used = {"dera", inner} if name == "dera" else {name}
-    for flag, (owner, key) in HEAD_FLAGS.items():
+    for flag, (owner, key) in head_flags().items():
         value = getattr(args, flag)
-        if value is None:
+        if value is None or (owner, key) == ("dera", "head"):  # --dera_head: the inner head, read above
             continue
         if owner not in used:
             shown = (

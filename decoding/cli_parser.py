@@ -2,30 +2,30 @@
 
 Numbers are checked where they are read (finite, in range), so a bad value ends with argparse's one
 line (exit 2) before anything is loaded. Nothing here imports torch.
+
+The head flags (one argument group per head) come from the heads' constructors
+(:func:`decoding.head_options.head_options`): the flag is the option's name (:data:`FLAG_NAMES` renames
+the few that would be ambiguous), its type the option's type hint, its help the class docstring's
+``Args:`` text; every flag defaults to None, "the task's preset, else the head's default".
+:data:`NARROWER` holds the parse-time checks that are stricter than a type hint (the constructor
+checks them again), so a new head option needs no edit here.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
+from collections.abc import Callable
+from typing import Any
 
 from decoding.errors import concise_parser_errors
+from decoding.head_options import HEAD_CLASSES, Head, HeadOption, head_options, hint_members, is_sequence_hint
 from decoding.head_spec import HEAD_NAMES
 
 GEN_TASKS = ("generation", "gsm8k", "strategyqa")
 SCORE_TASKS = ("truthfulqa-mc", "factor")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-HEAD_FLAGS = {  # flag -> (the head it belongs to, that head's constructor argument)
-    "evolution_rate": ("sled", "evolution_rate"),
-    "evolution_scale": ("sled", "evolution_scale"),
-    "evolution_lower_bound": ("sled", "evolution_lower_bound"),
-    "op_T": ("sled", "op_T"),
-    "sled_layers": ("sled", "layers"),
-    "dola_layers": ("dola", "dola_layers"),
-    "relative_top": ("dola", "relative_top"),
-    "batch_mean": ("dola", "batch_mean"),
-    "lam": ("dera", "lam"),
-}
 LAYER_HEADS = ("sled", "dola")  # the heads that read early layers (--final_norm)
 
 
@@ -50,17 +50,19 @@ def _layer_ids(text: str) -> list[int]:
     return ids
 
 
-def _int_at_least(low: int):
+def _int_at_least(low: int | None):
+    """A whole number, at least ``low`` when given (argparse type)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
+        if low is not None and value < low:
             raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
         return value
 
-    parse.__name__ = f"int >= {low}"
+    parse.__name__ = "int" if low is None else f"int >= {low}"
     return parse
 
 
@@ -84,6 +86,83 @@ def _number(low: float = -math.inf, high: float = math.inf, low_open: bool = Fal
     return parse
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use true or false")
+    return text.lower() == "true"
+
+
+FLAG_NAMES = {  # (head, option) -> flag, where the option's own name would not say which head it is for
+    ("sled", "layers"): "sled_layers",
+    ("dola", "post_softmax"): "dola_post_softmax",
+    ("dera", "head"): "dera_head",
+}
+NARROWER: dict[tuple[str, str], Callable[[str], Any]] = {  # checks stricter than the type hint
+    ("sled", "evolution_scale"): _int_at_least(1),
+    ("sled", "op_T"): _int_at_least(1),
+    ("dola", "dola_layers"): _layers,
+    ("dola", "relative_top"): _number(0, 1, high_open=True),
+    ("dera", "lam"): _number(0),
+}
+
+
+def head_flags() -> dict[str, tuple[str, str]]:
+    """``{flag: (head, constructor option)}`` for every option of every head (greedy has none)."""
+    return {
+        FLAG_NAMES.get((head, o.name), o.name): (head, o.name)
+        for head in HEAD_NAMES
+        for o in head_options(head)
+    }
+
+
+def _plain(text: str) -> str:
+    """Docstring markup off: ``code`` -> code, :meth:`x` -> x."""
+    return re.sub(r":\w+:`([^`]*)`", r"\1", text).replace("``", "")
+
+
+def _flag_kwargs(head: str, option: HeadOption) -> dict[str, Any]:
+    """argparse keywords of one head option: type (or action/choices) from the hint, help, default None."""
+    shown = "" if option.default is None else f", else {option.default}"
+    kw: dict[str, Any] = {"default": None, "help": f"{_plain(option.help)} (unset: the task's preset{shown})"}
+    members = [t for t in hint_members(option.hint) if t is not type(None)]
+    if (head, option.name) in NARROWER:
+        kw["type"] = NARROWER[head, option.name]
+    elif members == [bool] and type(None) not in hint_members(option.hint):
+        kw["action"] = "store_true"
+    elif members == [bool]:
+        kw.update(type=_boolean, metavar="{true,false}")
+    elif members == [int]:
+        kw["type"] = _int_at_least(None)
+    elif members == [float]:
+        kw["type"] = _number()
+    elif len(members) == 1 and is_sequence_hint(members[0]):
+        kw["type"] = _layer_ids
+    elif members == [Head]:
+        kw["choices"] = [n for n in HEAD_NAMES if n != "dera"]
+    elif members != [str]:
+        raise TypeError(
+            f"no command-line type for {head} option {option.name}: {option.hint}; add it to NARROWER"
+        )
+    return kw
+
+
+def _add_head_flags(p: argparse.ArgumentParser) -> None:
+    """One argument group per head with options, its flags generated from the constructor."""
+    for head in HEAD_NAMES:
+        options = head_options(head)
+        if not options:
+            continue
+        g = p.add_argument_group(HEAD_CLASSES[head][1])
+        for option in options:
+            g.add_argument(
+                f"--{FLAG_NAMES.get((head, option.name), option.name)}", **_flag_kwargs(head, option)
+            )
+        if head == "dera":
+            g.add_argument(
+                "--ref_model", default=None, help="reference model path, or 'adapters-off' (peft model)"
+            )
+
+
 def _add_model_and_head(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder, hub id or tiny:llama / tiny:gpt2")
     p.add_argument(
@@ -96,37 +175,7 @@ def _add_model_and_head(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=DTYPES, help="checkpoint dtype when unset")
     p.add_argument("--device", default=None, help="e.g. cuda (CPU when unset)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    g = p.add_argument_group("SLED")
-    g.add_argument("--evolution_rate", type=_number(), default=None, help="alpha (default 2)")
-    g.add_argument("--evolution_scale", type=_int_at_least(1), default=None, help="k, top tokens evolved")
-    g.add_argument("--evolution_lower_bound", type=_number(), default=None, help="score outside the top-k")
-    g.add_argument("--op_T", type=_int_at_least(1), default=None, help="evolution iterations (task default)")
-    g.add_argument(
-        "--sled_layers", type=_layer_ids, default=None, help="candidate layers 0,2,4 (default all)"
-    )
-    g = p.add_argument_group("DoLa")
-    g.add_argument("--dola_layers", type=_layers, default=None, help="'low', 'high' or ids 0,2,4")
-    g.add_argument(
-        "--relative_top",
-        type=_number(0, 1, high_open=True),
-        default=None,
-        help="relative-top filter (0 = off)",
-    )
-    g.add_argument(
-        "--batch_mean",
-        action="store_true",
-        default=None,
-        help="HF's choice of one premature layer per batch (default: per row)",
-    )
-    g = p.add_argument_group("DeRa")
-    g.add_argument("--ref_model", default=None, help="reference model path, or 'adapters-off' (peft model)")
-    g.add_argument("--lam", type=_number(0), default=None, help="lambda >= 0 (1 = aligned, 0 = reference)")
-    g.add_argument(
-        "--dera_head",
-        default=None,
-        choices=["greedy", "sled", "dola"],
-        help="head on the mix (default greedy)",
-    )
+    _add_head_flags(p)
     p.add_argument(
         "--final_norm",
         action="store_true",

@@ -19,59 +19,48 @@ Nothing here imports torch at module level, so command lines can parse and valid
 
 from __future__ import annotations
 
+import importlib
 import math
-import types
-import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from decoding.errors import UserError
+from decoding.head_options import HEAD_CLASSES, head_options, hint_members, is_sequence_hint
 
 if TYPE_CHECKING:
     from decoding.head import Head
 
-HEAD_NAMES = ("greedy", "dola", "sled", "dera")
+HEAD_NAMES = tuple(HEAD_CLASSES)
 _NONE = ("none", "null")
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
 def head_class(name: str) -> type:
-    """The head class registered under ``name``; UserError listing the known names otherwise."""
-    from decoding.dera import DeRa
-    from decoding.dola import DoLa
-    from decoding.greedy import Greedy
-    from decoding.sled import SLED
-
-    classes = {"greedy": Greedy, "dola": DoLa, "sled": SLED, "dera": DeRa}
-    if name not in classes:
+    """The head class registered under ``name`` (imports it, and torch); UserError for an unknown name."""
+    if name not in HEAD_CLASSES:
         raise UserError(f"unknown head {name!r}; known heads: {', '.join(HEAD_NAMES)}")
-    return classes[name]
+    module, cls = HEAD_CLASSES[name]
+    return getattr(importlib.import_module(module), cls)
 
 
 def head_parameters(name: str) -> dict[str, Any]:
-    """``{option: type hint}`` of head ``name``'s constructor."""
-    hints = typing.get_type_hints(head_class(name).__init__)
-    hints.pop("return", None)
-    return hints
+    """``{option: type hint}`` of head ``name``'s constructor, read from its source (no torch import).
 
-
-def _members(hint: Any) -> tuple[Any, ...]:
-    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    return typing.get_args(hint) if union else (hint,)
-
-
-def _is_sequence(hint: Any) -> bool:
-    return typing.get_origin(hint) in (Sequence, list, tuple)
+    Raises:
+        UserError: an unknown head name (the known ones are listed).
+    """
+    if name not in HEAD_CLASSES:
+        raise UserError(f"unknown head {name!r}; known heads: {', '.join(HEAD_NAMES)}")
+    return {o.name: o.hint for o in head_options(name)}
 
 
 def _describe(hint: Any) -> str:
     words = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
     parts = []
-    for t in _members(hint):
+    for t in hint_members(hint):
         if t is type(None):
             parts.append("none")
-        elif _is_sequence(t):
+        elif is_sequence_hint(t):
             parts.append("comma-separated layer ids like 0,2")
         elif isinstance(t, type) and t.__name__ == "Head":
             parts.append(f"a head name ({', '.join(n for n in HEAD_NAMES if n != 'dera')})")
@@ -82,7 +71,7 @@ def _describe(hint: Any) -> str:
 
 def convert_option(key: str, raw: str, hint: Any, spec: str) -> Any:
     """Type ``raw`` by ``hint`` (a constructor annotation); UserError naming the value otherwise."""
-    members = _members(hint)
+    members = hint_members(hint)
     text = raw.strip()
     if type(None) in members and text.lower() in _NONE:
         return None
@@ -102,7 +91,7 @@ def convert_option(key: str, raw: str, hint: Any, spec: str) -> Any:
             if not math.isfinite(value):
                 raise UserError(f"head option {key}={raw!r} in {spec!r} must be a finite number")
             return value
-        if _is_sequence(t):
+        if is_sequence_hint(t):
             try:
                 return [int(i) for i in text.split(",")]
             except ValueError:
