@@ -338,7 +338,7 @@ def _main(argv: list[str] | None) -> None:
     import torch
     from heads_report import render_markdown, render_png
 
-    from decoding.data import load_factor, load_truthfulqa
+    from decoding.mc_datasets import load_factor, load_truthfulqa
     from decoding.models import load_causal_lm, load_tokenizer, resolve_model_path
     from decoding.run_folder import atomic_write_dir, atomic_write_json, atomic_write_text
 

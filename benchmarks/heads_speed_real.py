@@ -127,8 +127,8 @@ def section_step(model, keys: list[str], batches: list[int], reps: int, steps: i
 
 def section_mc(model, tok, keys: list[str], items: int, reps: int) -> dict:
     import decoding
-    from decoding.data import load_factor, load_truthfulqa
     from decoding.mc import evaluate_factor, evaluate_truthfulqa
+    from decoding.mc_datasets import load_factor, load_truthfulqa
     from decoding.presets import task_defaults
 
     n, tied = model_info(model)

@@ -6,10 +6,11 @@ command line's ``--help`` -- does not pay for torch and transformers.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from decoding.lazy_exports import lazy_exports
 
 _HOME = {
     "HEAD_NAMES": "decoding.head_spec",
@@ -42,16 +43,7 @@ _HOME = {
 __all__ = sorted(_HOME)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'decoding' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOME))
+__getattr__, __dir__ = lazy_exports(__name__, _HOME)
 
 
 class _Package(types.ModuleType):

@@ -204,7 +204,7 @@ def _generate(args) -> None:
 
 def _score(args) -> None:
     from decoding.cli_io import check_new_file, csv_text
-    from decoding.data import load_factor, load_truthfulqa
+    from decoding.mc_datasets import load_factor, load_truthfulqa
     from decoding.presets import task_defaults
 
     if args.overwrite and not args.per_item:

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from decoding.data import FactorItem, TruthfulQAItem
 from decoding.head import Head
 from decoding.layers import layer_logits_at, model_info
+from decoding.mc_datasets import FactorItem, TruthfulQAItem
 from decoding.models import output_cache
 
 TRUTHFULQA_INSTRUCTION = (

@@ -12,6 +12,12 @@ The run-folder rule (:func:`check_run_folder`), the same for every command:
 - an identical rerun of a finished run is refused (overwrite starts it again);
 - an identical unfinished run resumes only when resume is asked;
 - a refused start leaves the folder exactly as it was.
+
+One vocabulary everywhere: ``--resume true`` continues, ``--overwrite true`` deletes the old run and starts
+again (``prompt-pool``: ``--runner.resume true`` / ``--runner.overwrite true``; the studies also take a bare
+``--resume`` / ``--overwrite``; ``memexp fit`` also takes Lightning's ``--ckpt_path last``). A command
+describes its folder once with a :class:`RunLayout` (what marks a finished or started run, what a run
+writes) and gets the checks, the refusal messages and the clean start from it.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +37,8 @@ from decoding.errors import UserError
 
 RUN_CONFIG_FILE = "run_config.json"
 TMP_SUFFIX = ".tmp"
+RESUME_FLAG = "--resume true"
+OVERWRITE_FLAG = "--overwrite true"
 
 
 @contextmanager
@@ -72,17 +81,25 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
         torch.save(obj, fh)
 
 
-def atomic_write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
+def atomic_savefig(fig: Any, path: str | Path, **savefig_kwargs: Any) -> None:
+    """``fig.savefig`` to ``path`` atomically (a kill never leaves half an image); format from the suffix."""
+    path = Path(path)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+
+
+def atomic_write_dir(out: str | Path, fill: Callable[[Path], None], replace: bool = True) -> Path:
     """Build a folder with ``fill(tmp)`` in a temporary sibling, then move it to ``out`` in one step.
 
-    An existing ``out`` is replaced only after the new folder is complete.
+    An existing ``out`` is replaced only after the new folder is complete. With ``replace=False`` an
+    existing non-empty ``out`` is left alone and ``OSError`` raised (a concurrent writer got there first).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent))
     try:
         fill(tmp)
-        if out.exists():
+        if out.exists() and replace:
             old = out.with_name(f".{out.name}.old{TMP_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
@@ -146,8 +163,8 @@ def check_run_folder(
     started: bool,
     resume: bool,
     overwrite: bool,
-    resume_flag: str,
-    overwrite_flag: str,
+    resume_flag: str = RESUME_FLAG,
+    overwrite_flag: str = OVERWRITE_FLAG,
     extend_hint: str = "",
 ) -> RunState:
     """Apply the run-folder rule to ``root``; raise :class:`UserError` for a refused start.
@@ -162,8 +179,8 @@ def check_run_folder(
         started: whether ``root`` holds any trace of a run (checkpoints, partial results).
         resume: whether the user asked to resume.
         overwrite: whether the user asked to delete the old run and start again.
-        resume_flag: how the user asks to resume, for the messages (e.g. ``--ckpt_path last``).
-        overwrite_flag: how the user asks to start again (e.g. ``--overwrite true``).
+        resume_flag: how the user asks to resume, for the messages (:data:`RESUME_FLAG` by default).
+        overwrite_flag: how the user asks to start again (:data:`OVERWRITE_FLAG` by default).
         extend_hint: how to extend a finished run on purpose, appended to the finished-run refusal.
 
     Returns:
@@ -206,3 +223,81 @@ def check_run_folder(
 def record_run_config(root: str | Path, config: Mapping[str, Any]) -> None:
     """Record the settings of the run that starts in ``root`` (atomically)."""
     atomic_write_json(Path(root) / RUN_CONFIG_FILE, dict(config))
+
+
+def remove_paths(root: str | Path, patterns: Iterable[str]) -> None:
+    """Delete the files and folders of ``root`` that match any of ``patterns`` (globs, not recursive)."""
+    root = Path(root)
+    for pattern in patterns:
+        for path in root.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """What one command writes into its run folder, and how its user asks to resume or start again.
+
+    Attributes:
+        results: the file whose presence marks a finished run.
+        traces: globs whose match marks a started run (``run_config.json`` always does).
+        outputs: globs of what a run writes; starting again deletes these and nothing else.
+        folder_flag: the flag that names the run folder, for the messages.
+        resume_flag: how to resume, for the messages.
+        overwrite_flag: how to start again, for the messages.
+        extend_hint: appended to the refusal of a finished run (how to extend it on purpose).
+    """
+
+    results: str
+    traces: tuple[str, ...]
+    outputs: tuple[str, ...]
+    folder_flag: str
+    resume_flag: str = RESUME_FLAG
+    overwrite_flag: str = OVERWRITE_FLAG
+    extend_hint: str = ""
+
+    def finished(self, root: str | Path) -> bool:
+        """Whether ``root`` holds a finished run."""
+        return (Path(root) / self.results).is_file()
+
+    def started(self, root: str | Path) -> bool:
+        """Whether ``root`` holds any trace of a run."""
+        root = Path(root)
+        return root.is_dir() and any(next(root.glob(p), None) is not None for p in self.traces)
+
+    def check(
+        self, root: str | Path, config: Mapping[str, Any], *, resume: bool, overwrite: bool
+    ) -> RunState:
+        """:func:`check_run_folder` for this layout; writes nothing.
+
+        Raises:
+            UserError: ``root`` is a file, or the start is refused (see :func:`check_run_folder`).
+        """
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{root} is a file, not a run folder; pass another {self.folder_flag}")
+        return check_run_folder(
+            root,
+            config,
+            finished=self.finished(root),
+            started=self.started(root),
+            resume=resume,
+            overwrite=overwrite,
+            resume_flag=self.resume_flag,
+            overwrite_flag=self.overwrite_flag,
+            extend_hint=self.extend_hint,
+        )
+
+    def clear(self, root: str | Path) -> None:
+        """Delete what a run wrote into ``root`` (:attr:`outputs`), nothing else the folder holds."""
+        remove_paths(root, self.outputs)
+
+    def start(self, root: str | Path, config: Mapping[str, Any], state: RunState) -> Path:
+        """Prepare ``root`` after an accepted :meth:`check`: create it, drop stale temporary files, clear
+        the old run for a new start (``RunState.NEW``), record ``config``."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(root)
+        if state is RunState.NEW:
+            self.clear(root)
+        record_run_config(root, config)
+        return root

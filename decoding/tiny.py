@@ -26,14 +26,13 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from decoding.provenance import reproducible_build
+from decoding.run_folder import atomic_write_dir
 
 ARCHS = ("llama", "gpt2")
 BUILDER_VERSION = 3  # part of the cache key: bump when the corpus, tokenizer or model recipe changes
@@ -222,18 +221,13 @@ def build_tiny_lm(out_dir: str | os.PathLike, arch: str = "llama", **sizes) -> P
     record = asdict(cfg)
     if cfg.pretrain_steps:
         record["pretrain_final_loss"] = pretrain_tiny_model(model, tokenizer, cfg.pretrain_steps, cfg.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "tiny_lm.json").write_text(json.dumps(record, indent=2))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return atomic_write_dir(out, fill, replace=False)  # an empty folder is replaced, a full one kept
 
 
 def parse_tiny_name(name: str) -> TinyLMConfig:

@@ -2,7 +2,7 @@
 
 The fully offline route of docs/algorithms/random_labels.md: first pretrain a tiny transformer on a
 synthetic world with learnable structure. :func:`pretrain_base` fully fine-tunes ``backbone`` on
-true-answer facts of :mod:`experiments.tasks` (pairs disjoint from every study split) and saves it with
+true-answer facts of :mod:`experiments.code_facts` (pairs disjoint from every study split) and saves it with
 ``save_pretrained`` (atomically, :func:`decoding.run_folder.atomic_write_dir`), so the studies load it by
 path like any HF checkpoint; its held-out accuracy is the "before" skill. It also trains the tiny model's
 lm_head, so a frozen-backbone method (LoRA, MoME) is not bounded by a random output layer.

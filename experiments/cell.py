@@ -24,12 +24,12 @@ from typing import Any
 import lightning as L
 
 from decoding.head_spec import parse_head_spec
+from decoding.run_folder import atomic_write_json, atomic_write_text
 from experiments.methods import build_method, reference_of
 from experiments.probe import MemorisationProbe
 from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule, tokenize_fact
 from memexp.facts import Fact
-from memexp.run_dir import atomic_write_json, atomic_write_text
 
 CELL_FILE = "cell.json"
 

@@ -30,22 +30,16 @@ from typing import Any
 
 from decoding.errors import run_cli
 from decoding.head_spec import parse_head_spec
-from decoding.run_folder import atomic_write_json, atomic_write_text
+from decoding.run_folder import atomic_savefig, atomic_write_json, atomic_write_text
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
 from experiments.checks import check_base, check_number, check_output, check_train
-from experiments.run_folder import (
-    config_dict,
-    finish_wandb,
-    log_summary_to_wandb,
-    markdown_table,
-    open_run_dir,
-    parse_study_args,
-    wandb_logger,
-)
-from experiments.tasks import answer_entropy_nats, code_task, corrupt
+from experiments.code_facts import answer_entropy_nats, code_task, corrupt
+from experiments.study_cli import config_dict, parse_study_args
+from experiments.study_folder import open_run_dir
+from experiments.study_report import finish_wandb, log_summary_to_wandb, markdown_table, wandb_logger
 from experiments.threshold import LN2, binned_exact, log_edges, safe_threshold, separating_threshold
-from memexp.run_dir import RESULTS_FILE
+from memexp.fit_folder import RESULTS_FILE
 
 NAME = "hallucination_vs_loss"
 PROG = "python -m experiments.hallucination_vs_loss"
@@ -180,7 +174,7 @@ def plot_experiment(curves: list[dict], facts: dict[str, list[dict]], rows: list
     ax2.legend(fontsize=6)
     fig.tight_layout()
     path = out / "hallucination_vs_loss.png"
-    fig.savefig(path, dpi=80)
+    atomic_savefig(fig, path, dpi=80)
     plt.close(fig)
     return path
 

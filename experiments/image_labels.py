@@ -5,7 +5,7 @@ the 30% of the digits that :func:`prompt_pool.datasets.load_digits_splits` reser
 a linear classifier head is added. Of the training images (880, or a seeded subset of ``num_train``),
 ``round(p * n)`` get their label redrawn uniformly over the 10 classes, as [Z] ("corrupted as a uniform
 random class", so a tenth keep their true class by chance); on purpose the number is exact and the sets
-are nested across p (one seeded permutation, as :func:`experiments.tasks.corrupt`) instead of [Z]'s
+are nested across p (one seeded permutation, as :func:`experiments.code_facts.corrupt`) instead of [Z]'s
 independent coin per image. Methods:
 
 - ``full``: every ViT weight and the head train;
@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from decoding.errors import UserError
+from decoding.run_folder import atomic_write_json
 from experiments.cell import first_epoch_reaching, write_rows
+from experiments.code_facts import check_fraction
 from experiments.progress import EpochBar
-from experiments.tasks import check_fraction
 from memexp.checkpointing import RunCheckpoint
-from memexp.run_dir import atomic_write_json
 
 IMAGE_METHODS = ("full", "lora")
 

@@ -6,7 +6,7 @@
     python -m experiments.random_labels --config configs/experiments/random_labels.yaml --resume true
 
 For each corruption fraction p and method, a cell trains on the code-KB facts of
-:mod:`experiments.tasks` with ``round(p * n)`` answers replaced by random strings, starting from a
+:mod:`experiments.code_facts` with ``round(p * n)`` answers replaced by random strings, starting from a
 tiny LM pretrained on disjoint true facts (:mod:`experiments.base_model`). Recorded per cell: training
 loss and exact-match training accuracy over epochs (on the answers trained on), epochs/steps to 50, 90
 and 100% exact match, and held-out exact match on true answers of unseen pairs before and after.
@@ -22,22 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from decoding.errors import UserError, run_cli
-from decoding.run_folder import atomic_write_json, atomic_write_text
+from decoding.run_folder import atomic_savefig, atomic_write_json, atomic_write_text
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
 from experiments.checks import check_base, check_image, check_number, check_output, check_train
+from experiments.code_facts import answer_entropy_nats, check_fraction, code_task, corrupt
 from experiments.image_labels import ImageStudyConfig, run_image_cell
-from experiments.run_folder import (
-    config_dict,
-    finish_wandb,
-    log_summary_to_wandb,
-    markdown_table,
-    open_run_dir,
-    parse_study_args,
-    wandb_logger,
-)
-from experiments.tasks import answer_entropy_nats, check_fraction, code_task, corrupt
-from memexp.run_dir import RESULTS_FILE
+from experiments.study_cli import config_dict, parse_study_args
+from experiments.study_folder import open_run_dir
+from experiments.study_report import finish_wandb, log_summary_to_wandb, markdown_table, wandb_logger
+from memexp.fit_folder import RESULTS_FILE
 
 NAME = "random_labels"
 PROG = "python -m experiments.random_labels"
@@ -162,7 +156,7 @@ def plot_study(
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     curves_png = out / f"{prefix}_curves.png"
-    fig.savefig(curves_png, dpi=80)
+    atomic_savefig(fig, curves_png, dpi=80)
     plt.close(fig)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -185,7 +179,7 @@ def plot_study(
     ax2.legend(fontsize=8)
     fig.tight_layout()
     summary_png = out / f"{prefix}_summary.png"
-    fig.savefig(summary_png, dpi=80)
+    atomic_savefig(fig, summary_png, dpi=80)
     plt.close(fig)
     return [curves_png, summary_png]
 

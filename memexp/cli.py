@@ -1,7 +1,7 @@
 """``memexp`` command line: LightningCLI over the memorisation modules (see :mod:`memexp.lightning_cli`).
 
     memexp fit --config configs/memexp/demo.yaml
-    memexp fit --config configs/memexp/demo.yaml --ckpt_path last        # resume a killed run
+    memexp fit --config configs/memexp/demo.yaml --resume true           # resume a killed run
     memexp fit --config configs/memexp/demo.yaml --overwrite true        # start again
     memexp fit --config configs/memexp/demo.yaml --extend true --trainer.max_epochs=400   # train on
     memexp fit --config configs/memexp/demo.yaml --print_config
@@ -29,7 +29,7 @@ subcommands (memexp <subcommand> --help lists every option):
   predict    run the model's predict step
 
 run folders (memexp fit):
-  --ckpt_path last   resume the unfinished run in the folder from its last evaluation
+  --resume true      resume the unfinished run in the folder from its last evaluation (= --ckpt_path last)
   --overwrite true   delete the run in the folder and start again
   --extend true      train a finished run further (a larger --trainer.max_epochs)
   --debug            show the traceback of an error

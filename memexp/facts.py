@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decoding.errors import UserError
+from decoding.run_folder import atomic_write_text
 
 ANSWER_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -101,9 +102,9 @@ def load_facts(path: str | Path) -> list[Fact]:
 
 
 def save_facts(facts: list[Fact], path: str | Path) -> None:
-    """Write facts as JSONL (``id``, ``question``, ``answer``)."""
+    """Write facts as JSONL (``id``, ``question``, ``answer``), atomically."""
     lines = (json.dumps({"id": f.id, "question": f.question, "answer": f.answer}) for f in facts)
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 ADJECTIVES = (

@@ -1,13 +1,14 @@
 """``MemexpCLI``: LightningCLI with the run-folder rule, whole checkpoints and the results writer built in.
 
-For ``fit`` (see :mod:`memexp.run_dir` for the rule and :mod:`memexp.checkpointing` for the checkpoints):
+For ``fit`` (see :mod:`memexp.fit_folder` for the rule and :mod:`memexp.checkpointing` for the checkpoints):
 
 - the start is checked before anything is built, so a refused start leaves no trace;
 - every logger writes into the run folder (``save_dir`` follows ``--trainer.default_root_dir``) and
   ``WANDB_MODE`` wins over a config's ``offline`` flag (``disabled`` drops the wandb logger);
 - a :class:`~memexp.checkpointing.RunCheckpoint` is added when the config names none; Lightning's
   ``ModelCheckpoint`` is refused (its ``last.ckpt`` is not always the last state);
-- ``--ckpt_path last`` is ``<run folder>/checkpoints/last.ckpt``;
+- ``--resume true`` (or Lightning's ``--ckpt_path last``) continues from
+  ``<run folder>/checkpoints/last.ckpt``;
 - ``--trainer.fast_dev_run`` never writes into the run folder.
 
 The model's ``backbone`` is linked to the data module's ``tokenizer``, its ``seed`` to the data module's.
@@ -29,9 +30,16 @@ from decoding.run_folder import RunState, record_run_config
 from memexp.checkpoint_io import read_checkpoint
 from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule
+from memexp.fit_folder import (
+    CHECKPOINT_DIR,
+    CKPT_LAST_FLAG,
+    FIT_LAYOUT,
+    RESULTS_FILE,
+    open_fit_folder,
+    run_settings,
+)
 from memexp.module import FactTuning
 from memexp.results import ResultsWriter
-from memexp.run_dir import CHECKPOINT_DIR, RESULTS_FILE, clear_run, open_fit_folder, run_settings
 
 RUN_CHECKPOINT = f"{RunCheckpoint.__module__}.{RunCheckpoint.__name__}"
 
@@ -140,6 +148,13 @@ class MemexpCLI(LightningCLI):
         # also made Lightning refuse to log the merged hyperparameters)
         parser.link_arguments("model.init_args.seed", "data.init_args.seed")
         parser.add_argument(
+            "--resume",
+            type=bool,
+            default=False,
+            help="fit: continue the unfinished run in --trainer.default_root_dir from its last.ckpt "
+            "(the same as --ckpt_path last)",
+        )
+        parser.add_argument(
             "--overwrite",
             type=bool,
             default=False,
@@ -172,14 +187,17 @@ class MemexpCLI(LightningCLI):
         if ckpt not in (None, "last"):
             raise UserError(
                 f"--ckpt_path {ckpt!r}: memexp fit resumes the run of its own folder only: pass "
-                "--ckpt_path last (its checkpoints/last.ckpt), or point --trainer.default_root_dir at the run"
+                "--resume true (or --ckpt_path last: its checkpoints/last.ckpt), or point "
+                "--trainer.default_root_dir at the run"
             )
+        asked = bool(cfg.get("resume"))
         self.run_state = open_fit_folder(
             root,
             run_settings(cfg.as_dict()),
-            resume=ckpt == "last",
+            resume=asked or ckpt == "last",
             overwrite=bool(cfg.get("overwrite")),
             extend=bool(cfg.get("extend")),
+            resume_flag=CKPT_LAST_FLAG if ckpt == "last" and not asked else FIT_LAYOUT.resume_flag,
         )
 
     def before_fit(self) -> None:
@@ -190,7 +208,11 @@ class MemexpCLI(LightningCLI):
             return
         root = Path(self.trainer.default_root_dir)
         launcher = launching_process()
-        resume = self.run_state is RunState.RESUME if launcher else cfg.get("ckpt_path") or cfg.get("extend")
+        resume = (
+            self.run_state is RunState.RESUME
+            if launcher
+            else cfg.get("ckpt_path") or cfg.get("resume") or cfg.get("extend")
+        )
         last = last_checkpoint(root) if resume else None
         if last is not None:
             self._check_checkpoint(last)
@@ -200,7 +222,7 @@ class MemexpCLI(LightningCLI):
                     cb.restore_stop = False  # an early-stopped run trains on
         if launcher:
             if last is None:  # a new run (or an unfinished one killed before its first checkpoint)
-                clear_run(root)
+                FIT_LAYOUT.clear(root)
             elif cfg.get("extend"):
                 (root / RESULTS_FILE).unlink(missing_ok=True)  # unfinished until the extension ends
             record_run_config(root, run_settings(cfg.as_dict()))

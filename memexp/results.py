@@ -14,7 +14,8 @@ from typing import Any
 
 import lightning as L
 
-from memexp.run_dir import CHECKPOINT_DIR, RESULTS_FILE, atomic_write_json, atomic_write_text
+from decoding.run_folder import atomic_savefig, atomic_write_json, atomic_write_text
+from memexp.fit_folder import CHECKPOINT_DIR, RESULTS_FILE
 
 CURVE_KEYS = ("val/hallucination_rate", "val/answer_nll", "heldout/answer_nll", "train/loss")
 FACT_EVALS = "fact_evals.csv"
@@ -178,9 +179,7 @@ class ResultsWriter(L.Callback):
         ax2.set_ylabel("answer NLL (nats/token)")
         fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.6))
         fig.tight_layout()
-        tmp = root / ".curves.png.tmp"
-        fig.savefig(tmp, dpi=120, format="png", metadata={"Software": None})
-        tmp.replace(root / "curves.png")
+        atomic_savefig(fig, root / "curves.png", dpi=120, metadata={"Software": None})
         plt.close(fig)
         from lightning.pytorch.loggers import WandbLogger
 

@@ -3,7 +3,7 @@
 Files: ``backbone`` (frozen ViT, query, prompted forward, per-layer features), ``selection`` (top-N,
 vote, task mask, eq. 4), ``pool`` (prompts, keys, pull constraint), ``l2p`` (the L2P learner),
 ``learner`` (shared Lightning module), ``baselines`` (fine-tuning, replay, EWC, LwF), ``datasets`` /
-``tasks`` / ``datamodule`` (task sequences), ``runner`` (task loop, A[i, t], run folder, resume),
+``task_split`` / ``datamodule`` (task sequences), ``runner`` (task loop, A[i, t], run folder, resume),
 ``metrics``, ``plots``, ``pretrain`` (the offline tiny-ViT recipe), ``cli`` (``prompt-pool``, fast
 ``--help``) and ``lightning_cli`` (its LightningCLI).
 
@@ -13,8 +13,7 @@ Lightning.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from decoding.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "L2P": "prompt_pool.l2p",
@@ -31,7 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'prompt_pool' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -27,7 +27,7 @@ from prompt_pool.datasets import (
     synthetic_splits,
 )
 from prompt_pool.query_cache import NO_CACHE
-from prompt_pool.tasks import (
+from prompt_pool.task_split import (
     ClassOrder,
     Setting,
     Task,

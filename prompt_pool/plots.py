@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from decoding.run_folder import atomic_file
+from decoding.run_folder import atomic_savefig
 
 
 def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None = None) -> Path:
@@ -42,8 +42,7 @@ def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None =
     ax.set_title("accuracy A[i, t] (%)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:  # a kill never leaves half a PNG
-        fig.savefig(fh, format="png", dpi=100)
+    atomic_savefig(fig, path, dpi=100)  # a kill never leaves half a PNG
     return path
 
 
@@ -64,6 +63,5 @@ def plot_prompt_usage(usage: torch.Tensor, path: str | Path) -> Path:
     ax.set_title("prompt usage per task (training)")
     ax.legend(fontsize=6, ncol=min(tasks, 5))
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:  # a kill never leaves half a PNG
-        fig.savefig(fh, format="png", dpi=100)
+    atomic_savefig(fig, path, dpi=100)  # a kill never leaves half a PNG
     return path

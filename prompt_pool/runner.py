@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,11 @@ import torch
 from decoding.errors import UserError, one_line
 from decoding.run_folder import (
     RUN_CONFIG_FILE,
+    RunLayout,
     RunState,
     atomic_file,
     atomic_torch_save,
     atomic_write_json,
-    check_run_folder,
-    record_run_config,
-    remove_stale_temps,
 )
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.learner import ContinualLearner
@@ -79,7 +76,15 @@ class RunnerConfig:
 MAX_SEED = 2**31 - 1  # task t seeds seed + t: stays inside Lightning's uint32 range
 RESUME_FLAG, OVERWRITE_FLAG = "--runner.resume true", "--runner.overwrite true"
 STATE_FILE, RESULTS_FILE = "state.pt", "results.json"
-RUN_OUTPUTS = (RUN_CONFIG_FILE, STATE_FILE, RESULTS_FILE, "accuracy_matrix.csv", "accuracy_matrix.png")
+RUN_LAYOUT = RunLayout(  # an unfinished run is one with a state.pt (or a run_config.json)
+    results=RESULTS_FILE,
+    traces=(STATE_FILE,),
+    outputs=(RUN_CONFIG_FILE, STATE_FILE, RESULTS_FILE, "accuracy_matrix.csv", "accuracy_matrix.png")
+    + ("prompt_usage_task*.png", "wandb"),
+    folder_flag="--runner.out_dir",
+    resume_flag=RESUME_FLAG,
+    overwrite_flag=OVERWRITE_FLAG,
+)
 
 
 def runner_settings(cfg: RunnerConfig) -> dict[str, Any]:
@@ -93,28 +98,7 @@ def check_out_dir(cfg: RunnerConfig, settings: Mapping[str, Any]) -> RunState:
     Raises:
         UserError: the start is refused (other settings, finished run, unfinished run without resume...).
     """
-    out = Path(cfg.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"runner.out_dir {str(out)!r} is a file; pass --runner.out_dir <a folder>.")
-    return check_run_folder(
-        out,
-        settings,
-        finished=(out / RESULTS_FILE).exists(),
-        started=(out / STATE_FILE).exists(),
-        resume=cfg.resume,
-        overwrite=cfg.overwrite,
-        resume_flag=RESUME_FLAG,
-        overwrite_flag=OVERWRITE_FLAG,
-    )
-
-
-def clear_out_dir(out: Path) -> None:
-    """Delete the files a run writes in ``out`` (nothing else the folder may hold)."""
-    for name in RUN_OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-    for png in out.glob("prompt_usage_task*.png"):
-        png.unlink()
-    shutil.rmtree(out / "wandb", ignore_errors=True)
+    return RUN_LAYOUT.check(cfg.out_dir, settings, resume=cfg.resume, overwrite=cfg.overwrite)
 
 
 def check_learner_fits(learner: ContinualLearner, dm: TaskSequenceDataModule) -> None:
@@ -248,11 +232,7 @@ class TaskSequenceRunner:
     def _start(self) -> RunState:
         """Apply the run-folder rule, clear an overwritten run, record the settings."""
         state = check_out_dir(self.cfg, self.settings)
-        self.out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.out)
-        if state is RunState.NEW:
-            clear_out_dir(self.out)
-        record_run_config(self.out, self.settings)
+        RUN_LAYOUT.start(self.out, self.settings, state)
         return state
 
     def _load_state(self, learner: ContinualLearner, path: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Datasets and metrics of the memexp task YAMLs, through the project's own loaders and metrics.
 
 lm-eval imports this file by path (``!function utils.NAME`` in the YAMLs beside it). The items are
-those ``decoding score`` reads from the same file (``decoding.data``), each question's prompt is
+those ``decoding score`` reads from the same file (``decoding.mc_datasets``), each question's prompt is
 ``decoding.mc.truthfulqa_prompt`` and its choices are the answers ``decoding.mc.evaluate_truthfulqa``
 scores, in the same order; MC1/MC2/MC3 come from ``decoding.mc.mc_metrics``. A task file that
 ``include:``s one of these YAMLs can point ``dataset_kwargs: {data_file: PATH}`` at another file of
@@ -24,8 +24,8 @@ def factual_mc(data_file: str | None = None, **_) -> dict:
     """
     import datasets
 
-    from decoding.data import load_truthfulqa
     from decoding.mc import truthfulqa_prompt
+    from decoding.mc_datasets import load_truthfulqa
 
     rows = []
     for item in load_truthfulqa(data_file or DATA_DIR / "factual_mc.csv"):
@@ -61,7 +61,7 @@ def factual_factor(data_file: str | None = None, prefix_column: str | None = Non
     """``{"test": Dataset}`` of FACTOR items: ``prefix`` and ``choices`` (true completion first)."""
     import datasets
 
-    from decoding.data import load_factor
+    from decoding.mc_datasets import load_factor
 
     items = load_factor(data_file or DATA_DIR / "factual_factor.csv", prefix_column)
     rows = [{"prefix": it.prefix, "choices": [it.completion, *it.contradictions]} for it in items]

@@ -95,8 +95,8 @@ def test_bootstrap_refuses_unpaired_or_non_finite_scores():
 
 def test_per_item_scores_average_to_the_totals_and_the_prompt_is_used(llama, monkeypatch):
     import decoding.mc as mc
-    from decoding.data import FactorItem, TruthfulQAItem
     from decoding.greedy import Greedy
+    from decoding.mc_datasets import FactorItem, TruthfulQAItem
 
     model, tok = llama
     items = [

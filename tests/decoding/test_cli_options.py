@@ -140,7 +140,7 @@ def test_per_item_csv_and_final_norm(sharp_llama_dir, llama, tmp_path, capsys):
     ]
     main([*argv, "--json", "--final_norm", "--per_item", str(out)])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    from decoding.data import load_truthfulqa
+    from decoding.mc_datasets import load_truthfulqa
 
     per_item: list[dict] = []
     head = head_for_task("sled", "truthfulqa-mc")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import decoding
-from decoding.data import load_factor, load_truthfulqa
+from decoding.mc_datasets import load_factor, load_truthfulqa
 
 DATA = Path(decoding.__file__).parent / "data"
 MC_FILE, FACTOR_FILE = DATA / "factual_mc.csv", DATA / "factual_factor.csv"

@@ -203,11 +203,11 @@ def test_task_folder_is_added_unless_given():
 
 
 def test_task_documents_follow_the_project_loaders():
-    """Task rows: decoding.data's items in evaluate_truthfulqa's answer order; metrics: mc_metrics'."""
+    """Task rows: decoding.mc_datasets's items in evaluate_truthfulqa's answer order; metrics: mc_metrics'."""
     import importlib.util
 
-    from decoding.data import load_factor, load_truthfulqa
     from decoding.mc import mc_metrics, truthfulqa_prompt
+    from decoding.mc_datasets import load_factor, load_truthfulqa
 
     spec = importlib.util.spec_from_file_location("memexp_task_utils", TASKS_DIR / "utils.py")
     utils = importlib.util.module_from_spec(spec)
@@ -234,8 +234,8 @@ def test_simple_evaluate_runs_a_memexp_task(sharp_llama_dir):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from decoding.data import load_factor
     from decoding.mc import evaluate_factor
+    from decoding.mc_datasets import load_factor
 
     lm = DecodingLM(pretrained=sharp_llama_dir, head="sled", preset="factor", max_length=4096)
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)

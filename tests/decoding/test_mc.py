@@ -10,10 +10,10 @@ import pytest
 import torch
 from decoding_oracles import per_layer_logits, sled_reference_step
 
-from decoding.data import load_factor, load_truthfulqa
 from decoding.dola import DoLa
 from decoding.greedy import Greedy
 from decoding.mc import evaluate_factor, evaluate_truthfulqa, mc_metrics, score_continuations
+from decoding.mc_datasets import load_factor, load_truthfulqa
 from decoding.presets import head_for_task
 
 PREFIX = "Q: What is the code of the city?\nA:"
@@ -96,7 +96,7 @@ def test_mc_metrics_by_hand():
 
 def test_factor_ties_count_as_correct(monkeypatch, tmp_path):
     import decoding.mc as mc
-    from decoding.data import FactorItem
+    from decoding.mc_datasets import FactorItem
 
     items = [FactorItem("p", "a", ["b", "c", "d"])] * 3
     scores = iter([[1.0, 1.0, 0.0, 0.0], [1.0, 1.5, 0.0, 0.0], [2.0, 1.0, 1.0, 1.9]])

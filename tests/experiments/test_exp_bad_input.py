@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from experiments import hallucination_vs_loss, random_labels
-from experiments.run_folder import config_dict, open_run_dir, parse_study_args
+from experiments.study_cli import config_dict, parse_study_args
+from experiments.study_folder import open_run_dir
 
 RL = ["--config", "configs/experiments/random_labels.yaml", "--quick"]
 HVL = ["--config", "configs/experiments/hallucination_vs_loss.yaml", "--quick"]

@@ -9,8 +9,8 @@ import pytest
 from exp_helpers import QUICK_MODEL, tiny_base, tiny_train
 
 from experiments.cell import read_rows, run_cell
+from experiments.code_facts import code_task, corrupt
 from experiments.random_labels import RandomLabelsConfig, run
-from experiments.tasks import code_task, corrupt
 
 
 def no_nan(rows):

@@ -7,8 +7,8 @@ import torch
 from exp_helpers import QUICK_MODEL, tiny_train
 
 from experiments.cell import read_rows, run_cell
+from experiments.code_facts import code_task, corrupt
 from experiments.probe import MemorisationProbe
-from experiments.tasks import code_task, corrupt
 
 
 class Killed(Exception):

@@ -11,9 +11,9 @@ from exp_helpers import QUICK_MODEL, TINY_MOME, tiny_train
 
 from decoding.models import load_tokenizer
 from experiments.cell import read_rows, run_cell
+from experiments.code_facts import code_task, corrupt
 from experiments.methods import available_methods, build_method, check_method, register_method
 from experiments.probe import evaluate_facts, fact_columns
-from experiments.tasks import code_task, corrupt
 from memexp.data import collate_examples, tokenize_fact
 from memexp.recall import parse_head_spec
 

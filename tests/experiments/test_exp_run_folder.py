@@ -9,15 +9,9 @@ import pytest
 from decoding.errors import UserError
 from decoding.run_folder import RUN_CONFIG_FILE
 from experiments.random_labels import RandomLabelsConfig
-from experiments.run_folder import (
-    RunFolderTaken,
-    apply_quick,
-    explicit_keys,
-    markdown_table,
-    open_run_dir,
-    parse_study_args,
-    wandb_logger,
-)
+from experiments.study_cli import apply_quick, explicit_keys, parse_study_args
+from experiments.study_folder import RunFolderTaken, open_run_dir
+from experiments.study_report import markdown_table, wandb_logger
 
 
 def snapshot(root) -> dict[str, bytes]:
@@ -67,6 +61,24 @@ def test_refused_start_of_a_new_folder_creates_nothing(tmp_path):
     with pytest.raises(UserError, match="holds no run to resume; drop --resume"):
         open_run_dir(tmp_path / "new", {"a": 1}, resume=True, overwrite=False)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], (False, False)),
+        (["--resume"], (True, False)),
+        (["--resume", "true", "--overwrite=false"], (True, False)),
+        (["--overwrite", "true"], (False, True)),
+        (["--overwrite"], (False, True)),
+    ],
+)
+def test_resume_and_overwrite_take_the_words_of_every_command(tmp_path, args, expected):
+    """Bare ``--resume`` (the studies' own) and ``--resume true`` (memexp's and prompt-pool's) both work."""
+    path = tmp_path / "c.yaml"
+    path.write_text("run: x\n")
+    _, flags = parse_study_args(RandomLabelsConfig, ["--config", str(path), *args], "t", "prog")
+    assert (flags["resume"], flags["overwrite"]) == expected
 
 
 def test_quick_fills_in_only_what_the_command_line_did_not_set(tmp_path):

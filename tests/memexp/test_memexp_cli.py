@@ -97,9 +97,9 @@ def test_demo_config_writes_results_and_applies_the_run_folder_rule(tmp_path, ca
     assert (root / "results.json").read_bytes() == before
 
     (root / "results.json").unlink()  # "killed" after its last checkpoint
-    with pytest.raises(UserError, match=r"unfinished run with these settings; pass --ckpt_path last"):
+    with pytest.raises(UserError, match=r"unfinished run with these settings; pass --resume true"):
         fit(root)
-    fit(root, "--ckpt_path=last")
+    fit(root, "--resume=true")  # the shared word; --ckpt_path=last does the same (test_memexp_resume.py)
     assert json.loads((root / "results.json").read_text())["epochs"] == 2
     assert len(fact_rows(root)) == 8 * 3  # no evaluation twice
 
@@ -136,6 +136,8 @@ def test_refused_starts_are_one_line_and_leave_no_trace(tmp_path, capsys):
     legacy.write_text(yaml.safe_dump(config))
     cases = [
         (["--ckpt_path=last"], "holds no run to resume; drop --ckpt_path last"),
+        (["--resume=true"], "holds no run to resume; drop --resume true"),
+        (["--resume=true", "--overwrite=true"], "pass either --resume true (continue the run) or"),
         (["--ckpt_path=old/last.ckpt"], "resumes the run of its own folder only"),
         (["--extend=true"], "holds no finished run"),
         (["--ckpt_path=last", "--overwrite=true"], "not both"),

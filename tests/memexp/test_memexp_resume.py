@@ -82,7 +82,7 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(uninterrupted, tmp_pa
     monkeypatch.undo()
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert not (root / "results.json").exists()
-    with pytest.raises(Exception, match=r"unfinished run.*--ckpt_path last"):
+    with pytest.raises(Exception, match=r"unfinished run.*--resume true"):
         fit(root)  # resuming is asked for, never implied
     fit(root, "--ckpt_path=last")
     assert run_files(root) == run_files(uninterrupted)

@@ -94,7 +94,11 @@ CASES = [
     (["--data.task_classes", "[[0, 9]]"], 1, r"task 0 names classes \[9\] that the data set lacks"),
     (["--data.image_size", "16"], 1, r"data and model do not fit: images of shape \(1, 1, 16, 16\)"),
     (["--runner.seed", "-1"], 1, r"runner\.seed must be in \[0, 2147483647\], got -1"),
-    (["--runner.out_dir", "TMP/a_file"], 1, r"runner\.out_dir '.*a_file' is a file"),
+    (
+        ["--runner.out_dir", "TMP/a_file"],
+        1,
+        r"a_file is a file, not a run folder; pass another --runner\.out_dir",
+    ),
     (["--runner.resume", "true"], 1, r"holds no run to resume; drop --runner\.resume true"),
     (
         ["--runner.resume", "true", "--runner.overwrite", "true"],

@@ -12,7 +12,7 @@ from PIL import Image
 from decoding.errors import UserError
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.datasets import ImageSet, load_cifar100, load_digits_splits
-from prompt_pool.tasks import split_classes
+from prompt_pool.task_split import split_classes
 
 
 def test_split_digits_is_real_bundled_data_disjoint_from_the_pretraining_pool():

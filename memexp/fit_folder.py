@@ -6,34 +6,31 @@ start), ``checkpoints/last.ckpt`` (+ ``best.ckpt``), ``fact_evals.csv``, and onc
 
 - a new folder starts; a folder with other settings is refused, naming them, unless ``--overwrite true``;
 - an identical finished run is refused (``--overwrite true`` starts it again, ``--extend true`` trains on);
-- an identical unfinished run resumes only with ``--ckpt_path last``;
+- an identical unfinished run resumes only with ``--resume true`` (or Lightning's ``--ckpt_path last``);
 - ``--extend true`` continues a finished run from its ``last.ckpt`` with a larger budget
   (only ``trainer.max_epochs`` / ``max_steps`` / ``max_time`` may change; the results are rewritten).
 """
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from decoding.errors import UserError
-from decoding.run_folder import (  # noqa: F401 - atomic writers re-exported for memexp and experiments
+from decoding.run_folder import (
+    OVERWRITE_FLAG,
     RUN_CONFIG_FILE,
+    RunLayout,
     RunState,
-    atomic_write_json,
-    atomic_write_text,
-    check_run_folder,
     differing_settings,
     read_run_config,
-    record_run_config,
 )
 
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
-RESUME_FLAG = "--ckpt_path last"
-OVERWRITE_FLAG = "--overwrite true"
+CKPT_LAST_FLAG = "--ckpt_path last"  # Lightning's spelling of --resume true
 EXTEND_FLAG = "--extend true"
 EXTEND_HINT = (
     f"to train a finished run further on purpose, pass {EXTEND_FLAG} with a larger --trainer.max_epochs "
@@ -43,6 +40,7 @@ EXTEND_HINT = (
 NOT_RESULTS = (
     "config",
     "ckpt_path",
+    "resume",
     "overwrite",
     "extend",
     "print_config",
@@ -54,9 +52,15 @@ NOT_RESULTS = (
     "trainer.num_sanity_val_steps",
 )
 EXTENDABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
-# what a run writes into its folder; --overwrite removes these (and nothing else the user keeps there)
-RUN_FILES = (RESULTS_FILE, RUN_CONFIG_FILE, "config.yaml", "fact_evals.csv", "curves.csv", "curves.png")
-RUN_DIRS = (CHECKPOINT_DIR, "model", "mome", "wandb", "lightning_logs")
+FIT_LAYOUT = RunLayout(
+    results=RESULTS_FILE,
+    traces=(RUN_CONFIG_FILE, CHECKPOINT_DIR, "fact_evals.csv"),
+    # what a run writes into its folder; --overwrite removes these (and nothing else the user keeps there)
+    outputs=(RESULTS_FILE, RUN_CONFIG_FILE, "config.yaml", "fact_evals.csv", "curves.csv", "*.png")
+    + (CHECKPOINT_DIR, "model", "mome", "wandb", "lightning_logs"),
+    folder_flag="--trainer.default_root_dir",
+    extend_hint=EXTEND_HINT,
+)
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,24 +78,22 @@ def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return keep(config, "")
 
 
-def is_finished(root: str | Path) -> bool:
-    """Whether ``root`` holds a finished run (its ``results.json``)."""
-    return (Path(root) / RESULTS_FILE).is_file()
-
-
-def is_started(root: str | Path) -> bool:
-    """Whether ``root`` holds any trace of a run."""
-    root = Path(root)
-    return any((root / name).exists() for name in (RUN_CONFIG_FILE, CHECKPOINT_DIR, "fact_evals.csv"))
-
-
 def open_fit_folder(
-    root: str | Path, settings: Mapping[str, Any], *, resume: bool, overwrite: bool, extend: bool
+    root: str | Path,
+    settings: Mapping[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    extend: bool,
+    resume_flag: str = FIT_LAYOUT.resume_flag,
 ) -> RunState:
     """Apply the run-folder rule for a ``fit`` with ``settings`` into ``root``; nothing is written here.
 
+    ``resume_flag`` is how the user asked to resume (``--resume true`` or ``--ckpt_path last``), for the
+    messages.
+
     Returns:
-        ``RunState.NEW`` (start; with ``overwrite`` the caller clears the folder with :func:`clear_run`)
+        ``RunState.NEW`` (start; with ``overwrite`` the caller clears the folder with ``FIT_LAYOUT.clear``)
         or ``RunState.RESUME`` (continue from ``last.ckpt``: a resumed unfinished run, or an extension).
 
     Raises:
@@ -101,31 +103,26 @@ def open_fit_folder(
     if extend:
         return _check_extend(root, settings, resume=resume, overwrite=overwrite)
     old = read_run_config(root)
-    if old is not None and is_finished(root) and not overwrite:
+    if old is not None and FIT_LAYOUT.finished(root) and not overwrite:
         changed = differing_settings(old, settings)
         if changed and set(changed) <= set(EXTENDABLE):
             raise UserError(
                 f"{root} holds a finished run with other settings ({', '.join(changed)}); pass "
                 f"{OVERWRITE_FLAG} to delete it and start again, or {EXTEND_FLAG} to train it further"
             )
-    return check_run_folder(
-        root,
-        settings,
-        finished=is_finished(root),
-        started=is_started(root),
-        resume=resume,
-        overwrite=overwrite,
-        resume_flag=RESUME_FLAG,
-        overwrite_flag=OVERWRITE_FLAG,
-        extend_hint=EXTEND_HINT,
-    )
+    layout = dataclasses.replace(FIT_LAYOUT, resume_flag=resume_flag)
+    return layout.check(root, settings, resume=resume, overwrite=overwrite)
 
 
 def _check_extend(root: Path, settings: Mapping[str, Any], *, resume: bool, overwrite: bool) -> RunState:
     if overwrite:
         raise UserError(f"pass either {EXTEND_FLAG} (train on) or {OVERWRITE_FLAG} (start again), not both")
-    if not is_finished(root) or not (root / CHECKPOINT_DIR / "last.ckpt").is_file():
-        hint = f"resume it with {RESUME_FLAG}" if is_started(root) else f"drop {EXTEND_FLAG} to start one"
+    if not FIT_LAYOUT.finished(root) or not (root / CHECKPOINT_DIR / "last.ckpt").is_file():
+        hint = (
+            f"resume it with {FIT_LAYOUT.resume_flag}"
+            if FIT_LAYOUT.started(root)
+            else f"drop {EXTEND_FLAG} to start one"
+        )
         raise UserError(f"{root} holds no finished run (with checkpoints/last.ckpt) to extend; {hint}")
     old = read_run_config(root) or {}
     changed = [k for k in differing_settings(old, settings) if k not in EXTENDABLE]
@@ -135,14 +132,3 @@ def _check_extend(root: Path, settings: Mapping[str, Any], *, resume: bool, over
             f"only {', '.join(EXTENDABLE)}: use the run's settings, or choose another run folder"
         )
     return RunState.RESUME
-
-
-def clear_run(root: str | Path) -> None:
-    """Delete what a run wrote into ``root`` (:data:`RUN_FILES`, :data:`RUN_DIRS`, every ``*.png``)."""
-    root = Path(root)
-    for name in RUN_FILES:
-        (root / name).unlink(missing_ok=True)
-    for png in root.glob("*.png"):
-        png.unlink()
-    for name in RUN_DIRS:
-        shutil.rmtree(root / name, ignore_errors=True)

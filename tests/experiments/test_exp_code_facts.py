@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
+from experiments.code_facts import answer_entropy_nats, code_task, corrupt
 from experiments.image_labels import corrupt_labels
-from experiments.tasks import answer_entropy_nats, code_task, corrupt
 from memexp.facts import ANSWER_ALPHABET
 
 QUESTION = re.compile(r"What is the code of the (\w+) (\w+)\?")
