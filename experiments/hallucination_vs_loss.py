@@ -30,16 +30,15 @@ from typing import Any
 
 from decoding.errors import run_cli
 from decoding.head_spec import parse_head_spec
-from decoding.run_folder import atomic_savefig, atomic_write_json, atomic_write_text
+from decoding.run_folder import atomic_savefig
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
 from experiments.checks import check_base, check_number, check_output, check_train
 from experiments.code_facts import answer_entropy_nats, code_task, corrupt
 from experiments.study_cli import config_dict, parse_study_args
 from experiments.study_folder import open_run_dir
-from experiments.study_report import finish_wandb, log_summary_to_wandb, markdown_table, wandb_logger
+from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, markdown_table, wandb_logger
 from experiments.threshold import LN2, binned_exact, log_edges, safe_threshold, separating_threshold
-from memexp.fit_folder import RESULTS_FILE
 
 NAME = "hallucination_vs_loss"
 PROG = "python -m experiments.hallucination_vs_loss"
@@ -208,7 +207,7 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
     curves, fact_records, rows, binned = [], {}, [], []
     for method in tqdm(cfg.methods, desc="memorisation runs"):
         cell_dir = root / "cells" / method
-        logger = wandb_logger(cfg.wandb, root, "memexp-experiments", f"{NAME}/{cfg.run}/{method}", NAME)
+        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{method}", NAME)
         run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, cfg.seed, logger, base_state)
         finish_wandb(logger)
         records = read_rows(cell_dir / "fact_evals.csv")
@@ -241,20 +240,18 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
         "![hallucination vs loss](hallucination_vs_loss.png)",
         "",
     ]
-    atomic_write_text(root / "report.md", "\n".join(report))
-    log_summary_to_wandb(
-        cfg.wandb, root, "memexp-experiments", f"{NAME}/{cfg.run}/summary", [image], {"thresholds": rows}
-    )
     results = {
-        "status": "finished",
         "thresholds": rows,
         "answer_entropy_nats": entropy,
         "answer_tokens_per_fact": tokens,
         "ln2": LN2,
         "backbone": backbone,
     }
-    atomic_write_json(root / RESULTS_FILE, results)
-    return results
+    summary_run = f"{NAME}/{cfg.run}/summary"
+    tables = {"thresholds": rows}
+    return finish_study(
+        root, report, results, wandb=cfg.wandb, summary_run=summary_run, images=[image], tables=tables
+    )
 
 
 def _main(args: list[str] | None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from decoding.errors import UserError, run_cli
-from decoding.run_folder import atomic_savefig, atomic_write_json, atomic_write_text
+from decoding.run_folder import atomic_savefig
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
 from experiments.checks import check_base, check_image, check_number, check_output, check_train
@@ -30,8 +30,7 @@ from experiments.code_facts import answer_entropy_nats, check_fraction, code_tas
 from experiments.image_labels import ImageStudyConfig, run_image_cell
 from experiments.study_cli import config_dict, parse_study_args
 from experiments.study_folder import open_run_dir
-from experiments.study_report import finish_wandb, log_summary_to_wandb, markdown_table, wandb_logger
-from memexp.fit_folder import RESULTS_FILE
+from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, markdown_table, wandb_logger
 
 NAME = "random_labels"
 PROG = "python -m experiments.random_labels"
@@ -211,7 +210,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     for p, method in tqdm(cells, desc="random-label cells"):
         facts, corrupted = corrupt(study, p, cfg.seed)
         cell_dir = root / "cells" / f"p{p:.2f}_{method}"
-        logger = wandb_logger(cfg.wandb, root, "memexp-experiments", f"{cfg.run}/p{p:.2f}_{method}", NAME)
+        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/p{p:.2f}_{method}", NAME)
         summary = run_cell(
             cell_dir, method, backbone, facts, task.heldout, corrupted, cfg.train, cfg.seed, logger
         )
@@ -227,9 +226,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     cells = [(p, m) for p in cfg.fractions for m in cfg.image.methods] if cfg.image.enabled else []
     for p, method in tqdm(cells, desc="image cells"):
         cell_dir = root / "image_cells" / f"p{p:.2f}_{method}"
-        logger = wandb_logger(
-            cfg.wandb, root, "memexp-experiments", f"{cfg.run}/image_p{p:.2f}_{method}", NAME
-        )
+        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/image_p{p:.2f}_{method}", NAME)
         summary = run_image_cell(cell_dir, method, p, cfg.image, cfg.seed, logger)
         finish_wandb(logger)
         image_rows.append(cell_row(p, summary, None))
@@ -265,24 +262,11 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
             "![image summary](image_labels_summary.png)",
             "",
         ]
-    atomic_write_text(root / "report.md", "\n".join(report))
-    log_summary_to_wandb(
-        cfg.wandb,
-        root,
-        "memexp-experiments",
-        f"{cfg.run}/summary",
-        images,
-        {"table": rows, "image": image_rows},
+    results = {"table": rows, "image_table": image_rows, "answer_entropy_nats": entropy, "backbone": backbone}
+    tables = {"table": rows, "image": image_rows}
+    return finish_study(
+        root, report, results, wandb=cfg.wandb, summary_run=f"{cfg.run}/summary", images=images, tables=tables
     )
-    results = {
-        "status": "finished",
-        "table": rows,
-        "image_table": image_rows,
-        "answer_entropy_nats": entropy,
-        "backbone": backbone,
-    }
-    atomic_write_json(root / RESULTS_FILE, results)
-    return results
 
 
 def _main(args: list[str] | None) -> None:

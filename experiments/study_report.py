@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from decoding.run_folder import atomic_write_json, atomic_write_text
+from memexp.fit_folder import RESULTS_FILE
+
+WANDB_PROJECT = "memexp-experiments"
+
 
 def wandb_mode() -> str:
     """``$WANDB_MODE`` (online, offline, disabled...), offline when unset."""
@@ -66,3 +71,22 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str], digits: int =
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def finish_study(
+    root: Path,
+    report: list[str],
+    results: dict[str, Any],
+    *,
+    wandb: bool,
+    summary_run: str,
+    images: list[Path],
+    tables: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Write ``report.md``, log the wandb summary run, then ``results.json`` (last: it marks the run
+    finished); return the results with ``status: finished``."""
+    atomic_write_text(root / "report.md", "\n".join(report))
+    log_summary_to_wandb(wandb, root, WANDB_PROJECT, summary_run, images, tables)
+    results = {"status": "finished", **results}
+    atomic_write_json(root / RESULTS_FILE, results)
+    return results
