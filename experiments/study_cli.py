@@ -73,7 +73,7 @@ def parse_study_args(
         ("resume", "continue the run in the run folder (finished cells are kept)"),
         ("overwrite", "delete the run folder and start again"),
     ):
-        parser.add_argument(f"--{flag}", action=ActionYesNo(nargs="?"), default=False, help=text)
+        parser.add_argument(f"--{flag}", action=ActionYesNo, nargs="?", default=False, help=text)
     ns = parser.parse_args(args)
     flags = {k: ns.pop(k) for k in ("quick", "resume", "overwrite")}
     ns.pop("config", None)
