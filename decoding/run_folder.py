@@ -229,7 +229,7 @@ def remove_paths(root: str | Path, patterns: Iterable[str]) -> None:
     """Delete the files and folders of ``root`` that match any of ``patterns`` (globs, not recursive)."""
     root = Path(root)
     for pattern in patterns:
-        for path in root.glob(pattern):
+        for path in list(root.glob(pattern)):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
