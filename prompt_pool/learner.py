@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from decoding.errors import UserError
+from decoding.layers import LayerLogits
 from prompt_pool.backbone import ViTBackbone
+from prompt_pool.heads import check_heads_fit, head_predictions, parse_eval_heads
 from prompt_pool.replay import ReplayBuffer
 
 
@@ -63,7 +65,12 @@ class ContinualLearner(L.LightningModule):
         buffer_per_class: rehearsal: keep this many training samples per class and add a batch of them
             to every training step (0 = off). Works with every strategy (ER; with L2P: L2P-R).
         seed: seed of parameter initialisation and of the replay sampling.
+        eval_heads: decoding heads to evaluate besides the plain argmax, as option strings
+            (``sled``, ``dola:dola_layers=low``, ``dera:lam=2``...); each fills its own accuracy matrix
+            (docs/prompt_pool.md, 'Decoding heads on a classifier').
     """
+
+    has_reference = False  # a prompt-free reference model for DeRa (L2P: its frozen ViT without prompts)
 
     def __init__(
         self,
@@ -81,8 +88,10 @@ class ContinualLearner(L.LightningModule):
         train_mask: bool = True,
         buffer_per_class: int = 0,
         seed: int = 0,
+        eval_heads: list[str] | None = None,
     ) -> None:
         super().__init__()
+        heads = parse_eval_heads(eval_heads)  # bad specs: one line, before the ViT is built
         _check_learner_settings(
             num_classes=num_classes,
             lr=lr,
@@ -98,6 +107,8 @@ class ContinualLearner(L.LightningModule):
         self.batch_size, self.betas, self.weight_decay = batch_size, tuple(betas), weight_decay
         self.train_mask, self.seed = train_mask, seed
         self.backbone = ViTBackbone(backbone, pretrained, checkpoint, checkpoint_sha256, backbone_kwargs)
+        check_heads_fit(heads, self.backbone.depth, num_classes, type(self).__name__, self.has_reference)
+        self.heads = heads
         self.replay = ReplayBuffer(buffer_per_class, seed) if buffer_per_class > 0 else None
         self.task = 0
         self.task_classes: list[int] = list(range(num_classes))
@@ -105,6 +116,7 @@ class ContinualLearner(L.LightningModule):
         self.eval_class_masks: list[list[int]] | None = None  # task-IL: classes of each eval loader
         self._correct: dict[int, int] = {}
         self._total: dict[int, int] = {}
+        self._head_correct: dict[str, dict[int, int]] = {}
         self.step_offset = 0
 
     # ---- to implement ---------------------------------------------------------------------------
@@ -115,6 +127,15 @@ class ContinualLearner(L.LightningModule):
     def extra_loss(self, x: Tensor, y: Tensor, logits: Tensor, aux: dict[str, Tensor]) -> Tensor:
         """Strategy-specific loss added to CE (pull constraint, EWC penalty, distillation)."""
         return logits.new_zeros(())
+
+    def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> LayerLogits:
+        """Per-layer class logits for the decoding heads: early (N, B, C) from hidden states 0..N-1,
+        mature (B, C) bit-identical to ``logits(x, uid)[0]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer logits")
+
+    def reference_layer_logits(self, x: Tensor, uid: Tensor | None = None, early: bool = True) -> LayerLogits:
+        """The prompt-free reference's class logits (DeRa); early rows only when ``early``."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference model")
 
     # ---- task hooks -----------------------------------------------------------------------------
     def begin_task(self, task: int, classes: list[int]) -> None:
@@ -188,19 +209,35 @@ class ContinualLearner(L.LightningModule):
     # ---- evaluation: one loader per task, dataloader_idx = task id ------------------------------
     def on_validation_epoch_start(self) -> None:
         self._correct, self._total = {}, {}
+        self._head_correct = {spec: {} for spec in self.heads}
 
     def validation_step(
         self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         x, y, uid = batch
-        logits, _ = self.logits(x, uid)
-        if self.eval_class_masks is not None:
-            logits = self.mask_logits(logits, self.eval_class_masks[dataloader_idx])
+        if self.heads:
+            layers = self.layer_logits(x, uid)  # early (N, B, C), mature (B, C)
+            logits = layers.mature
+        else:
+            logits, _ = self.logits(x, uid)
+        classes = None if self.eval_class_masks is None else self.eval_class_masks[dataloader_idx]
+        if classes is not None:
+            logits = self.mask_logits(logits, classes)
         pred = logits.argmax(dim=-1)
         self._correct[dataloader_idx] = self._correct.get(dataloader_idx, 0) + int((pred == y).sum())
         self._total[dataloader_idx] = self._total.get(dataloader_idx, 0) + int(y.numel())
+        if self.heads:
+            ref = (lambda early: self.reference_layer_logits(x, uid, early)) if self.has_reference else None
+            for spec, p in head_predictions(self.heads, layers, ref, classes).items():
+                counts = self._head_correct[spec]
+                counts[dataloader_idx] = counts.get(dataloader_idx, 0) + int((p == y).sum())
 
     def eval_counts(self) -> tuple[list[int], list[int]]:
         """(correct, total) per evaluation loader of the last validation run."""
         keys = sorted(self._total)
         return [self._correct[k] for k in keys], [self._total[k] for k in keys]
+
+    def eval_head_counts(self) -> dict[str, list[int]]:
+        """``{head spec: correct per evaluation loader}`` of the last validation run."""
+        keys = sorted(self._total)
+        return {spec: [counts.get(k, 0) for k in keys] for spec, counts in self._head_correct.items()}

@@ -191,7 +191,8 @@ class PromptPoolCLI(LightningCLI):
         runner = TaskSequenceRunner(self.runner_config, self._new_trainer, self.settings, not self.dry_run)
         result = runner.run(model, datamodule)
         where = {"fast_dev_run": True} if self.dry_run else {"out_dir": self.runner_config.out_dir}
-        print(json.dumps({**where, **result.metrics}, indent=2))
+        heads = {"heads": {spec: r.metrics for spec, r in result.heads.items()}} if result.heads else {}
+        print(json.dumps({**where, **result.metrics, **heads}, indent=2))
 
 
 def cli(args: list[str] | None, run: bool = True) -> PromptPoolCLI:

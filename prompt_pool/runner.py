@@ -7,6 +7,10 @@
         Trainer.validate on every task's test set -> A[:, t]
         save state (atomic) + accuracy heatmap + prompt-usage histogram (PNG, wandb)
 
+Every decoding head of the learner's ``eval_heads`` (``sled``, ``dola``, ``dera:lam=2``...) fills its own
+matrix in the same evaluation pass; the plain argmax keeps today's names (``accuracy_matrix.csv``,
+``cl/final/average_accuracy``), a head ``H`` gets ``heads/<H>/`` files and ``cl/final/H/...`` metrics.
+
 Rows of A with i > t (tasks not trained yet) are evaluated too when ``eval_future_tasks`` (needed by
 forward transfer); the accuracy of the untrained model on each task is the FWT baseline b_i.
 
@@ -41,6 +45,7 @@ from decoding.run_folder import (
     remove_stale_temps,
 )
 from prompt_pool.datamodule import TaskSequenceDataModule
+from prompt_pool.heads import check_heads_fit, head_slug
 from prompt_pool.learner import ContinualLearner
 from prompt_pool.metrics import average_incremental_accuracy, summarise
 from prompt_pool.plots import plot_accuracy_matrix, plot_prompt_usage
@@ -79,6 +84,7 @@ class RunnerConfig:
 MAX_SEED = 2**31 - 1  # task t seeds seed + t: stays inside Lightning's uint32 range
 RESUME_FLAG, OVERWRITE_FLAG = "--runner.resume true", "--runner.overwrite true"
 STATE_FILE, RESULTS_FILE = "state.pt", "results.json"
+HEADS_DIR = "heads"  # heads/<head>/accuracy_matrix.{csv,png}, results.json: one folder per decoding head
 RUN_OUTPUTS = (RUN_CONFIG_FILE, STATE_FILE, RESULTS_FILE, "accuracy_matrix.csv", "accuracy_matrix.png")
 
 
@@ -114,16 +120,21 @@ def clear_out_dir(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     for png in out.glob("prompt_usage_task*.png"):
         png.unlink()
+    shutil.rmtree(out / HEADS_DIR, ignore_errors=True)
     shutil.rmtree(out / "wandb", ignore_errors=True)
 
 
 def check_learner_fits(learner: ContinualLearner, dm: TaskSequenceDataModule) -> None:
-    """Raise :class:`UserError` when the learner cannot run on the data (classes, image shape)."""
+    """Raise :class:`UserError` when the learner cannot run on the data (classes, image shape, heads)."""
     if learner.num_classes < dm.num_classes:
         raise UserError(
             f"the learner's head has {learner.num_classes} classes but the data has "
             f"{dm.num_classes}; set model num_classes={dm.num_classes}."
         )
+    vocab = min(len(t.classes) for t in dm.tasks) if dm.setting == "task" else learner.num_classes
+    check_heads_fit(
+        learner.heads, learner.backbone.depth, vocab, type(learner).__name__, learner.has_reference
+    )
     x = dm.test_loaders(0)[0].dataset[0][0][None]  # (1, C, H, W) as the model will see it
     try:
         learner.backbone.check_input(x)
@@ -141,6 +152,7 @@ class SequenceResult:
     baseline: torch.Tensor | None  # (T,) accuracy before training (FWT's b_i)
     usage: torch.Tensor | None  # (T, M) prompt selections per task (L2P only)
     metrics: dict[str, float] = field(default_factory=dict)
+    heads: dict[str, SequenceResult] = field(default_factory=dict)  # per eval_heads entry (usage None)
 
 
 class TaskSequenceRunner:
@@ -170,11 +182,12 @@ class TaskSequenceRunner:
 
     def _evaluate(
         self, learner: ContinualLearner, dm: TaskSequenceDataModule, upto: int, trainer: L.Trainer
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], dict[str, list[int]]]:
+        """Correct counts per evaluated task: of the plain argmax, and ``{head spec: counts}``."""
         n = dm.num_tasks - 1 if self.cfg.eval_future_tasks else upto
         learner.eval_class_masks = [t.classes for t in dm.tasks[: n + 1]] if dm.setting == "task" else None
         trainer.validate(learner, dataloaders=dm.test_loaders(n), verbose=False)
-        return learner.eval_counts()
+        return learner.eval_counts()[0], learner.eval_head_counts()
 
     def run(self, learner: ContinualLearner, dm: TaskSequenceDataModule) -> SequenceResult:
         """Train the whole sequence (or its remainder after a kill) and return A and the metrics."""
@@ -183,20 +196,27 @@ class TaskSequenceRunner:
         state = self._start() if self.write else RunState.NEW
         state_path = self.out / STATE_FILE
         correct = torch.full((T, T), -1, dtype=torch.long)
+        head_correct = {spec: correct.clone() for spec in learner.heads}
+        head_baseline: dict[str, torch.Tensor] = {}
         totals = torch.tensor([len(t.test) for t in dm.tasks])
         usage = torch.zeros(T, learner.pool.pool_size, dtype=torch.long) if hasattr(learner, "pool") else None
         baseline, start = None, 0
         if state is RunState.RESUME and state_path.exists():
             st = self._load_state(learner, state_path)
             correct, start, baseline = st["correct"], int(st["next_task"]), st.get("baseline")
+            head_correct.update(st.get("head_correct", {}))
+            head_baseline.update(st.get("head_baseline", {}))
             learner.seen_classes, learner.step_offset = st["seen_classes"].tolist(), int(st["step_offset"])
             if usage is not None and "usage" in st:
                 usage = st["usage"]
             log.info("resuming %s at task %d", self.out, start)
         elif self.cfg.eval_future_tasks and not dm.joint:
             L.seed_everything(self.cfg.seed, workers=True)
-            c, n = self._evaluate(learner, dm, 0, self.trainer_factory())
-            baseline = 100.0 * torch.tensor(c, dtype=torch.float64) / torch.tensor(n)
+            c, hc = self._evaluate(learner, dm, 0, self.trainer_factory())
+            baseline = 100.0 * torch.tensor(c, dtype=torch.float64) / totals
+            head_baseline = {
+                spec: 100.0 * torch.tensor(v, dtype=torch.float64) / totals for spec, v in hc.items()
+            }
         stages = (
             [(T - 1, sorted({c for t in dm.tasks for c in t.classes}))]
             if dm.joint
@@ -211,8 +231,10 @@ class TaskSequenceRunner:
             trainer = self.trainer_factory()
             trainer.fit(learner, train_dataloaders=dm.train_loader(t, seed=self.cfg.seed + t))
             learner.end_task(t, dm.train_dataset(t))
-            c, _ = self._evaluate(learner, dm, t, trainer)
+            c, hc = self._evaluate(learner, dm, t, trainer)
             correct[: len(c), t] = torch.tensor(c)
+            for spec, v in hc.items():
+                head_correct[spec][: len(v), t] = torch.tensor(v)
             if usage is not None:
                 usage[t] = learner.pool.task_counts.cpu()
             acc = self._accuracy(correct, totals)
@@ -225,21 +247,25 @@ class TaskSequenceRunner:
                         "baseline": baseline,
                         "seen_classes": torch.tensor(learner.seen_classes),
                         "step_offset": torch.tensor(learner.step_offset),
+                        "head_correct": head_correct,
+                        "head_baseline": head_baseline,
                         **({"usage": usage} if usage is not None else {}),
                     },
                     state_path,
                 )
             self._report(trainer, acc, usage, t, T)
-        acc = self._accuracy(correct, totals)
-        result = SequenceResult(acc, correct, totals, baseline, usage)
-        result.metrics = (
-            summarise(acc, baseline) if not dm.joint else {"average_accuracy": float(acc[:, -1].mean())}
-        )
-        if not dm.joint:
-            result.metrics["average_incremental_accuracy"] = average_incremental_accuracy(
-                correct.clamp(min=0), totals
-            )
+            for spec, hc_t in head_correct.items():
+                self._report(trainer, self._accuracy(hc_t, totals), None, t, T, head=spec)
+        result = self._result(correct, totals, baseline, usage, dm.joint)
+        result.heads = {
+            spec: self._result(c, totals, head_baseline.get(spec), None, dm.joint)
+            for spec, c in head_correct.items()
+        }
         final = {f"cl/final/{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        for spec, r in result.heads.items():
+            final.update(
+                {f"cl/final/{spec}/{k}": v for k, v in r.metrics.items() if isinstance(v, (int, float))}
+            )
         self._log(trainer, final)  # forgetting, BWT, FWT... as logged metrics, not only results.json
         if self.write:
             self._write(result)
@@ -268,28 +294,66 @@ class TaskSequenceRunner:
             ) from None
         return st
 
+    @classmethod
+    def _result(
+        cls,
+        correct: torch.Tensor,
+        totals: torch.Tensor,
+        baseline: torch.Tensor | None,
+        usage: torch.Tensor | None,
+        joint: bool,
+    ) -> SequenceResult:
+        """A and its metrics from the correct counts (T, T)."""
+        acc = cls._accuracy(correct, totals)
+        result = SequenceResult(acc, correct, totals, baseline, usage)
+        if joint:
+            result.metrics = {"average_accuracy": float(acc[:, -1].mean())}
+            return result
+        result.metrics = summarise(acc, baseline)
+        result.metrics["average_incremental_accuracy"] = average_incremental_accuracy(
+            correct.clamp(min=0), totals
+        )
+        return result
+
     @staticmethod
     def _accuracy(correct: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
         acc = 100.0 * correct.to(torch.float64) / totals[:, None]
         return acc.masked_fill(correct < 0, math.nan)
 
     def _report(
-        self, trainer: L.Trainer, acc: torch.Tensor, usage: torch.Tensor | None, t: int, T: int
+        self,
+        trainer: L.Trainer,
+        acc: torch.Tensor,
+        usage: torch.Tensor | None,
+        t: int,
+        T: int,
+        head: str | None = None,
     ) -> None:
+        """Log column t of A (``cl/...``; ``cl/<head>/...`` for a decoding head) and plot A."""
         col = acc[: t + 1, t]
-        metrics = {"cl/average_accuracy": float(col.mean()), "cl/task": t}
+        p = "cl/" if head is None else f"cl/{head}/"
+        metrics = {f"{p}average_accuracy": float(col.mean()), "cl/task": t}
         for i in range(t + 1):
-            metrics[f"cl/acc_task{i}"] = float(acc[i, t])
+            metrics[f"{p}acc_task{i}"] = float(acc[i, t])
         self._log(trainer, metrics)
-        log.info("after task %d: A[:, %d] = %s", t, t, [round(float(v), 2) for v in col])
+        log.info(
+            "after task %d%s: A[:, %d] = %s",
+            t,
+            f" ({head})" if head else "",
+            t,
+            [round(float(v), 2) for v in col],
+        )
         if not (self.cfg.plots and self.write):
             return
-        paths = [plot_accuracy_matrix(acc, self.out / "accuracy_matrix.png", upto=t)]
+        folder = self.out if head is None else self.out / HEADS_DIR / head_slug(head)
+        title = None if head is None else f"accuracy A[i, t] (%), head {head}"
+        paths = [plot_accuracy_matrix(acc, folder / "accuracy_matrix.png", upto=t, title=title)]
         if usage is not None:
             paths.append(plot_prompt_usage(usage[: t + 1], self.out / f"prompt_usage_task{t}.png"))
         log_image = getattr(trainer.logger, "log_image", None)
         if callable(log_image):
-            for key, p in zip(("accuracy_matrix", "prompt_usage"), paths):
+            keys = ("accuracy_matrix", "prompt_usage") if head is None else (f"accuracy_matrix/{head}",)
+            for key, p in zip(keys, paths):
                 log_image(key=key, images=[str(p)])
 
     @staticmethod
@@ -301,17 +365,31 @@ class TaskSequenceRunner:
             logger.save()
 
     def _write(self, r: SequenceResult) -> None:
-        """The CSV, then ``results.json`` (the finished-run marker), each written atomically."""
+        """The CSVs and each head's results, then ``results.json`` (the finished-run marker), each
+        written atomically."""
         import numpy as np
 
+        for head, hr in r.heads.items():
+            folder = self.out / HEADS_DIR / head_slug(head)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_file(folder / "accuracy_matrix.csv", "w") as fh:
+                np.savetxt(fh, hr.accuracy.numpy(), delimiter=",", fmt="%.4f")
+            atomic_write_json(folder / RESULTS_FILE, {"head": head, **self._payload(hr)})
         with atomic_file(self.out / "accuracy_matrix.csv", "w") as fh:
             np.savetxt(fh, r.accuracy.numpy(), delimiter=",", fmt="%.4f")
         payload = {
+            **self._payload(r),
+            "usage": None if r.usage is None else r.usage.tolist(),
+            "heads": {head: self._payload(hr) for head, hr in r.heads.items()},
+            "config": self.settings,
+        }
+        atomic_write_json(self.out / RESULTS_FILE, payload)
+
+    @staticmethod
+    def _payload(r: SequenceResult) -> dict[str, Any]:
+        return {
             "metrics": r.metrics,
             "accuracy_matrix": r.accuracy.tolist(),
             "totals": r.totals.tolist(),
             "baseline": None if r.baseline is None else r.baseline.tolist(),
-            "usage": None if r.usage is None else r.usage.tolist(),
-            "config": self.settings,
         }
-        atomic_write_json(self.out / RESULTS_FILE, payload)

@@ -108,6 +108,23 @@ CASES = [
         1,
         r"ewc_lambda=-1",
     ),
+    (
+        ["--model.init_args.eval_heads", '["nucleus"]'],
+        1,
+        r"eval_heads entry 'nucleus' is not a decoding head",
+    ),
+    (["--model.init_args.eval_heads", '["dola:dola_layers=7"]'], 1, r"dola_layers \[7\] are out of range"),
+    (["--model.init_args.eval_heads", '["sled"]'], 1, r"evolution_scale=10 exceeds the 4 classes"),
+    (
+        [
+            "--config",
+            str(CFG / "baselines" / "ft_head.yaml"),
+            "--model.init_args.eval_heads",
+            '["dera:lam=2"]',
+        ],
+        1,
+        r"DeRa needs a reference model and FineTune has none",
+    ),
 ]
 
 

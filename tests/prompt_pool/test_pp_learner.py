@@ -100,7 +100,7 @@ def test_layer_logits_and_dera_reference(tiny_vit_kwargs, dm):
     m = _l2p(tiny_vit_kwargs).eval()
     x, _, uid = next(iter(dm.train_loader(0)))
     per_layer = m.layer_logits(x, uid)
-    assert per_layer.shape == (2, x.shape[0], 10)
-    assert torch.allclose(per_layer[-1], m.logits(x, uid)[0], atol=1e-5)
+    assert per_layer.early.shape == (2, x.shape[0], 10)  # hidden states 0 (embeddings) and 1
+    assert torch.equal(per_layer.mature, m.logits(x, uid)[0])
     assert torch.allclose(m.reference_logits(x, uid), m.head(m.backbone.query(x)), atol=1e-6)
     assert m.pool.task_counts.sum() == 0  # evaluation does not count as usage
