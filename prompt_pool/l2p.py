@@ -109,6 +109,7 @@ class L2P(ContinualLearner):
             raise UserError(f"unknown head_init {head_init!r}; use 'zeros' or 'default'.")
         self.pull_coef, self.head_type, self.cache_queries = pull_coef, head_type, cache_queries
         self.query_cache = QueryCache()
+        self.num_prompts = pool_size  # training steps return the selected ids (usage tracking)
 
     def begin_task(self, task: int, classes: list[int]) -> None:
         super().begin_task(task, classes)

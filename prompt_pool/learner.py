@@ -1,9 +1,11 @@
-"""The Lightning module shared by L2P and every baseline: train_mask, optimiser, evaluation, replay.
+"""The Lightning module shared by L2P and every baseline: train_mask, optimiser, evaluation, add-ons.
 
 A strategy subclasses :class:`ContinualLearner` and implements :meth:`logits` (and optionally
 :meth:`extra_loss`, :meth:`begin_task`, :meth:`end_task`). The runner (``prompt_pool.runner``) drives
 the task loop; a fresh ``Trainer.fit`` per task re-creates the optimiser (Adam reset per task, as both
-codebases do; docs/algorithms/l2p.md, 'Freezing, optimiser, schedule').
+codebases do; docs/algorithms/l2p.md, 'Freezing, optimiser, schedule'). Replay, EWC, LwF and usage
+tracking are add-ons (``prompt_pool.addons``, Lightning callbacks) that every training step consults:
+they combine with any learner.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from torch import Tensor
 
 from decoding.errors import UserError
 from decoding.layers import LayerLogits
+from prompt_pool.addons.base import ContinualAddon, addons_of
 from prompt_pool.backbone import ViTBackbone
 from prompt_pool.heads import check_heads_fit, head_predictions, parse_eval_heads
-from prompt_pool.replay import ReplayBuffer
 
 
 def _check_learner_settings(**settings: Any) -> None:
@@ -35,7 +37,6 @@ def _check_learner_settings(**settings: Any) -> None:
             "two numbers in [0, 1), e.g. [0.9, 0.999]",
         ),
         "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-        "buffer_per_class": (lambda v: v >= 0, "an integer >= 0"),
         "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     }
     for name, value in settings.items():
@@ -62,15 +63,14 @@ class ContinualLearner(L.LightningModule):
         betas: Adam betas.
         weight_decay: Adam weight decay.
         train_mask: set training logits outside the current task's classes to -inf before CE.
-        buffer_per_class: rehearsal: keep this many training samples per class and add a batch of them
-            to every training step (0 = off). Works with every strategy (ER; with L2P: L2P-R).
-        seed: seed of parameter initialisation and of the replay sampling.
+        seed: seed of parameter initialisation (and of the Replay add-on's choice, unless it has its own).
         eval_heads: decoding heads to evaluate besides the plain argmax, as option strings
             (``sled``, ``dola:dola_layers=low``, ``dera:lam=2``...); each fills its own accuracy matrix
             (docs/prompt_pool.md, 'Decoding heads on a classifier').
     """
 
     has_reference = False  # a prompt-free reference model for DeRa (L2P: its frozen ViT without prompts)
+    num_prompts = 0  # size of the pool the learner selects from; its training steps return the "ids"
 
     def __init__(
         self,
@@ -86,7 +86,6 @@ class ContinualLearner(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         train_mask: bool = True,
-        buffer_per_class: int = 0,
         seed: int = 0,
         eval_heads: list[str] | None = None,
     ) -> None:
@@ -99,7 +98,6 @@ class ContinualLearner(L.LightningModule):
             batch_size=batch_size,
             betas=tuple(betas),
             weight_decay=weight_decay,
-            buffer_per_class=buffer_per_class,
             seed=seed,
         )
         torch.manual_seed(seed)
@@ -109,7 +107,6 @@ class ContinualLearner(L.LightningModule):
         self.backbone = ViTBackbone(backbone, pretrained, checkpoint, checkpoint_sha256, backbone_kwargs)
         check_heads_fit(heads, self.backbone.depth, num_classes, type(self).__name__, self.has_reference)
         self.heads = heads
-        self.replay = ReplayBuffer(buffer_per_class, seed) if buffer_per_class > 0 else None
         self.task = 0
         self.task_classes: list[int] = list(range(num_classes))
         self.seen_classes: list[int] = []
@@ -117,7 +114,7 @@ class ContinualLearner(L.LightningModule):
         self._correct: dict[int, int] = {}
         self._total: dict[int, int] = {}
         self._head_correct: dict[str, dict[int, int]] = {}
-        self.step_offset = 0
+        self.step_offset = 0  # optimiser steps of the finished tasks: logger steps keep increasing
 
     # ---- to implement ---------------------------------------------------------------------------
     def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -144,14 +141,11 @@ class ContinualLearner(L.LightningModule):
         self.seen_classes = sorted(set(self.seen_classes) | set(classes))
 
     def end_task(self, task: int, dataset: torch.utils.data.Dataset) -> None:
-        """Called after fitting a task with its training set (fills the replay buffer by default)."""
-        if self.replay is not None:
-            self.replay.add(dataset, self.task_classes, task)
+        """Called after fitting a task with its training set."""
 
-    def before_load_state(self, state: dict[str, Tensor]) -> None:
-        """Prepare lazily created buffers (replay, EWC, LwF) before ``load_state_dict`` on resume."""
-        if self.replay is not None:
-            self.replay.resize_like(state, prefix="replay.")
+    def forward(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
+        """Class logits (B, C) (what LwF's previous model is called with)."""
+        return self.logits(x, uid)[0]
 
     # ---- optimisation ---------------------------------------------------------------------------
     @property
@@ -180,31 +174,42 @@ class ContinualLearner(L.LightningModule):
         keep[torch.as_tensor(classes, device=logits.device)] = True
         return logits.masked_fill(~keep, float("-inf"))
 
-    def on_train_start(self) -> None:
-        # keep logger steps increasing across the per-task Trainers
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.step_offset
-
     def on_train_end(self) -> None:
-        self.step_offset = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.step_offset += self.trainer.global_step
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    @property
+    def addons(self) -> list[ContinualAddon]:
+        """The add-ons among the trainer's callbacks (none without a trainer)."""
+        return addons_of(self.trainer)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y, uid = batch
+        addons = self.addons
         mask_classes = self.task_classes
-        if self.replay is not None and len(self.replay) > 0:
-            rx, ry, ruid = self.replay.sample(x.shape[0], x.device)
-            x, y, uid = torch.cat([x, rx]), torch.cat([y, ry]), torch.cat([uid, ruid])
-            mask_classes = self.seen_classes
+        for addon in addons:  # replay: stored samples join the batch, the loss masks to the seen classes
+            extended = addon.extend_batch(self, x, y, uid)
+            if extended is not None:
+                (x, y, uid), mask_classes = extended, self.seen_classes
         logits, aux = self.logits(x, uid)  # (B, C)
         train_logits = self.mask_logits(logits, mask_classes) if self.train_mask else logits
         ce = F.cross_entropy(train_logits, y)
         extra = self.extra_loss(x, y, logits, aux)
+        for addon in addons:  # EWC penalty, distillation
+            term = addon.loss(self, x, y, uid, logits, aux)
+            if term is not None:
+                extra = extra + term
         loss = ce + extra
         self.log_dict(
             {"train/loss": loss, "train/ce": ce, "train/extra": extra, "task": float(self.task)},
             prog_bar=True,
             batch_size=x.shape[0],
         )
-        return loss
+        # the logger step: Lightning's own restarts with every task's Trainer
+        self.log("step", float(self.step_offset + self.trainer.global_step), batch_size=x.shape[0])
+        out = {"loss": loss}
+        if "ids" in aux:
+            out["ids"] = aux["ids"].detach()  # (B, N) selected prompts, for usage tracking
+        return out
 
     # ---- evaluation: one loader per task, dataloader_idx = task id ------------------------------
     def on_validation_epoch_start(self) -> None:

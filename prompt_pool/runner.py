@@ -1,11 +1,12 @@
 """Task-sequence runner: fit task after task with a fresh Trainer, fill A[i, t], resume after a kill.
 
     for t in tasks (from the saved state on resume):
-        seed(seed + t); learner.begin_task(t, classes)
-        Trainer().fit(learner, train_loader(t))            # fresh Adam per task
-        learner.end_task(t, train_set(t))                  # replay buffer, EWC Fisher, LwF snapshot
+        seed(seed + t); trainer = trainer_factory() (+ the runner's PromptUsage add-on)
+        addon.begin_task(...) for the trainer's add-ons; learner.begin_task(t, classes)
+        trainer.fit(learner, train_loader(t))              # fresh Adam per task
+        learner.end_task(...); addon.end_task(...)          # replay buffer, EWC Fisher, LwF snapshot
         Trainer.validate on every task's test set -> A[:, t]
-        save state (atomic) + accuracy heatmap + prompt-usage histogram (PNG, wandb)
+        save state (learner, counts, add-ons; atomic) + accuracy heatmap + prompt-usage histogram
 
 Every decoding head of the learner's ``eval_heads`` (``sled``, ``dola``, ``dera:lam=2``...) fills its own
 matrix in the same evaluation pass; the plain argmax keeps today's names (``accuracy_matrix.csv``,
@@ -44,6 +45,7 @@ from decoding.run_folder import (
     record_run_config,
     remove_stale_temps,
 )
+from prompt_pool.addons import ContinualAddon, PromptUsage, addons_of
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.heads import check_heads_fit, head_slug
 from prompt_pool.learner import ContinualLearner
@@ -199,20 +201,19 @@ class TaskSequenceRunner:
         head_correct = {spec: correct.clone() for spec in learner.heads}
         head_baseline: dict[str, torch.Tensor] = {}
         totals = torch.tensor([len(t.test) for t in dm.tasks])
-        usage = torch.zeros(T, learner.pool.pool_size, dtype=torch.long) if hasattr(learner, "pool") else None
-        baseline, start = None, 0
+        usage_tracker = PromptUsage()
+        baseline, start, addon_states = None, 0, None
         if state is RunState.RESUME and state_path.exists():
             st = self._load_state(learner, state_path)
             correct, start, baseline = st["correct"], int(st["next_task"]), st.get("baseline")
             head_correct.update(st.get("head_correct", {}))
             head_baseline.update(st.get("head_baseline", {}))
             learner.seen_classes, learner.step_offset = st["seen_classes"].tolist(), int(st["step_offset"])
-            if usage is not None and "usage" in st:
-                usage = st["usage"]
+            addon_states = st.get("addons", {"types": [], "states": []})
             log.info("resuming %s at task %d", self.out, start)
         elif self.cfg.eval_future_tasks and not dm.joint:
             L.seed_everything(self.cfg.seed, workers=True)
-            c, hc = self._evaluate(learner, dm, 0, self.trainer_factory())
+            c, hc = self._evaluate(learner, dm, 0, self._trainer(usage_tracker))
             baseline = 100.0 * torch.tensor(c, dtype=torch.float64) / totals
             head_baseline = {
                 spec: 100.0 * torch.tensor(v, dtype=torch.float64) / totals for spec, v in hc.items()
@@ -222,21 +223,28 @@ class TaskSequenceRunner:
             if dm.joint
             else [(t.index, t.classes) for t in dm.tasks]
         )
-        trainer = None
+        trainer, addons = None, None
         for t, classes in stages:
             if t < start:
                 continue
             L.seed_everything(self.cfg.seed + t, workers=True)
+            trainer = self._trainer(usage_tracker)
+            addons = self._same_addons(addons_of(trainer), addons)
+            if addon_states is not None:
+                self._load_addons(addons, addon_states)
+                addon_states = None
+            for addon in addons:
+                addon.begin_task(learner, t, classes)
             learner.begin_task(t, classes)
-            trainer = self.trainer_factory()
             trainer.fit(learner, train_dataloaders=dm.train_loader(t, seed=self.cfg.seed + t))
             learner.end_task(t, dm.train_dataset(t))
+            for addon in addons:
+                addon.end_task(learner, t, dm.train_dataset(t))
             c, hc = self._evaluate(learner, dm, t, trainer)
             correct[: len(c), t] = torch.tensor(c)
             for spec, v in hc.items():
                 head_correct[spec][: len(v), t] = torch.tensor(v)
-            if usage is not None:
-                usage[t] = learner.pool.task_counts.cpu()
+            usage = usage_tracker.matrix(T)
             acc = self._accuracy(correct, totals)
             if self.write:
                 atomic_torch_save(
@@ -249,14 +257,19 @@ class TaskSequenceRunner:
                         "step_offset": torch.tensor(learner.step_offset),
                         "head_correct": head_correct,
                         "head_baseline": head_baseline,
-                        **({"usage": usage} if usage is not None else {}),
+                        "addons": {
+                            "types": [type(a).__name__ for a in addons],
+                            "states": [a.state_dict() for a in addons],
+                        },
                     },
                     state_path,
                 )
-            self._report(trainer, acc, usage, t, T)
+            self._report(trainer, learner.step_offset, acc, usage, t, T)
             for spec, hc_t in head_correct.items():
-                self._report(trainer, self._accuracy(hc_t, totals), None, t, T, head=spec)
-        result = self._result(correct, totals, baseline, usage, dm.joint)
+                self._report(
+                    trainer, learner.step_offset, self._accuracy(hc_t, totals), None, t, T, head=spec
+                )
+        result = self._result(correct, totals, baseline, usage_tracker.matrix(T), dm.joint)
         result.heads = {
             spec: self._result(c, totals, head_baseline.get(spec), None, dm.joint)
             for spec, c in head_correct.items()
@@ -266,7 +279,9 @@ class TaskSequenceRunner:
             final.update(
                 {f"cl/final/{spec}/{k}": v for k, v in r.metrics.items() if isinstance(v, (int, float))}
             )
-        self._log(trainer, final)  # forgetting, BWT, FWT... as logged metrics, not only results.json
+        self._log(
+            trainer, learner.step_offset, final
+        )  # forgetting, BWT, FWT... as logged metrics, not only results.json
         if self.write:
             self._write(result)
         return result
@@ -281,11 +296,38 @@ class TaskSequenceRunner:
         record_run_config(self.out, self.settings)
         return state
 
+    def _trainer(self, usage: PromptUsage) -> L.Trainer:
+        """A fresh Trainer from the factory, with the runner's usage tracker among its callbacks."""
+        trainer = self.trainer_factory()
+        trainer.callbacks.append(usage)
+        return trainer
+
+    @staticmethod
+    def _same_addons(new: list[ContinualAddon], before: list[ContinualAddon] | None) -> list[ContinualAddon]:
+        """The add-ons of this task's Trainer, which must be the instances of the previous task's."""
+        if before is not None and [id(a) for a in new] != [id(a) for a in before]:
+            raise ValueError(
+                "the trainer factory gave this task's Trainer other add-on instances than the previous "
+                "task's; create the add-ons once and pass the same objects to every Trainer"
+            )
+        return new
+
+    @staticmethod
+    def _load_addons(addons: list[ContinualAddon], saved: dict[str, Any]) -> None:
+        """Restore the add-ons' states of a killed run (the same add-ons, in the same order)."""
+        names = [type(a).__name__ for a in addons]
+        if names != list(saved["types"]):
+            raise UserError(
+                f"cannot resume: the run had the add-ons {list(saved['types'])} and this one has {names}; "
+                f"pass {OVERWRITE_FLAG} to start again"
+            )
+        for addon, state in zip(addons, saved["states"]):
+            addon.load_state_dict(state)
+
     def _load_state(self, learner: ContinualLearner, path: Path) -> dict[str, Any]:
         """The saved state of an unfinished run, loaded into ``learner`` (tensors only, no code)."""
         try:
             st = torch.load(path, map_location="cpu", weights_only=True)
-            learner.before_load_state(st["model"])
             learner.load_state_dict(st["model"])
         except Exception as err:  # noqa: BLE001 - a damaged or foreign state file: one clear line
             raise UserError(
@@ -323,6 +365,7 @@ class TaskSequenceRunner:
     def _report(
         self,
         trainer: L.Trainer,
+        step: int,
         acc: torch.Tensor,
         usage: torch.Tensor | None,
         t: int,
@@ -335,7 +378,7 @@ class TaskSequenceRunner:
         metrics = {f"{p}average_accuracy": float(col.mean()), "cl/task": t}
         for i in range(t + 1):
             metrics[f"{p}acc_task{i}"] = float(acc[i, t])
-        self._log(trainer, metrics)
+        self._log(trainer, step, metrics)
         log.info(
             "after task %d%s: A[:, %d] = %s",
             t,
@@ -357,11 +400,12 @@ class TaskSequenceRunner:
                 log_image(key=key, images=[str(p)])
 
     @staticmethod
-    def _log(trainer: L.Trainer | None, metrics: dict[str, float]) -> None:
-        """Log ``metrics`` at the trainer's last step and flush: the task loop runs after ``fit`` returned,
-        when Lightning no longer saves the logger (a CSV logger's last rows would stay in memory)."""
+    def _log(trainer: L.Trainer | None, step: int, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` at ``step`` (the learner's steps so far) and flush: the task loop runs after
+        ``fit`` returned, when Lightning no longer saves the logger (a CSV logger's last rows would stay in
+        memory)."""
         for logger in trainer.loggers if trainer is not None else []:
-            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+            logger.log_metrics(metrics, step=step)
             logger.save()
 
     def _write(self, r: SequenceResult) -> None:

@@ -56,7 +56,11 @@ CASES = [
     (["--model.init_args.pull_coef", "-1"], 1, r"pull_coef must be >= 0, got -1"),
     (["--model.init_args.weight_decay", "-0.1"], 1, r"weight_decay=-0\.1 is invalid"),
     (["--model.init_args.betas", "[0.9, 1.5]"], 1, r"betas=\(0\.9, 1\.5\) is invalid"),
-    (["--model.init_args.buffer_per_class", "-1"], 1, r"buffer_per_class=-1 is invalid"),
+    (
+        ["--config", str(CFG / "baselines" / "er.yaml"), "--trainer.callbacks.init_args.per_class", "0"],
+        1,
+        r"Replay per_class=0 is invalid",
+    ),
     (["--model.init_args.backbone", "resnet18"], 1, r"backbone 'resnet18' is not a timm ViT"),
     (["--model.init_args.checkpoint", "TMP/missing.safetensors"], 1, r"missing\.safetensors' does not exist"),
     (["--model.init_args.checkpoint", "TMP/garbage.safetensors"], 1, r"cannot read ViT checkpoint"),
@@ -104,7 +108,7 @@ CASES = [
     (["--ckpt_path", "last"], 2, r"ckpt_path"),
     (["--config", "TMP/missing.yaml"], 2, r"missing\.yaml"),
     (
-        ["--config", str(CFG / "baselines" / "ewc.yaml"), "--model.init_args.ewc_lambda", "-1"],
+        ["--config", str(CFG / "baselines" / "ewc.yaml"), "--trainer.callbacks.init_args.ewc_lambda", "-1"],
         1,
         r"ewc_lambda=-1",
     ),

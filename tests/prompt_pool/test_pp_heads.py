@@ -13,7 +13,7 @@ import yaml
 
 from decoding.errors import UserError
 from decoding.head_spec import parse_head_spec
-from prompt_pool.baselines import EWC, FineTune
+from prompt_pool.baselines import FineTune
 from prompt_pool.cli import main
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.heads import head_predictions, head_slug, parse_eval_heads
@@ -196,8 +196,6 @@ def test_bad_heads_are_refused_before_the_model_is_built(tiny_vit_kwargs, specs,
 def test_dera_needs_a_reference_and_sled_fits_the_task_classes(tiny_vit_kwargs):
     with pytest.raises(UserError, match="DeRa needs a reference model and FineTune has none"):
         FineTune(num_classes=6, backbone_kwargs=tiny_vit_kwargs, eval_heads=["dera:lam=2"])
-    with pytest.raises(UserError, match="EWC has none"):
-        EWC(num_classes=10, backbone_kwargs=tiny_vit_kwargs, eval_heads=["sled", "dera"])
     m = _l2p(tiny_vit_kwargs, ["sled:evolution_scale=3"])
     check_learner_fits(m, _dm("class"))  # 6 classes per evaluation
     with pytest.raises(UserError, match=r"evolution_scale=3 exceeds the 2 classes"):
