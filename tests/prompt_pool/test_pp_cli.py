@@ -145,3 +145,16 @@ def test_shipped_split_digits_config_end_to_end(tmp_path, capsys):
     )
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"]["average_accuracy"] > 60
+
+
+def test_an_addon_joins_the_l2p_config_from_the_command_line(tmp_path, capsys, base_args):
+    """L2P-R: the Replay add-on appended to the L2P config's (empty) callbacks; recorded as a setting."""
+    out = tmp_path / "run"
+    main(
+        base_args(out)
+        + ["--trainer.callbacks+=prompt_pool.addons.Replay", "--trainer.callbacks.per_class", "2"]
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["usage"] is not None and len(saved["accuracy_matrix"]) == 2
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert any("prompt_pool.addons.Replay" in json.dumps(v) for k, v in recorded.items() if "callbacks" in k)
