@@ -2,8 +2,10 @@
 
 Files: ``backbone`` (frozen ViT, query, prompted forward, per-layer features), ``selection`` (top-N,
 vote, task mask, eq. 4), ``pool`` (prompts, keys, pull constraint), ``l2p`` (the L2P learner),
-``learner`` (shared Lightning module), ``baselines`` (fine-tuning, replay, EWC, LwF), ``datasets`` /
-``tasks`` / ``datamodule`` (task sequences), ``runner`` (task loop, A[i, t], run folder, resume),
+``learner`` (shared Lightning module), ``heads`` (decoding heads on per-layer class logits),
+``baselines`` (fine-tuning), ``addons`` (replay, EWC, LwF, prompt usage: callbacks for any learner),
+``datasets`` / ``sources`` (registered by name) / ``tasks`` / ``datamodule`` (task sequences), ``runner``
+(task loop, one A[i, t] per head, run folder, resume),
 ``metrics``, ``plots``, ``pretrain`` (the offline tiny-ViT recipe), ``cli`` (``prompt-pool``, fast
 ``--help``) and ``lightning_cli`` (its LightningCLI).
 

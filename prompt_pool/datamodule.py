@@ -9,7 +9,6 @@ cache) can reuse a stale crop's features.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
@@ -18,32 +17,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from decoding.errors import UserError
-from prompt_pool.datasets import (
-    ImageSet,
-    load_cifar100,
-    load_core50,
-    load_digits_splits,
-    load_image_folder,
-    synthetic_splits,
-)
+from prompt_pool.datasets import ImageSet
 from prompt_pool.query_cache import NO_CACHE
-from prompt_pool.tasks import (
-    ClassOrder,
-    Setting,
-    Task,
-    class_tasks,
-    rotate_domain,
-    split_classes,
-    validate_task_classes,
-)
-
-DatasetName = Literal["digits", "synthetic", "cifar100", "five_datasets", "core50"]
-FIVE_DATASETS_ORDER = ["cifar10", "mnist", "svhn", "not_mnist", "fashion_mnist"]  # official JAX order
-CORE50_TRAIN_SESSIONS = [1, 2, 4, 5, 6, 8, 9, 11]
-CORE50_TEST_SESSIONS = [3, 7, 10]
-
-
-LOCAL_DATASETS = ("cifar100", "five_datasets", "core50")
+from prompt_pool.sources import SourceOptions, get_source
+from prompt_pool.tasks import ClassOrder, Setting, Task
 
 
 def _check_settings(
@@ -60,9 +37,7 @@ def _check_settings(
     Args:
         sizes: settings that must be >= 1 when given (``num_tasks``, batch sizes, image sizes...).
     """
-    names = ("digits", "synthetic", *LOCAL_DATASETS)
-    if dataset not in names:
-        raise UserError(f"unknown data.dataset {dataset!r}; use one of {', '.join(names)}.")
+    source = get_source(dataset)
     if setting not in ("class", "task", "domain"):
         raise UserError(f"unknown data.setting {setting!r}; use 'class', 'task' or 'domain'.")
     for name, value in sizes.items():
@@ -76,7 +51,7 @@ def _check_settings(
         raise UserError(
             f"data.digits_pretrain_fraction must be in [0, 1), got {digits_pretrain_fraction} (default 0.3)."
         )
-    if dataset in LOCAL_DATASETS:
+    if source.needs_root:
         if root is None:
             raise UserError(f"data.dataset {dataset!r} reads a local folder: pass --data.root <folder>.")
         if not Path(root).is_dir():
@@ -131,8 +106,8 @@ class TaskSequenceDataModule(L.LightningDataModule):
     """A sequence of tasks over one data source.
 
     Args:
-        dataset: ``digits`` (bundled), ``synthetic``, or ``cifar100``/``five_datasets``/``core50``
-            (local ``root``).
+        dataset: a registered source (:mod:`prompt_pool.sources`): ``digits`` (bundled),
+            ``synthetic``, or ``cifar100``/``five_datasets``/``core50`` (local ``root``).
         root: data folder for the local data sets.
         setting: ``class`` (default), ``task`` (masked evaluation) or ``domain`` incremental.
         num_tasks: number of tasks when classes are split automatically (5 for digits, 10 for CIFAR-100).
@@ -155,7 +130,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: DatasetName = "digits",
+        dataset: str = "digits",
         root: str | None = None,
         setting: Setting = "class",
         num_tasks: int = 5,
@@ -183,9 +158,9 @@ class TaskSequenceDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.setting, self.augment, self.joint = setting, augment, joint
-        self.tasks = self._build_tasks(
-            dataset,
+        options = SourceOptions(
             root,
+            setting,
             num_tasks,
             task_classes,
             class_order,
@@ -196,6 +171,7 @@ class TaskSequenceDataModule(L.LightningDataModule):
             synthetic_image_size,
             seed,
         )
+        self.tasks = get_source(dataset).tasks(options)
         self.tasks = [
             Task(
                 t.index,
@@ -224,72 +200,6 @@ class TaskSequenceDataModule(L.LightningDataModule):
                 raise UserError(f"cannot convert {x.shape[1]}-channel images to {channels} channels.")
             x = x.expand(-1, channels, -1, -1)
         return ImageSet(x, s.y)
-
-    def _build_tasks(
-        self,
-        dataset,
-        root,
-        num_tasks,
-        task_classes,
-        class_order,
-        order_seed,
-        pretrain_fraction,
-        five_order,
-        syn_classes,
-        syn_size,
-        seed,
-    ) -> list[Task]:
-        if dataset == "five_datasets":
-            return self._five_datasets(root, five_order or FIVE_DATASETS_ORDER)
-        if dataset == "core50":
-            if self.setting != "domain":
-                raise UserError(
-                    f"data.setting {self.setting!r} does not fit core50 (domain-incremental); "
-                    "pass --data.setting domain."
-                )
-            test = load_core50(root, CORE50_TEST_SESSIONS)
-            test_all = ImageSet(torch.cat([s.x for s in test]), torch.cat([s.y for s in test]))
-            trains = load_core50(root, CORE50_TRAIN_SESSIONS)
-            cls = sorted(set(torch.cat([s.y for s in trains]).tolist()))
-            return [Task(i, cls, tr, test_all) for i, tr in enumerate(trains)]
-        if dataset == "digits":
-            _, train, test = load_digits_splits(pretrain_fraction)
-        elif dataset == "synthetic":
-            train, test = synthetic_splits(syn_classes, image_size=syn_size, seed=seed)
-        elif dataset == "cifar100":
-            train, test = load_cifar100(root)
-        else:
-            raise UserError(
-                f"unknown dataset {dataset!r}; use one of digits, synthetic, cifar100, five_datasets, core50."
-            )
-        available = sorted(set(train.y.tolist()))
-        if self.setting == "domain":
-            cls = task_classes[0] if task_classes else available
-            validate_task_classes([cls], available, "domain")
-            base = class_tasks(train, test, [cls])[0]
-            return [
-                Task(
-                    t,
-                    cls,
-                    ImageSet(rotate_domain(base.train.x, t), base.train.y),
-                    ImageSet(rotate_domain(base.test.x, t), base.test.y),
-                )
-                for t in range(num_tasks)
-            ]
-        if task_classes is None:
-            task_classes = split_classes(available, num_tasks, class_order, order_seed)
-        validate_task_classes(task_classes, available, self.setting)
-        return class_tasks(train, test, task_classes)
-
-    def _five_datasets(self, root: str, order: list[str]) -> list[Task]:
-        tasks, offset = [], 0
-        for i, name in enumerate(order):
-            tr, te = load_image_folder(Path(root) / name)
-            n = int(tr.y.max()) + 1
-            cls = list(range(offset, offset + n))
-            tasks.append(Task(i, cls, ImageSet(tr.x, tr.y + offset), ImageSet(te.x, te.y + offset)))
-            offset += n
-        return tasks
 
     @property
     def num_tasks(self) -> int:

@@ -78,7 +78,7 @@ CASES = [
     (["--model.init_args.top_n", "x"], 2, r"Parser key \"top_n\": Expected a <class 'int'>\. Got value: x"),
     (["--trainer.max_epochs", "0"], 1, r"trainer\.max_epochs=0 is invalid"),
     (["--trainer.max_epochs", "-1"], 1, r"trainer\.max_epochs=-1 is invalid"),
-    (["--data.dataset", "imagenet"], 2, r"data\.dataset.*Got value: imagenet"),
+    (["--data.dataset", "imagenet"], 1, r"unknown data\.dataset 'imagenet'; use one of digits, synthetic"),
     (["--data.dataset", "cifar100"], 1, r"data\.dataset 'cifar100' reads a local folder: pass --data\.root"),
     (["--data.dataset", "cifar100", "--data.root", "TMP/nope"], 1, r"data\.root '.*nope' is not a folder"),
     (

@@ -12,6 +12,7 @@ from PIL import Image
 from decoding.errors import UserError
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.datasets import ImageSet, load_cifar100, load_digits_splits
+from prompt_pool.sources import DataSource, SourceOptions, get_source, register_source, source_names
 from prompt_pool.tasks import split_classes
 
 
@@ -189,3 +190,28 @@ def test_a_pickle_of_another_class_is_refused(tmp_path):
     _fake_cifar(tmp_path, 4, payload=ImageSet(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long)))
     with pytest.raises(UserError, match="names prompt_pool.datasets.ImageSet"):
         load_cifar100(tmp_path)
+
+
+class _Stripes(DataSource):
+    """A new data source in one class: vertical (class 0) or horizontal (class 1) stripes."""
+
+    def load(self, o: SourceOptions) -> tuple[ImageSet, ImageSet]:
+        x = torch.zeros(8, 1, 8, 8)
+        x[:4, :, :, ::2] = 1.0
+        x[4:, :, ::2, :] = 1.0
+        y = torch.tensor([0] * 4 + [1] * 4)
+        return ImageSet(x, y), ImageSet(x.clone(), y.clone())
+
+
+STRIPES = _Stripes()
+
+
+def test_a_new_data_source_is_one_class_and_one_register_call():
+    register_source("stripes", STRIPES)
+    assert "stripes" in source_names() and get_source("stripes") is STRIPES
+    dm = TaskSequenceDataModule("stripes", num_tasks=2, batch_size=4)
+    assert [t.classes for t in dm.tasks] == [[0], [1]] and dm.num_classes == 2
+    with pytest.raises(ValueError, match="already registered"):
+        register_source("stripes", _Stripes())
+    with pytest.raises(UserError, match=r"unknown data.dataset 'nope'; use one of digits, .*stripes"):
+        TaskSequenceDataModule("nope")
