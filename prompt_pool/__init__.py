@@ -20,6 +20,7 @@ from typing import Any
 
 _EXPORTS = {
     "L2P": "prompt_pool.l2p",
+    "PoolConfig": "prompt_pool.pool",
     "ContinualLearner": "prompt_pool.learner",
     "PromptPool": "prompt_pool.pool",
     "RunnerConfig": "prompt_pool.runner",

@@ -33,7 +33,7 @@ from decoding.layers import LayerLogits
 from prompt_pool.backbone import HeadType
 from prompt_pool.heads import class_layer_logits
 from prompt_pool.learner import ContinualLearner
-from prompt_pool.pool import PromptInit, PromptPool, check_pool_settings
+from prompt_pool.pool import PoolConfig, PromptPool
 from prompt_pool.query_cache import QueryCache
 
 
@@ -41,18 +41,8 @@ class L2P(ContinualLearner):
     """L2P learner (its DeRa reference is the prompt-free model).
 
     Args:
-        pool_size: M.
-        prompt_length: Lp.
-        top_n: N.
+        pool: the prompt pool (M, Lp, N, init, selection rules), :class:`~prompt_pool.pool.PoolConfig`.
         pull_coef: lambda of the pull constraint (paper 0.5; JAX CIFAR 1.0; l2p-pytorch CIFAR 0.1).
-        prompt_init: ``uniform_small`` U[0, 0.01) (JAX) or ``uniform`` U[-1, 1] (l2p-pytorch).
-        batchwise_vote: batch-majority selection (both codebases; a reproduction flag, off by default).
-        use_prompt_mask: training task t uses prompts [tN, (t+1)N) (code substitute for eq. 4).
-        shared_prompt_pool: copy the previous task's prompts into the new slice at task start.
-        shared_prompt_key: also copy the keys.
-        diversity: the paper's eq. 4 frequency penalty (training only).
-        diversity_smoothing: h + 1/M in eq. 4.
-        pull_on_diversity_ids: pull the eq. 4 keys (default: the eq. 3 keys, as paper eq. 5).
         head_type: ``prompt`` (mean of prompt outputs, paper) or ``cls``.
         head_init: ``zeros`` (JAX kernel init) or ``default`` (PyTorch Linear init).
         cache_queries: reuse per-sample frozen query features (only for deterministic inputs).
@@ -63,44 +53,20 @@ class L2P(ContinualLearner):
 
     def __init__(
         self,
-        pool_size: int = 10,
-        prompt_length: int = 5,
-        top_n: int = 5,
+        pool: PoolConfig = PoolConfig(),  # frozen dataclass: a safe default
         pull_coef: float = 0.5,
-        prompt_init: PromptInit = "uniform_small",
-        batchwise_vote: bool = False,
-        use_prompt_mask: bool = False,
-        shared_prompt_pool: bool = False,
-        shared_prompt_key: bool = False,
-        diversity: bool = False,
-        diversity_smoothing: bool = False,
-        pull_on_diversity_ids: bool = False,
         head_type: HeadType = "prompt",
         head_init: Literal["zeros", "default"] = "zeros",
         cache_queries: bool = True,
         **kwargs: Any,
     ) -> None:
-        check_pool_settings(pool_size, prompt_length, top_n, use_prompt_mask, diversity)  # before the ViT
+        pool.check()  # before the ViT
         if not pull_coef >= 0:
             raise UserError(f"pull_coef must be >= 0, got {pull_coef}; pass --model.init_args.pull_coef 0.5.")
         super().__init__(**kwargs)
         self.save_hyperparameters()
         d = self.backbone.embed_dim
-        self.pool = PromptPool(
-            pool_size,
-            prompt_length,
-            top_n,
-            d,
-            prompt_init,
-            batchwise_vote,
-            use_prompt_mask,
-            shared_prompt_pool,
-            shared_prompt_key,
-            diversity,
-            diversity_smoothing,
-            pull_on_diversity_ids,
-            seed=self.seed,
-        )
+        self.pool = PromptPool(pool, d, seed=self.seed)
         self.head = nn.Linear(d, self.num_classes)
         if head_init == "zeros":
             nn.init.zeros_(self.head.weight)
@@ -109,7 +75,7 @@ class L2P(ContinualLearner):
             raise UserError(f"unknown head_init {head_init!r}; use 'zeros' or 'default'.")
         self.pull_coef, self.head_type, self.cache_queries = pull_coef, head_type, cache_queries
         self.query_cache = QueryCache()
-        self.num_prompts = pool_size  # training steps return the selected ids (usage tracking)
+        self.num_prompts = pool.pool_size  # training steps return the selected ids (usage tracking)
 
     def begin_task(self, task: int, classes: list[int]) -> None:
         super().begin_task(task, classes)

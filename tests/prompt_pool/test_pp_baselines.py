@@ -16,6 +16,7 @@ from prompt_pool.addons import EWC, LwF, Replay
 from prompt_pool.baselines import FineTune
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
+from prompt_pool.pool import PoolConfig
 from prompt_pool.replay import ReplayBuffer
 from prompt_pool.runner import RunnerConfig, TaskSequenceRunner
 
@@ -106,7 +107,7 @@ class Losses(L.Callback):
 def _learner(kind: str, kw: dict):
     common = dict(num_classes=6, backbone_kwargs=kw, batch_size=8, lr=1e-3, lr_reference_batch=None, seed=0)
     if kind == "l2p":
-        return L2P(pool_size=6, prompt_length=2, top_n=2, **common)
+        return L2P(pool=PoolConfig(pool_size=6, prompt_length=2, top_n=2), **common)
     return FineTune(train_backbone=kind == "ft_full", train_mask=False, **common)
 
 

@@ -108,7 +108,7 @@ def test_presets_reproduce_the_spec_columns(capsys, configs, expect):
         elif k == "lr_eff":
             assert init["lr"] * cfg["data"]["batch_size"] / init["lr_reference_batch"] == pytest.approx(v)
         else:
-            assert init[k] == v, k
+            assert init["pool"].get(k, init.get(k)) == v, k  # the pool's settings are in init_args.pool
     assert cfg["trainer"]["max_epochs"] == 5 and cfg["trainer"]["gradient_clip_val"] == 1.0
 
 

@@ -47,10 +47,10 @@ def _files(tmp: Path) -> None:
 
 # (extra arguments (TMP = the test's folder), expected exit code, regex the one line must match)
 CASES = [
-    (["--model.init_args.pool_size", "0"], 1, r"pool_size must be >= 1, got 0"),
-    (["--model.init_args.top_n", "0"], 1, r"top_n must be >= 1, got 0"),
-    (["--model.init_args.top_n", "11"], 1, r"pool_size 10 < top_n 11"),
-    (["--model.init_args.prompt_length", "0"], 1, r"prompt_length must be >= 1, got 0"),
+    (["--model.init_args.pool.pool_size", "0"], 1, r"pool_size must be >= 1, got 0"),
+    (["--model.init_args.pool.top_n", "0"], 1, r"top_n must be >= 1, got 0"),
+    (["--model.init_args.pool.top_n", "11"], 1, r"pool_size 10 < top_n 11"),
+    (["--model.init_args.pool.prompt_length", "0"], 1, r"prompt_length must be >= 1, got 0"),
     (["--model.init_args.lr", "0"], 1, r"lr=0\.0 is invalid.*--model\.init_args\.lr"),
     (["--model.init_args.lr", "nan"], 2, r"Parser key \"lr\": Expected a <class 'float'>\. Got value: nan"),
     (["--model.init_args.pull_coef", "-1"], 1, r"pull_coef must be >= 0, got -1"),
@@ -75,7 +75,11 @@ CASES = [
         r"does not match the pinned sha256 0{64}",
     ),
     (["--model.init_args.poolsize", "3"], 2, r"L2P: Option 'poolsize' is not accepted \(see --help\)"),
-    (["--model.init_args.top_n", "x"], 2, r"Parser key \"top_n\": Expected a <class 'int'>\. Got value: x"),
+    (
+        ["--model.init_args.pool.top_n", "x"],
+        2,
+        r"Parser key \"pool\.top_n\": Expected a <class 'int'>\. Got value: x",
+    ),
     (["--trainer.max_epochs", "0"], 1, r"trainer\.max_epochs=0 is invalid"),
     (["--trainer.max_epochs", "-1"], 1, r"trainer\.max_epochs=-1 is invalid"),
     (["--data.dataset", "imagenet"], 1, r"unknown data\.dataset 'imagenet'; use one of digits, synthetic"),

@@ -18,6 +18,7 @@ from prompt_pool.cli import main
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.heads import head_predictions, head_slug, parse_eval_heads
 from prompt_pool.l2p import L2P
+from prompt_pool.pool import PoolConfig
 from prompt_pool.runner import RunnerConfig, TaskSequenceRunner, check_learner_fits
 
 
@@ -52,9 +53,7 @@ def _l2p(kw: dict, eval_heads: list[str] | None = None, num_classes: int = 6) ->
     return L2P(
         num_classes=num_classes,
         backbone_kwargs=kw,
-        pool_size=6,
-        prompt_length=2,
-        top_n=2,
+        pool=PoolConfig(pool_size=6, prompt_length=2, top_n=2),
         batch_size=8,
         lr_reference_batch=8,
         seed=0,

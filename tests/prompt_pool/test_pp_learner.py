@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
+from prompt_pool.pool import PoolConfig
 
 
 @pytest.fixture
@@ -19,9 +20,7 @@ def _l2p(kw, **extra) -> L2P:
     args = dict(
         num_classes=10,
         backbone_kwargs=kw,
-        pool_size=6,
-        prompt_length=2,
-        top_n=2,
+        pool=PoolConfig(pool_size=6, prompt_length=2, top_n=2),
         batch_size=8,
         head_init="default",
         lr_reference_batch=8,
@@ -89,7 +88,10 @@ def test_cached_queries_give_same_selections_and_loss_as_recomputed(tiny_vit_kwa
 
 def test_learning_rate_is_scaled_by_batch_size(tiny_vit_kwargs):
     m = L2P(
-        num_classes=10, backbone_kwargs=tiny_vit_kwargs, batch_size=16, pool_size=4, top_n=2, prompt_length=1
+        num_classes=10,
+        backbone_kwargs=tiny_vit_kwargs,
+        batch_size=16,
+        pool=PoolConfig(pool_size=4, top_n=2, prompt_length=1),
     )
     assert m.lr_effective == pytest.approx(0.03 * 16 / 256)  # l2p-pytorch: 0.001875
     m.batch_size = 128
