@@ -4,10 +4,10 @@ Files: ``backbone`` (frozen ViT, query, prompted forward, per-layer features), `
 vote, task mask, eq. 4), ``pool`` (prompts, keys, pull constraint), ``l2p`` (the L2P learner),
 ``learner`` (shared Lightning module), ``heads`` (decoding heads on per-layer class logits),
 ``baselines`` (fine-tuning), ``addons`` (replay, EWC, LwF, prompt usage: callbacks for any learner),
-``datasets`` / ``sources`` (registered by name) / ``tasks`` / ``datamodule`` (task sequences), ``runner``
-(task loop, one A[i, t] per head, run folder, resume),
-``metrics``, ``plots``, ``pretrain`` (the offline tiny-ViT recipe), ``cli`` (``prompt-pool``, fast
-``--help``) and ``lightning_cli`` (its LightningCLI).
+``datasets`` / ``sources`` (registered by name) / ``tasks`` / ``data_config`` / ``datamodule`` (task
+sequences), ``runner`` (task loop, one A[i, t] per head, run folder, resume), ``metrics``, ``plots``,
+``pretrain`` (the offline tiny-ViT recipe), ``cli`` (``prompt-pool``, fast ``--help``) and
+``lightning_cli`` (its LightningCLI).
 
 The names below are imported on first use, so that ``prompt-pool --help`` needs neither torch nor
 Lightning.

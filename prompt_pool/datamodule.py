@@ -17,46 +17,49 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from decoding.errors import UserError
+from prompt_pool.data_config import ImageConfig, LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datasets import ImageSet
 from prompt_pool.query_cache import NO_CACHE
-from prompt_pool.sources import SourceOptions, get_source
-from prompt_pool.tasks import ClassOrder, Setting, Task
+from prompt_pool.sources import get_source
+from prompt_pool.tasks import Task
 
 
 def _check_settings(
-    dataset: str,
-    root: str | None,
-    setting: str,
-    sizes: dict[str, int | None],
-    channels: int | None,
-    digits_pretrain_fraction: float,
-    num_workers: int,
+    dataset: str, source: SourceConfig, split: SplitConfig, loader: LoaderConfig, images: ImageConfig
 ) -> None:
-    """Raise :class:`UserError` for a setting out of range, before any data is read.
-
-    Args:
-        sizes: settings that must be >= 1 when given (``num_tasks``, batch sizes, image sizes...).
-    """
-    source = get_source(dataset)
-    if setting not in ("class", "task", "domain"):
-        raise UserError(f"unknown data.setting {setting!r}; use 'class', 'task' or 'domain'.")
+    """Raise :class:`UserError` for a setting out of range, before any data is read."""
+    src = get_source(dataset)
+    if split.setting not in ("class", "task", "domain"):
+        raise UserError(f"unknown data.split.setting {split.setting!r}; use 'class', 'task' or 'domain'.")
+    sizes = {
+        "split.num_tasks": split.num_tasks,
+        "loader.batch_size": loader.batch_size,
+        "loader.eval_batch_size": loader.eval_batch_size,
+        "images.image_size": images.image_size,
+        "source.synthetic_classes": source.synthetic_classes,
+        "source.synthetic_image_size": source.synthetic_image_size,
+    }
     for name, value in sizes.items():
         if value is not None and value < 1:
             raise UserError(f"data.{name} must be >= 1, got {value}; pass --data.{name} <positive integer>.")
-    if num_workers < 0:
-        raise UserError(f"data.num_workers must be >= 0, got {num_workers}.")
-    if channels not in (None, 1, 3):
-        raise UserError(f"data.channels must be 1 or 3 (or unset), got {channels}.")
-    if not 0 <= digits_pretrain_fraction < 1:
+    if loader.num_workers < 0:
+        raise UserError(f"data.loader.num_workers must be >= 0, got {loader.num_workers}.")
+    if images.channels not in (None, 1, 3):
+        raise UserError(f"data.images.channels must be 1 or 3 (or unset), got {images.channels}.")
+    if not 0 <= source.digits_pretrain_fraction < 1:
         raise UserError(
-            f"data.digits_pretrain_fraction must be in [0, 1), got {digits_pretrain_fraction} (default 0.3)."
+            "data.source.digits_pretrain_fraction must be in [0, 1), got "
+            f"{source.digits_pretrain_fraction} (default 0.3)."
         )
-    if source.needs_root:
-        if root is None:
-            raise UserError(f"data.dataset {dataset!r} reads a local folder: pass --data.root <folder>.")
-        if not Path(root).is_dir():
+    if src.needs_root:
+        if source.root is None:
             raise UserError(
-                f"data.root {root!r} is not a folder; pass --data.root <the folder that holds {dataset}>."
+                f"data.dataset {dataset!r} reads a local folder: pass --data.source.root <folder>."
+            )
+        if not Path(source.root).is_dir():
+            raise UserError(
+                f"data.source.root {source.root!r} is not a folder; pass --data.source.root <the folder that "
+                f"holds {dataset}>."
             )
 
 
@@ -107,71 +110,30 @@ class TaskSequenceDataModule(L.LightningDataModule):
 
     Args:
         dataset: a registered source (:mod:`prompt_pool.sources`): ``digits`` (bundled),
-            ``synthetic``, or ``cifar100``/``five_datasets``/``core50`` (local ``root``).
-        root: data folder for the local data sets.
-        setting: ``class`` (default), ``task`` (masked evaluation) or ``domain`` incremental.
-        num_tasks: number of tasks when classes are split automatically (5 for digits, 10 for CIFAR-100).
-        task_classes: explicit class lists per task (overrides ``num_tasks``/``class_order``).
-        class_order: ``natural`` or seeded ``shuffle`` (seed ``order_seed``).
-        order_seed: seed of the shuffled class order.
-        batch_size: training batch size (also scales the learning rate).
-        eval_batch_size: evaluation batch size (16 matches the references under the batch vote).
-        image_size: resize images to this size (square) when given, e.g. 224 for ViT-B/16.
-        channels: repeat single-channel images to 3 channels when set to 3.
-        augment: RandomResizedCrop(0.05-1) + flip on training images (disables the query cache).
-        joint: train once on the union of all tasks (upper bound); evaluation is still per task.
-        digits_pretrain_fraction: share of the digits reserved for backbone pretraining (never in tasks).
-        five_datasets_order: sub-folders of ``root`` in task order (5-datasets, class-IL, labels offset).
-        synthetic_classes: number of classes of the synthetic source.
-        synthetic_image_size: side of the synthetic images.
-        num_workers: DataLoader workers.
-        seed: seed of the synthetic data (the digits split is fixed).
+            ``synthetic``, or ``cifar100``/``five_datasets``/``core50`` (local ``source.root``).
+        source: what the source reads (folder, digits pretraining share, synthetic size and seed).
+        split: how the images become tasks (setting, number of tasks or explicit classes, class order,
+            joint training).
+        loader: batch sizes and workers.
+        images: per-sample resize, channels and augmentation.
     """
 
     def __init__(
         self,
         dataset: str = "digits",
-        root: str | None = None,
-        setting: Setting = "class",
-        num_tasks: int = 5,
-        task_classes: list[list[int]] | None = None,
-        class_order: ClassOrder = "natural",
-        order_seed: int = 0,
-        batch_size: int = 16,
-        eval_batch_size: int = 16,
-        image_size: int | None = None,
-        channels: int | None = None,
-        augment: bool = False,
-        joint: bool = False,
-        digits_pretrain_fraction: float = 0.3,
-        five_datasets_order: list[str] | None = None,
-        synthetic_classes: int = 10,
-        synthetic_image_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 0,
+        source: SourceConfig = SourceConfig(),  # frozen dataclasses: safe defaults
+        split: SplitConfig = SplitConfig(),
+        loader: LoaderConfig = LoaderConfig(),
+        images: ImageConfig = ImageConfig(),
     ) -> None:
         super().__init__()
-        sizes = dict(num_tasks=num_tasks, batch_size=batch_size, eval_batch_size=eval_batch_size)
-        sizes.update(image_size=image_size, synthetic_classes=synthetic_classes)
-        sizes.update(synthetic_image_size=synthetic_image_size)
-        _check_settings(dataset, root, setting, sizes, channels, digits_pretrain_fraction, num_workers)
+        _check_settings(dataset, source, split, loader, images)
         self.save_hyperparameters()
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.setting, self.augment, self.joint = setting, augment, joint
-        options = SourceOptions(
-            root,
-            setting,
-            num_tasks,
-            task_classes,
-            class_order,
-            order_seed,
-            digits_pretrain_fraction,
-            five_datasets_order,
-            synthetic_classes,
-            synthetic_image_size,
-            seed,
-        )
-        self.tasks = get_source(dataset).tasks(options)
+        self.source, self.split, self.loader, self.images = source, split, loader, images
+        self.batch_size, self.eval_batch_size = loader.batch_size, loader.eval_batch_size
+        self.setting, self.augment, self.joint = split.setting, images.augment, split.joint
+        channels, augment, image_size = images.channels, images.augment, images.image_size
+        self.tasks = get_source(dataset).tasks(source, split)
         self.tasks = [
             Task(
                 t.index,
@@ -220,15 +182,13 @@ class TaskSequenceDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,
             generator=g,
-            num_workers=self.hparams.num_workers,
+            num_workers=self.loader.num_workers,
         )
 
     def test_loaders(self, upto: int | None = None) -> list[DataLoader]:
         """One evaluation loader per task 0..upto (all tasks by default)."""
         sets = self._test_sets if upto is None else self._test_sets[: upto + 1]
         return [
-            DataLoader(
-                s, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.hparams.num_workers
-            )
+            DataLoader(s, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.loader.num_workers)
             for s in sets
         ]

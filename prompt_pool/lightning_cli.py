@@ -59,7 +59,7 @@ NOT_RESULTS = (
     "trainer.default_root_dir",
     "trainer.profiler",
     "trainer.fast_dev_run",
-    "data.num_workers",
+    "data.loader.num_workers",
 )
 
 
@@ -158,7 +158,7 @@ class PromptPoolCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunnerConfig, "runner", instantiate=False)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.batch_size", "model.init_args.batch_size")
+        parser.link_arguments("data.loader.batch_size", "model.init_args.batch_size")
 
     def before_instantiate_classes(self) -> None:
         """Check the settings and the run folder before anything is built or written."""

@@ -4,7 +4,7 @@
 
     class MySource(DataSource):
         needs_root = True                                  # reads --data.root
-        def load(self, o: SourceOptions) -> tuple[ImageSet, ImageSet]:
+        def load(self, o: SourceConfig) -> tuple[ImageSet, ImageSet]:
             return train, test                             # all classes; the tasks are split for you
     register_source("mine", MySource())
 
@@ -14,12 +14,12 @@ overrides :meth:`DataSource.tasks` instead of :meth:`DataSource.load`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from decoding.errors import UserError
+from prompt_pool.data_config import SourceConfig, SplitConfig
 from prompt_pool.datasets import (
     ImageSet,
     load_cifar100,
@@ -29,8 +29,6 @@ from prompt_pool.datasets import (
     synthetic_splits,
 )
 from prompt_pool.tasks import (
-    ClassOrder,
-    Setting,
     Task,
     class_tasks,
     rotate_domain,
@@ -43,39 +41,22 @@ CORE50_TRAIN_SESSIONS = [1, 2, 4, 5, 6, 8, 9, 11]
 CORE50_TEST_SESSIONS = [3, 7, 10]
 
 
-@dataclass(frozen=True)
-class SourceOptions:
-    """The data module's settings that a source reads (documented on ``TaskSequenceDataModule``)."""
-
-    root: str | None = None
-    setting: Setting = "class"
-    num_tasks: int = 5
-    task_classes: list[list[int]] | None = None
-    class_order: ClassOrder = "natural"
-    order_seed: int = 0
-    digits_pretrain_fraction: float = 0.3
-    five_datasets_order: list[str] | None = None
-    synthetic_classes: int = 10
-    synthetic_image_size: int = 8
-    seed: int = 0
-
-
 class DataSource:
     """A named source of images: :meth:`load` all of them, or build the tasks in :meth:`tasks`."""
 
-    needs_root = False  # reads a local folder (data.root)
+    needs_root = False  # reads a local folder (data.source.root)
 
-    def load(self, o: SourceOptions) -> tuple[ImageSet, ImageSet]:
+    def load(self, o: SourceConfig) -> tuple[ImageSet, ImageSet]:
         """Train and test images of every class."""
         raise NotImplementedError(f"{type(self).__name__} implements neither load() nor tasks()")
 
-    def tasks(self, o: SourceOptions) -> list[Task]:
+    def tasks(self, o: SourceConfig, split: SplitConfig) -> list[Task]:
         """The task sequence: :meth:`load`, then split by classes (class/task-IL) or rotate (domain-IL)."""
         train, test = self.load(o)
-        return split_tasks(train, test, o)
+        return split_tasks(train, test, split)
 
 
-def split_tasks(train: ImageSet, test: ImageSet, o: SourceOptions) -> list[Task]:
+def split_tasks(train: ImageSet, test: ImageSet, o: SplitConfig) -> list[Task]:
     """Class/task-IL: disjoint class groups (``task_classes`` or ``num_tasks`` in ``class_order``);
     domain-IL: the same classes, each task's inputs rotated / inverted (:func:`rotate_domain`)."""
     available = sorted(set(train.y.tolist()))
@@ -102,7 +83,7 @@ def split_tasks(train: ImageSet, test: ImageSet, o: SourceOptions) -> list[Task]
 class Digits(DataSource):
     """scikit-learn's bundled 8x8 digits; ``digits_pretrain_fraction`` is reserved for the backbone."""
 
-    def load(self, o: SourceOptions) -> tuple[ImageSet, ImageSet]:
+    def load(self, o: SourceConfig) -> tuple[ImageSet, ImageSet]:
         _, train, test = load_digits_splits(o.digits_pretrain_fraction)
         return train, test
 
@@ -110,7 +91,7 @@ class Digits(DataSource):
 class Synthetic(DataSource):
     """Seeded class prototypes plus noise (fast tests)."""
 
-    def load(self, o: SourceOptions) -> tuple[ImageSet, ImageSet]:
+    def load(self, o: SourceConfig) -> tuple[ImageSet, ImageSet]:
         return synthetic_splits(o.synthetic_classes, image_size=o.synthetic_image_size, seed=o.seed)
 
 
@@ -119,7 +100,7 @@ class Cifar100(DataSource):
 
     needs_root = True
 
-    def load(self, o: SourceOptions) -> tuple[ImageSet, ImageSet]:
+    def load(self, o: SourceConfig) -> tuple[ImageSet, ImageSet]:
         return load_cifar100(o.root)
 
 
@@ -128,7 +109,7 @@ class FiveDatasets(DataSource):
 
     needs_root = True
 
-    def tasks(self, o: SourceOptions) -> list[Task]:
+    def tasks(self, o: SourceConfig, split: SplitConfig) -> list[Task]:
         tasks, offset = [], 0
         for i, name in enumerate(o.five_datasets_order or FIVE_DATASETS_ORDER):
             tr, te = load_image_folder(Path(o.root) / name)
@@ -144,11 +125,11 @@ class Core50(DataSource):
 
     needs_root = True
 
-    def tasks(self, o: SourceOptions) -> list[Task]:
-        if o.setting != "domain":
+    def tasks(self, o: SourceConfig, split: SplitConfig) -> list[Task]:
+        if split.setting != "domain":
             raise UserError(
-                f"data.setting {o.setting!r} does not fit core50 (domain-incremental); "
-                "pass --data.setting domain."
+                f"data.split.setting {split.setting!r} does not fit core50 (domain-incremental); "
+                "pass --data.split.setting domain."
             )
         test = load_core50(o.root, CORE50_TEST_SESSIONS)
         test_all = ImageSet(torch.cat([s.x for s in test]), torch.cat([s.y for s in test]))

@@ -14,6 +14,7 @@ from legacy_baselines import LegacyEWC, LegacyFineTune, LegacyLwF
 import prompt_pool.addons
 from prompt_pool.addons import EWC, LwF, Replay
 from prompt_pool.baselines import FineTune
+from prompt_pool.data_config import LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
 from prompt_pool.pool import PoolConfig
@@ -23,7 +24,12 @@ from prompt_pool.runner import RunnerConfig, TaskSequenceRunner
 
 @pytest.fixture
 def dm() -> TaskSequenceDataModule:
-    return TaskSequenceDataModule("synthetic", num_tasks=3, batch_size=8, synthetic_classes=6)
+    return TaskSequenceDataModule(
+        "synthetic",
+        source=SourceConfig(synthetic_classes=6),
+        split=SplitConfig(num_tasks=3),
+        loader=LoaderConfig(batch_size=8),
+    )
 
 
 def test_replay_buffer_is_class_balanced_and_checkpointable(dm):
@@ -134,7 +140,12 @@ def test_each_learner_and_addon_combination_runs_and_resumes(
         return [getattr(prompt_pool.addons, name)(**kw) for name, kw in addons]
 
     def data():
-        return TaskSequenceDataModule("synthetic", num_tasks=3, batch_size=8, synthetic_classes=6)
+        return TaskSequenceDataModule(
+            "synthetic",
+            source=SourceConfig(synthetic_classes=6),
+            split=SplitConfig(num_tasks=3),
+            loader=LoaderConfig(batch_size=8),
+        )
 
     ref_addons = build()
     ref = TaskSequenceRunner(
@@ -180,7 +191,12 @@ def test_addons_give_the_losses_and_matrices_of_the_former_subclasses(
     kw.update(train_backbone=True, train_mask=False)
 
     def data():
-        return TaskSequenceDataModule("synthetic", num_tasks=3, batch_size=8, synthetic_classes=6)
+        return TaskSequenceDataModule(
+            "synthetic",
+            source=SourceConfig(synthetic_classes=6),
+            split=SplitConfig(num_tasks=3),
+            loader=LoaderConfig(batch_size=8),
+        )
 
     before, after = Losses(), Losses()
     old = TaskSequenceRunner(
@@ -202,7 +218,12 @@ def test_a_factory_that_makes_new_addons_per_task_is_refused(tmp_path, tiny_vit_
             RunnerConfig(out_dir=str(tmp_path), plots=False), lambda: make_trainer(callbacks=[EWC()])
         ).run(
             _learner("ft_head", tiny_vit_kwargs),
-            TaskSequenceDataModule("synthetic", num_tasks=2, batch_size=8, synthetic_classes=4),
+            TaskSequenceDataModule(
+                "synthetic",
+                source=SourceConfig(synthetic_classes=4),
+                split=SplitConfig(num_tasks=2),
+                loader=LoaderConfig(batch_size=8),
+            ),
         )
 
 

@@ -104,9 +104,11 @@ def test_presets_reproduce_the_spec_columns(capsys, configs, expect):
     init = cfg["model"]["init_args"]
     for k, v in expect.items():
         if k == "batch":
-            assert cfg["data"]["batch_size"] == v
+            assert cfg["data"]["loader"]["batch_size"] == v
         elif k == "lr_eff":
-            assert init["lr"] * cfg["data"]["batch_size"] / init["lr_reference_batch"] == pytest.approx(v)
+            assert init["lr"] * cfg["data"]["loader"]["batch_size"] / init[
+                "lr_reference_batch"
+            ] == pytest.approx(v)
         else:
             assert init["pool"].get(k, init.get(k)) == v, k  # the pool's settings are in init_args.pool
     assert cfg["trainer"]["max_epochs"] == 5 and cfg["trainer"]["gradient_clip_val"] == 1.0

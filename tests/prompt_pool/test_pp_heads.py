@@ -15,6 +15,7 @@ from decoding.errors import UserError
 from decoding.head_spec import parse_head_spec
 from prompt_pool.baselines import FineTune
 from prompt_pool.cli import main
+from prompt_pool.data_config import LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.heads import head_predictions, head_slug, parse_eval_heads
 from prompt_pool.l2p import L2P
@@ -45,7 +46,10 @@ HEADS = [
 
 def _dm(setting: str = "class") -> TaskSequenceDataModule:
     return TaskSequenceDataModule(
-        "synthetic", setting=setting, num_tasks=3, batch_size=8, synthetic_classes=6
+        "synthetic",
+        source=SourceConfig(synthetic_classes=6),
+        split=SplitConfig(setting=setting, num_tasks=3),
+        loader=LoaderConfig(batch_size=8),
     )
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prompt_pool.data_config import LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
 from prompt_pool.pool import PoolConfig
@@ -13,7 +14,12 @@ from prompt_pool.pool import PoolConfig
 
 @pytest.fixture
 def dm() -> TaskSequenceDataModule:
-    return TaskSequenceDataModule("synthetic", num_tasks=5, batch_size=8, synthetic_classes=10)
+    return TaskSequenceDataModule(
+        "synthetic",
+        source=SourceConfig(synthetic_classes=10),
+        split=SplitConfig(num_tasks=5),
+        loader=LoaderConfig(batch_size=8),
+    )
 
 
 def _l2p(kw, **extra) -> L2P:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from decoding.errors import UserError
+from prompt_pool.data_config import LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
 from prompt_pool.pool import PoolConfig
@@ -27,9 +28,12 @@ class Kill(L.Callback):
             raise RuntimeError("killed")
 
 
-def _setup(kw, setting="class", **dm_kw):
+def _setup(kw, setting="class", joint=False):
     dm = TaskSequenceDataModule(
-        "synthetic", setting=setting, num_tasks=3, batch_size=8, synthetic_classes=6, **dm_kw
+        "synthetic",
+        source=SourceConfig(synthetic_classes=6),
+        split=SplitConfig(setting=setting, num_tasks=3, joint=joint),
+        loader=LoaderConfig(batch_size=8),
     )
     m = L2P(
         num_classes=dm.num_classes,
