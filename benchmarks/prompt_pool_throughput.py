@@ -18,8 +18,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from prompt_pool.data_config import ImageConfig, LoaderConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
+from prompt_pool.pool import PoolConfig
 
 CONFIGS = {
     "digits ViT (8x8, p2, d64, depth 2)": dict(
@@ -35,11 +37,8 @@ def build(kw: dict, cached: bool) -> L2P:
     m = L2P(
         num_classes=10,
         backbone_kwargs=kw,
-        pool_size=10,
-        prompt_length=5,
-        top_n=2,
+        pool=PoolConfig(pool_size=10, prompt_length=5, top_n=2, prompt_init="uniform"),
         head_type="cls",
-        prompt_init="uniform",
         cache_queries=cached,
         batch_size=16,
         seed=0,
@@ -92,7 +91,9 @@ def main() -> None:
     print("| backbone | phase | straightforward (img/s) | cached query (img/s) | speed-up |")
     print("|---|---|---|---|---|")
     for name, kw in CONFIGS.items():
-        dm = TaskSequenceDataModule("digits", image_size=kw["img_size"], batch_size=16)
+        dm = TaskSequenceDataModule(
+            "digits", loader=LoaderConfig(batch_size=16), images=ImageConfig(image_size=kw["img_size"])
+        )
         best = {}
         for _ in range(a.repeats):
             for cached in (False, True):

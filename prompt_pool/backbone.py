@@ -214,18 +214,20 @@ class ViTBackbone(nn.Module):
         Args:
             x: images (B, C, H, W).
             prompts: (B, P, D) tokens prepended after the position embedding, or None.
-            all_layers: return the output of every block (each passed through the final norm, as a
-                "logit lens" for a classifier) instead of the last one only.
+            all_layers: return every hidden state, each passed through the final norm (a "logit lens"
+                for a classifier): the embedding output (hidden state 0), the output of every block
+                (1..N), N + 1 in all, instead of the last one only.
 
         Returns:
-            A list of normed hidden states (B, P+1+L, D): one per block if ``all_layers``, else one.
+            A list of normed hidden states (B, P+1+L, D): N + 1 if ``all_layers``, else one. The last
+            entry is computed by the same operations either way (so it is bit-identical).
         """
         tok = self.embed(x)  # (B, 1+L, D)
         h = tok if prompts is None else torch.cat([prompts.to(tok.dtype), tok], dim=1)  # (B, P+1+L, D)
         if not all_layers:
             return [self.vit.norm(self.vit.blocks(h))]
-        outs = []
-        for blk in self.vit.blocks:
+        outs = [self.vit.norm(h)]
+        for blk in self.vit.blocks:  # what nn.Sequential does, one block at a time
             h = blk(h)
             outs.append(self.vit.norm(h))
         return outs
@@ -246,6 +248,6 @@ class ViTBackbone(nn.Module):
     def layer_features(
         self, x: Tensor, prompts: Tensor | None = None, head_type: HeadType = "prompt"
     ) -> Tensor:
-        """Per-layer pooled features for layer-contrastive decoding heads.  -> (layers, B, D)."""
+        """Per-layer pooled features (hidden states 0..N, see :meth:`encode`).  -> (N + 1, B, D)."""
         p = 0 if prompts is None else prompts.shape[1]
         return torch.stack([self.pool(h, p, head_type) for h in self.encode(x, prompts, all_layers=True)])

@@ -23,7 +23,8 @@ the accuracy matrix A[i, t], metrics, plots; a killed run resumes at its task.
   prompt-pool fit --config configs/prompt_pool/split_digits.yaml \\
       --config configs/prompt_pool/baselines/ewc.yaml
   prompt-pool fit --config configs/prompt_pool/split_digits.yaml --runner.resume true
-  prompt-pool fit --config configs/prompt_pool/split_cifar100.yaml --data.root /data/cifar100 --print_config
+  prompt-pool fit --config configs/prompt_pool/split_cifar100.yaml --data.source.root /data/cifar100 \\
+      --print_config
 
 subcommands:
   fit                   run the sequence; `prompt-pool fit --help` lists every setting (model.*,

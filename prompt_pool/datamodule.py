@@ -9,7 +9,6 @@ cache) can reuse a stale crop's features.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
@@ -18,70 +17,49 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from decoding.errors import UserError
-from prompt_pool.datasets import (
-    ImageSet,
-    load_cifar100,
-    load_core50,
-    load_digits_splits,
-    load_image_folder,
-    synthetic_splits,
-)
+from prompt_pool.data_config import ImageConfig, LoaderConfig, SourceConfig, SplitConfig
+from prompt_pool.datasets import ImageSet
 from prompt_pool.query_cache import NO_CACHE
-from prompt_pool.task_split import (
-    ClassOrder,
-    Setting,
-    Task,
-    class_tasks,
-    rotate_domain,
-    split_classes,
-    validate_task_classes,
-)
-
-DatasetName = Literal["digits", "synthetic", "cifar100", "five_datasets", "core50"]
-FIVE_DATASETS_ORDER = ["cifar10", "mnist", "svhn", "not_mnist", "fashion_mnist"]  # official JAX order
-CORE50_TRAIN_SESSIONS = [1, 2, 4, 5, 6, 8, 9, 11]
-CORE50_TEST_SESSIONS = [3, 7, 10]
-
-
-LOCAL_DATASETS = ("cifar100", "five_datasets", "core50")
+from prompt_pool.sources import get_source
+from prompt_pool.task_split import Task
 
 
 def _check_settings(
-    dataset: str,
-    root: str | None,
-    setting: str,
-    sizes: dict[str, int | None],
-    channels: int | None,
-    digits_pretrain_fraction: float,
-    num_workers: int,
+    dataset: str, source: SourceConfig, split: SplitConfig, loader: LoaderConfig, images: ImageConfig
 ) -> None:
-    """Raise :class:`UserError` for a setting out of range, before any data is read.
-
-    Args:
-        sizes: settings that must be >= 1 when given (``num_tasks``, batch sizes, image sizes...).
-    """
-    names = ("digits", "synthetic", *LOCAL_DATASETS)
-    if dataset not in names:
-        raise UserError(f"unknown data.dataset {dataset!r}; use one of {', '.join(names)}.")
-    if setting not in ("class", "task", "domain"):
-        raise UserError(f"unknown data.setting {setting!r}; use 'class', 'task' or 'domain'.")
+    """Raise :class:`UserError` for a setting out of range, before any data is read."""
+    src = get_source(dataset)
+    if split.setting not in ("class", "task", "domain"):
+        raise UserError(f"unknown data.split.setting {split.setting!r}; use 'class', 'task' or 'domain'.")
+    sizes = {
+        "split.num_tasks": split.num_tasks,
+        "loader.batch_size": loader.batch_size,
+        "loader.eval_batch_size": loader.eval_batch_size,
+        "images.image_size": images.image_size,
+        "source.synthetic_classes": source.synthetic_classes,
+        "source.synthetic_image_size": source.synthetic_image_size,
+    }
     for name, value in sizes.items():
         if value is not None and value < 1:
             raise UserError(f"data.{name} must be >= 1, got {value}; pass --data.{name} <positive integer>.")
-    if num_workers < 0:
-        raise UserError(f"data.num_workers must be >= 0, got {num_workers}.")
-    if channels not in (None, 1, 3):
-        raise UserError(f"data.channels must be 1 or 3 (or unset), got {channels}.")
-    if not 0 <= digits_pretrain_fraction < 1:
+    if loader.num_workers < 0:
+        raise UserError(f"data.loader.num_workers must be >= 0, got {loader.num_workers}.")
+    if images.channels not in (None, 1, 3):
+        raise UserError(f"data.images.channels must be 1 or 3 (or unset), got {images.channels}.")
+    if not 0 <= source.digits_pretrain_fraction < 1:
         raise UserError(
-            f"data.digits_pretrain_fraction must be in [0, 1), got {digits_pretrain_fraction} (default 0.3)."
+            "data.source.digits_pretrain_fraction must be in [0, 1), got "
+            f"{source.digits_pretrain_fraction} (default 0.3)."
         )
-    if dataset in LOCAL_DATASETS:
-        if root is None:
-            raise UserError(f"data.dataset {dataset!r} reads a local folder: pass --data.root <folder>.")
-        if not Path(root).is_dir():
+    if src.needs_root:
+        if source.root is None:
             raise UserError(
-                f"data.root {root!r} is not a folder; pass --data.root <the folder that holds {dataset}>."
+                f"data.dataset {dataset!r} reads a local folder: pass --data.source.root <folder>."
+            )
+        if not Path(source.root).is_dir():
+            raise UserError(
+                f"data.source.root {source.root!r} is not a folder; pass --data.source.root <the folder that "
+                f"holds {dataset}>."
             )
 
 
@@ -131,71 +109,31 @@ class TaskSequenceDataModule(L.LightningDataModule):
     """A sequence of tasks over one data source.
 
     Args:
-        dataset: ``digits`` (bundled), ``synthetic``, or ``cifar100``/``five_datasets``/``core50``
-            (local ``root``).
-        root: data folder for the local data sets.
-        setting: ``class`` (default), ``task`` (masked evaluation) or ``domain`` incremental.
-        num_tasks: number of tasks when classes are split automatically (5 for digits, 10 for CIFAR-100).
-        task_classes: explicit class lists per task (overrides ``num_tasks``/``class_order``).
-        class_order: ``natural`` or seeded ``shuffle`` (seed ``order_seed``).
-        order_seed: seed of the shuffled class order.
-        batch_size: training batch size (also scales the learning rate).
-        eval_batch_size: evaluation batch size (16 matches the references under the batch vote).
-        image_size: resize images to this size (square) when given, e.g. 224 for ViT-B/16.
-        channels: repeat single-channel images to 3 channels when set to 3.
-        augment: RandomResizedCrop(0.05-1) + flip on training images (disables the query cache).
-        joint: train once on the union of all tasks (upper bound); evaluation is still per task.
-        digits_pretrain_fraction: share of the digits reserved for backbone pretraining (never in tasks).
-        five_datasets_order: sub-folders of ``root`` in task order (5-datasets, class-IL, labels offset).
-        synthetic_classes: number of classes of the synthetic source.
-        synthetic_image_size: side of the synthetic images.
-        num_workers: DataLoader workers.
-        seed: seed of the synthetic data (the digits split is fixed).
+        dataset: a registered source (:mod:`prompt_pool.sources`): ``digits`` (bundled),
+            ``synthetic``, or ``cifar100``/``five_datasets``/``core50`` (local ``source.root``).
+        source: what the source reads (folder, digits pretraining share, synthetic size and seed).
+        split: how the images become tasks (setting, number of tasks or explicit classes, class order,
+            joint training).
+        loader: batch sizes and workers.
+        images: per-sample resize, channels and augmentation.
     """
 
     def __init__(
         self,
-        dataset: DatasetName = "digits",
-        root: str | None = None,
-        setting: Setting = "class",
-        num_tasks: int = 5,
-        task_classes: list[list[int]] | None = None,
-        class_order: ClassOrder = "natural",
-        order_seed: int = 0,
-        batch_size: int = 16,
-        eval_batch_size: int = 16,
-        image_size: int | None = None,
-        channels: int | None = None,
-        augment: bool = False,
-        joint: bool = False,
-        digits_pretrain_fraction: float = 0.3,
-        five_datasets_order: list[str] | None = None,
-        synthetic_classes: int = 10,
-        synthetic_image_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 0,
+        dataset: str = "digits",
+        source: SourceConfig = SourceConfig(),  # frozen dataclasses: safe defaults
+        split: SplitConfig = SplitConfig(),
+        loader: LoaderConfig = LoaderConfig(),
+        images: ImageConfig = ImageConfig(),
     ) -> None:
         super().__init__()
-        sizes = dict(num_tasks=num_tasks, batch_size=batch_size, eval_batch_size=eval_batch_size)
-        sizes.update(image_size=image_size, synthetic_classes=synthetic_classes)
-        sizes.update(synthetic_image_size=synthetic_image_size)
-        _check_settings(dataset, root, setting, sizes, channels, digits_pretrain_fraction, num_workers)
+        _check_settings(dataset, source, split, loader, images)
         self.save_hyperparameters()
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.setting, self.augment, self.joint = setting, augment, joint
-        self.tasks = self._build_tasks(
-            dataset,
-            root,
-            num_tasks,
-            task_classes,
-            class_order,
-            order_seed,
-            digits_pretrain_fraction,
-            five_datasets_order,
-            synthetic_classes,
-            synthetic_image_size,
-            seed,
-        )
+        self.source, self.split, self.loader, self.images = source, split, loader, images
+        self.batch_size, self.eval_batch_size = loader.batch_size, loader.eval_batch_size
+        self.setting, self.augment, self.joint = split.setting, images.augment, split.joint
+        channels, augment, image_size = images.channels, images.augment, images.image_size
+        self.tasks = get_source(dataset).tasks(source, split)
         self.tasks = [
             Task(
                 t.index,
@@ -225,72 +163,6 @@ class TaskSequenceDataModule(L.LightningDataModule):
             x = x.expand(-1, channels, -1, -1)
         return ImageSet(x, s.y)
 
-    def _build_tasks(
-        self,
-        dataset,
-        root,
-        num_tasks,
-        task_classes,
-        class_order,
-        order_seed,
-        pretrain_fraction,
-        five_order,
-        syn_classes,
-        syn_size,
-        seed,
-    ) -> list[Task]:
-        if dataset == "five_datasets":
-            return self._five_datasets(root, five_order or FIVE_DATASETS_ORDER)
-        if dataset == "core50":
-            if self.setting != "domain":
-                raise UserError(
-                    f"data.setting {self.setting!r} does not fit core50 (domain-incremental); "
-                    "pass --data.setting domain."
-                )
-            test = load_core50(root, CORE50_TEST_SESSIONS)
-            test_all = ImageSet(torch.cat([s.x for s in test]), torch.cat([s.y for s in test]))
-            trains = load_core50(root, CORE50_TRAIN_SESSIONS)
-            cls = sorted(set(torch.cat([s.y for s in trains]).tolist()))
-            return [Task(i, cls, tr, test_all) for i, tr in enumerate(trains)]
-        if dataset == "digits":
-            _, train, test = load_digits_splits(pretrain_fraction)
-        elif dataset == "synthetic":
-            train, test = synthetic_splits(syn_classes, image_size=syn_size, seed=seed)
-        elif dataset == "cifar100":
-            train, test = load_cifar100(root)
-        else:
-            raise UserError(
-                f"unknown dataset {dataset!r}; use one of digits, synthetic, cifar100, five_datasets, core50."
-            )
-        available = sorted(set(train.y.tolist()))
-        if self.setting == "domain":
-            cls = task_classes[0] if task_classes else available
-            validate_task_classes([cls], available, "domain")
-            base = class_tasks(train, test, [cls])[0]
-            return [
-                Task(
-                    t,
-                    cls,
-                    ImageSet(rotate_domain(base.train.x, t), base.train.y),
-                    ImageSet(rotate_domain(base.test.x, t), base.test.y),
-                )
-                for t in range(num_tasks)
-            ]
-        if task_classes is None:
-            task_classes = split_classes(available, num_tasks, class_order, order_seed)
-        validate_task_classes(task_classes, available, self.setting)
-        return class_tasks(train, test, task_classes)
-
-    def _five_datasets(self, root: str, order: list[str]) -> list[Task]:
-        tasks, offset = [], 0
-        for i, name in enumerate(order):
-            tr, te = load_image_folder(Path(root) / name)
-            n = int(tr.y.max()) + 1
-            cls = list(range(offset, offset + n))
-            tasks.append(Task(i, cls, ImageSet(tr.x, tr.y + offset), ImageSet(te.x, te.y + offset)))
-            offset += n
-        return tasks
-
     @property
     def num_tasks(self) -> int:
         """Number of tasks in the sequence."""
@@ -310,15 +182,13 @@ class TaskSequenceDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,
             generator=g,
-            num_workers=self.hparams.num_workers,
+            num_workers=self.loader.num_workers,
         )
 
     def test_loaders(self, upto: int | None = None) -> list[DataLoader]:
         """One evaluation loader per task 0..upto (all tasks by default)."""
         sets = self._test_sets if upto is None else self._test_sets[: upto + 1]
         return [
-            DataLoader(
-                s, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.hparams.num_workers
-            )
+            DataLoader(s, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.loader.num_workers)
             for s in sets
         ]

@@ -8,16 +8,17 @@
 
 Only the prompts, the keys and the head are trainable (and hold optimiser state).
 
-Decoding heads on a classifier. :meth:`L2P.layer_logits` returns per-layer class logits
-(layers, B, C): the hidden state after each block goes through the final norm, the same pooling and
-the head (a "logit lens"). On these:
+Decoding heads on a classifier (``eval_heads``; :mod:`prompt_pool.heads`). :meth:`L2P.layer_logits`
+returns per-layer class logits: hidden state l (0 = embedding output with the prompts, l = output of
+block l) goes through the final norm, the same pooling and the head (a "logit lens"). On these:
 
 - DoLa contrasts the last layer's log-probabilities with a premature layer's.
 - SLED treats the per-layer logits as evidence about the latent "true" class distribution and moves
   the final logits a step toward it (self-logits evolution over the C classes instead of a vocabulary).
 - DeRa interpolates between the prompted model and a reference. For L2P the natural reference is the
-  *same* backbone without prompts: :meth:`L2P.reference_logits` applies the head to the prompt-free
-  query feature q(x) (free: it is computed anyway). DeRa(alpha) = ref + alpha * (prompted - ref).
+  *same* backbone without prompts: :meth:`L2P.reference_layer_logits` applies the head to the
+  prompt-free query feature q(x) (free: it is computed anyway) and, for a layer-wise inner head, to
+  every prompt-free hidden state's [CLS]. DeRa(lam) = ref + lam * (prompted - ref).
 """
 
 from __future__ import annotations
@@ -28,74 +29,44 @@ import torch
 from torch import Tensor, nn
 
 from decoding.errors import UserError
+from decoding.layers import LayerLogits
 from prompt_pool.backbone import HeadType
+from prompt_pool.heads import class_layer_logits
 from prompt_pool.learner import ContinualLearner
-from prompt_pool.pool import PromptInit, PromptPool, check_pool_settings
+from prompt_pool.pool import PoolConfig, PromptPool
 from prompt_pool.query_cache import QueryCache
 
 
 class L2P(ContinualLearner):
-    """L2P learner.
+    """L2P learner (its DeRa reference is the prompt-free model).
 
     Args:
-        pool_size: M.
-        prompt_length: Lp.
-        top_n: N.
+        pool: the prompt pool (M, Lp, N, init, selection rules), :class:`~prompt_pool.pool.PoolConfig`.
         pull_coef: lambda of the pull constraint (paper 0.5; JAX CIFAR 1.0; l2p-pytorch CIFAR 0.1).
-        prompt_init: ``uniform_small`` U[0, 0.01) (JAX) or ``uniform`` U[-1, 1] (l2p-pytorch).
-        batchwise_vote: batch-majority selection (both codebases; a reproduction flag, off by default).
-        use_prompt_mask: training task t uses prompts [tN, (t+1)N) (code substitute for eq. 4).
-        shared_prompt_pool: copy the previous task's prompts into the new slice at task start.
-        shared_prompt_key: also copy the keys.
-        diversity: the paper's eq. 4 frequency penalty (training only).
-        diversity_smoothing: h + 1/M in eq. 4.
-        pull_on_diversity_ids: pull the eq. 4 keys (default: the eq. 3 keys, as paper eq. 5).
         head_type: ``prompt`` (mean of prompt outputs, paper) or ``cls``.
         head_init: ``zeros`` (JAX kernel init) or ``default`` (PyTorch Linear init).
         cache_queries: reuse per-sample frozen query features (only for deterministic inputs).
-        **kwargs: :class:`ContinualLearner` arguments (backbone, lr, batch_size, train_mask...).
+        **kwargs: :class:`ContinualLearner` arguments (backbone, lr, batch_size, train_mask, eval_heads...).
     """
+
+    has_reference = True
 
     def __init__(
         self,
-        pool_size: int = 10,
-        prompt_length: int = 5,
-        top_n: int = 5,
+        pool: PoolConfig = PoolConfig(),  # frozen dataclass: a safe default
         pull_coef: float = 0.5,
-        prompt_init: PromptInit = "uniform_small",
-        batchwise_vote: bool = False,
-        use_prompt_mask: bool = False,
-        shared_prompt_pool: bool = False,
-        shared_prompt_key: bool = False,
-        diversity: bool = False,
-        diversity_smoothing: bool = False,
-        pull_on_diversity_ids: bool = False,
         head_type: HeadType = "prompt",
         head_init: Literal["zeros", "default"] = "zeros",
         cache_queries: bool = True,
         **kwargs: Any,
     ) -> None:
-        check_pool_settings(pool_size, prompt_length, top_n, use_prompt_mask, diversity)  # before the ViT
+        pool.check()  # before the ViT
         if not pull_coef >= 0:
             raise UserError(f"pull_coef must be >= 0, got {pull_coef}; pass --model.init_args.pull_coef 0.5.")
         super().__init__(**kwargs)
         self.save_hyperparameters()
         d = self.backbone.embed_dim
-        self.pool = PromptPool(
-            pool_size,
-            prompt_length,
-            top_n,
-            d,
-            prompt_init,
-            batchwise_vote,
-            use_prompt_mask,
-            shared_prompt_pool,
-            shared_prompt_key,
-            diversity,
-            diversity_smoothing,
-            pull_on_diversity_ids,
-            seed=self.seed,
-        )
+        self.pool = PromptPool(pool, d, seed=self.seed)
         self.head = nn.Linear(d, self.num_classes)
         if head_init == "zeros":
             nn.init.zeros_(self.head.weight)
@@ -104,6 +75,7 @@ class L2P(ContinualLearner):
             raise UserError(f"unknown head_init {head_init!r}; use 'zeros' or 'default'.")
         self.pull_coef, self.head_type, self.cache_queries = pull_coef, head_type, cache_queries
         self.query_cache = QueryCache()
+        self.num_prompts = pool.pool_size  # training steps return the selected ids (usage tracking)
 
     def begin_task(self, task: int, classes: list[int]) -> None:
         super().begin_task(task, classes)
@@ -134,22 +106,31 @@ class L2P(ContinualLearner):
         return -self.pull_coef * aux["pull"]
 
     @torch.no_grad()
-    def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
-        """Per-layer class logits for the decoding heads (no usage recorded).  -> (layers, B, C)."""
-        was = self.pool.training
-        self.pool.eval()
-        feats, _ = self.forward_features(x, uid, all_layers=True)
-        self.pool.train(was)
-        return self.head(torch.stack(feats))
+    def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> LayerLogits:
+        """Per-layer class logits (no usage recorded): early (N, B, C) from hidden states 0..N-1, mature
+        (B, C) computed by the same operations as :meth:`logits` (bit-identical)."""
+        feats = self.layer_features(x, uid)  # [(B, D)] * (N + 1)
+        early = self.head(torch.stack(feats[:-1]))  # (N, B, C): one GEMM for all early layers
+        return class_layer_logits(early, self.head(feats[-1]), self.backbone.depth)
 
     @torch.no_grad()
-    def layer_features(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
-        """Per-layer pooled features (layers, B, D)."""
+    def layer_features(self, x: Tensor, uid: Tensor | None = None) -> list[Tensor]:
+        """Pooled features of hidden states 0..N of the prompted forward, [(B, D)] * (N + 1)."""
         was = self.pool.training
         self.pool.eval()
         feats, _ = self.forward_features(x, uid, all_layers=True)
         self.pool.train(was)
-        return torch.stack(feats)
+        return feats
+
+    @torch.no_grad()
+    def reference_layer_logits(self, x: Tensor, uid: Tensor | None = None, early: bool = True) -> LayerLogits:
+        """DeRa's reference, the prompt-free model: the same head on the frozen ViT's [CLS] without
+        prompts; mature (B, C) on the query feature q(x), early (N, B, C) only when ``early``."""
+        mature = self.reference_logits(x, uid)  # (B, C)
+        if not early:
+            return class_layer_logits(None, mature, self.backbone.depth)
+        feats = self.backbone.layer_features(x, None, "cls")  # (N + 1, B, D)
+        return class_layer_logits(self.head(feats[:-1]), mature, self.backbone.depth)
 
     @torch.no_grad()
     def reference_logits(self, x: Tensor, uid: Tensor | None = None) -> Tensor:

@@ -1,9 +1,11 @@
-"""The Lightning module shared by L2P and every baseline: train_mask, optimiser, evaluation, replay.
+"""The Lightning module shared by L2P and every baseline: train_mask, optimiser, evaluation, add-ons.
 
 A strategy subclasses :class:`ContinualLearner` and implements :meth:`logits` (and optionally
 :meth:`extra_loss`, :meth:`begin_task`, :meth:`end_task`). The runner (``prompt_pool.runner``) drives
 the task loop; a fresh ``Trainer.fit`` per task re-creates the optimiser (Adam reset per task, as both
-codebases do; docs/algorithms/l2p.md, 'Freezing, optimiser, schedule').
+codebases do; docs/algorithms/l2p.md, 'Freezing, optimiser, schedule'). Replay, EWC, LwF and usage
+tracking are add-ons (``prompt_pool.addons``, Lightning callbacks) that every training step consults:
+they combine with any learner.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from decoding.errors import UserError
+from decoding.layers import LayerLogits
+from prompt_pool.addons.base import ContinualAddon, addons_of
 from prompt_pool.backbone import ViTBackbone
-from prompt_pool.replay import ReplayBuffer
+from prompt_pool.heads import check_heads_fit, head_predictions, parse_eval_heads
 
 
 def _check_learner_settings(**settings: Any) -> None:
@@ -33,7 +37,6 @@ def _check_learner_settings(**settings: Any) -> None:
             "two numbers in [0, 1), e.g. [0.9, 0.999]",
         ),
         "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-        "buffer_per_class": (lambda v: v >= 0, "an integer >= 0"),
         "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     }
     for name, value in settings.items():
@@ -60,10 +63,14 @@ class ContinualLearner(L.LightningModule):
         betas: Adam betas.
         weight_decay: Adam weight decay.
         train_mask: set training logits outside the current task's classes to -inf before CE.
-        buffer_per_class: rehearsal: keep this many training samples per class and add a batch of them
-            to every training step (0 = off). Works with every strategy (ER; with L2P: L2P-R).
-        seed: seed of parameter initialisation and of the replay sampling.
+        seed: seed of parameter initialisation (and of the Replay add-on's choice, unless it has its own).
+        eval_heads: decoding heads to evaluate besides the plain argmax, as option strings
+            (``sled``, ``dola:dola_layers=low``, ``dera:lam=2``...); each fills its own accuracy matrix
+            (docs/prompt_pool.md, 'Decoding heads on a classifier').
     """
+
+    has_reference = False  # a prompt-free reference model for DeRa (L2P: its frozen ViT without prompts)
+    num_prompts = 0  # size of the pool the learner selects from; its training steps return the "ids"
 
     def __init__(
         self,
@@ -79,10 +86,11 @@ class ContinualLearner(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         train_mask: bool = True,
-        buffer_per_class: int = 0,
         seed: int = 0,
+        eval_heads: list[str] | None = None,
     ) -> None:
         super().__init__()
+        heads = parse_eval_heads(eval_heads)  # bad specs: one line, before the ViT is built
         _check_learner_settings(
             num_classes=num_classes,
             lr=lr,
@@ -90,7 +98,6 @@ class ContinualLearner(L.LightningModule):
             batch_size=batch_size,
             betas=tuple(betas),
             weight_decay=weight_decay,
-            buffer_per_class=buffer_per_class,
             seed=seed,
         )
         torch.manual_seed(seed)
@@ -98,14 +105,16 @@ class ContinualLearner(L.LightningModule):
         self.batch_size, self.betas, self.weight_decay = batch_size, tuple(betas), weight_decay
         self.train_mask, self.seed = train_mask, seed
         self.backbone = ViTBackbone(backbone, pretrained, checkpoint, checkpoint_sha256, backbone_kwargs)
-        self.replay = ReplayBuffer(buffer_per_class, seed) if buffer_per_class > 0 else None
+        check_heads_fit(heads, self.backbone.depth, num_classes, type(self).__name__, self.has_reference)
+        self.heads = heads
         self.task = 0
         self.task_classes: list[int] = list(range(num_classes))
         self.seen_classes: list[int] = []
         self.eval_class_masks: list[list[int]] | None = None  # task-IL: classes of each eval loader
         self._correct: dict[int, int] = {}
         self._total: dict[int, int] = {}
-        self.step_offset = 0
+        self._head_correct: dict[str, dict[int, int]] = {}
+        self.step_offset = 0  # optimiser steps of the finished tasks: logger steps keep increasing
 
     # ---- to implement ---------------------------------------------------------------------------
     def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -116,6 +125,15 @@ class ContinualLearner(L.LightningModule):
         """Strategy-specific loss added to CE (pull constraint, EWC penalty, distillation)."""
         return logits.new_zeros(())
 
+    def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> LayerLogits:
+        """Per-layer class logits for the decoding heads: early (N, B, C) from hidden states 0..N-1,
+        mature (B, C) bit-identical to ``logits(x, uid)[0]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer logits")
+
+    def reference_layer_logits(self, x: Tensor, uid: Tensor | None = None, early: bool = True) -> LayerLogits:
+        """The prompt-free reference's class logits (DeRa); early rows only when ``early``."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference model")
+
     # ---- task hooks -----------------------------------------------------------------------------
     def begin_task(self, task: int, classes: list[int]) -> None:
         """Called by the runner before fitting task ``task`` on ``classes``."""
@@ -123,14 +141,11 @@ class ContinualLearner(L.LightningModule):
         self.seen_classes = sorted(set(self.seen_classes) | set(classes))
 
     def end_task(self, task: int, dataset: torch.utils.data.Dataset) -> None:
-        """Called after fitting a task with its training set (fills the replay buffer by default)."""
-        if self.replay is not None:
-            self.replay.add(dataset, self.task_classes, task)
+        """Called after fitting a task with its training set."""
 
-    def before_load_state(self, state: dict[str, Tensor]) -> None:
-        """Prepare lazily created buffers (replay, EWC, LwF) before ``load_state_dict`` on resume."""
-        if self.replay is not None:
-            self.replay.resize_like(state, prefix="replay.")
+    def forward(self, x: Tensor, uid: Tensor | None = None) -> Tensor:
+        """Class logits (B, C) (what LwF's previous model is called with)."""
+        return self.logits(x, uid)[0]
 
     # ---- optimisation ---------------------------------------------------------------------------
     @property
@@ -159,48 +174,75 @@ class ContinualLearner(L.LightningModule):
         keep[torch.as_tensor(classes, device=logits.device)] = True
         return logits.masked_fill(~keep, float("-inf"))
 
-    def on_train_start(self) -> None:
-        # keep logger steps increasing across the per-task Trainers
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.step_offset
-
     def on_train_end(self) -> None:
-        self.step_offset = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.step_offset += self.trainer.global_step
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+    @property
+    def addons(self) -> list[ContinualAddon]:
+        """The add-ons among the trainer's callbacks (none without a trainer)."""
+        return addons_of(self.trainer)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y, uid = batch
+        addons = self.addons
         mask_classes = self.task_classes
-        if self.replay is not None and len(self.replay) > 0:
-            rx, ry, ruid = self.replay.sample(x.shape[0], x.device)
-            x, y, uid = torch.cat([x, rx]), torch.cat([y, ry]), torch.cat([uid, ruid])
-            mask_classes = self.seen_classes
+        for addon in addons:  # replay: stored samples join the batch, the loss masks to the seen classes
+            extended = addon.extend_batch(self, x, y, uid)
+            if extended is not None:
+                (x, y, uid), mask_classes = extended, self.seen_classes
         logits, aux = self.logits(x, uid)  # (B, C)
         train_logits = self.mask_logits(logits, mask_classes) if self.train_mask else logits
         ce = F.cross_entropy(train_logits, y)
         extra = self.extra_loss(x, y, logits, aux)
+        for addon in addons:  # EWC penalty, distillation
+            term = addon.loss(self, x, y, uid, logits, aux)
+            if term is not None:
+                extra = extra + term
         loss = ce + extra
         self.log_dict(
             {"train/loss": loss, "train/ce": ce, "train/extra": extra, "task": float(self.task)},
             prog_bar=True,
             batch_size=x.shape[0],
         )
-        return loss
+        # the logger step: Lightning's own restarts with every task's Trainer
+        self.log("step", float(self.step_offset + self.trainer.global_step), batch_size=x.shape[0])
+        out = {"loss": loss}
+        if "ids" in aux:
+            out["ids"] = aux["ids"].detach()  # (B, N) selected prompts, for usage tracking
+        return out
 
     # ---- evaluation: one loader per task, dataloader_idx = task id ------------------------------
     def on_validation_epoch_start(self) -> None:
         self._correct, self._total = {}, {}
+        self._head_correct = {spec: {} for spec in self.heads}
 
     def validation_step(
         self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         x, y, uid = batch
-        logits, _ = self.logits(x, uid)
-        if self.eval_class_masks is not None:
-            logits = self.mask_logits(logits, self.eval_class_masks[dataloader_idx])
+        if self.heads:
+            layers = self.layer_logits(x, uid)  # early (N, B, C), mature (B, C)
+            logits = layers.mature
+        else:
+            logits, _ = self.logits(x, uid)
+        classes = None if self.eval_class_masks is None else self.eval_class_masks[dataloader_idx]
+        if classes is not None:
+            logits = self.mask_logits(logits, classes)
         pred = logits.argmax(dim=-1)
         self._correct[dataloader_idx] = self._correct.get(dataloader_idx, 0) + int((pred == y).sum())
         self._total[dataloader_idx] = self._total.get(dataloader_idx, 0) + int(y.numel())
+        if self.heads:
+            ref = (lambda early: self.reference_layer_logits(x, uid, early)) if self.has_reference else None
+            for spec, p in head_predictions(self.heads, layers, ref, classes).items():
+                counts = self._head_correct[spec]
+                counts[dataloader_idx] = counts.get(dataloader_idx, 0) + int((p == y).sum())
 
     def eval_counts(self) -> tuple[list[int], list[int]]:
         """(correct, total) per evaluation loader of the last validation run."""
         keys = sorted(self._total)
         return [self._correct[k] for k in keys], [self._total[k] for k in keys]
+
+    def eval_head_counts(self) -> dict[str, list[int]]:
+        """``{head spec: correct per evaluation loader}`` of the last validation run."""
+        keys = sorted(self._total)
+        return {spec: [counts.get(k, 0) for k in keys] for spec, counts in self._head_correct.items()}

@@ -59,7 +59,7 @@ NOT_RESULTS = (
     "trainer.default_root_dir",
     "trainer.profiler",
     "trainer.fast_dev_run",
-    "data.num_workers",
+    "data.loader.num_workers",
 )
 
 
@@ -158,7 +158,7 @@ class PromptPoolCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunnerConfig, "runner", instantiate=False)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.batch_size", "model.init_args.batch_size")
+        parser.link_arguments("data.loader.batch_size", "model.init_args.batch_size")
 
     def before_instantiate_classes(self) -> None:
         """Check the settings and the run folder before anything is built or written."""
@@ -191,7 +191,8 @@ class PromptPoolCLI(LightningCLI):
         runner = TaskSequenceRunner(self.runner_config, self._new_trainer, self.settings, not self.dry_run)
         result = runner.run(model, datamodule)
         where = {"fast_dev_run": True} if self.dry_run else {"out_dir": self.runner_config.out_dir}
-        print(json.dumps({**where, **result.metrics}, indent=2))
+        heads = {"heads": {spec: r.metrics for spec, r in result.heads.items()}} if result.heads else {}
+        print(json.dumps({**where, **result.metrics, **heads}, indent=2))
 
 
 def cli(args: list[str] | None, run: bool = True) -> PromptPoolCLI:

@@ -11,13 +11,16 @@ from matplotlib.figure import Figure
 from decoding.run_folder import atomic_savefig
 
 
-def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None = None) -> Path:
+def plot_accuracy_matrix(
+    acc: torch.Tensor, path: str | Path, upto: int | None = None, title: str | None = None
+) -> Path:
     """Heatmap of A[i, t] (rows: evaluated task i, columns: after training task t), in %.
 
     Rows go down and columns right, so cells below the diagonal (i > t) are tasks not yet trained;
-    NaN cells are left blank.
+    NaN cells are left blank. ``title`` defaults to "accuracy A[i, t] (%)"; the folder is created.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     a = acc.clone().double()
     if upto is not None:
         a[:, upto + 1 :] = math.nan
@@ -39,7 +42,7 @@ def plot_accuracy_matrix(acc: torch.Tensor, path: str | Path, upto: int | None =
                 )
     ax.set_xlabel("after training task t")
     ax.set_ylabel("evaluated on task i")
-    ax.set_title("accuracy A[i, t] (%)")
+    ax.set_title(title or "accuracy A[i, t] (%)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)  # a kill never leaves half a PNG

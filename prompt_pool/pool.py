@@ -29,24 +29,57 @@ from prompt_pool.selection import (
 PromptInit = Literal["uniform_small", "uniform"]
 
 
-def check_pool_settings(
-    pool_size: int, prompt_length: int, top_n: int, use_prompt_mask: bool = False, diversity: bool = False
-) -> None:
-    """Raise :class:`UserError` for pool sizes out of range (M >= N >= 1, Lp >= 1) or clashing rules."""
-    for name, value in (("pool_size", pool_size), ("prompt_length", prompt_length), ("top_n", top_n)):
-        if value < 1:
+@dataclass(frozen=True)
+class PoolConfig:
+    """The prompt pool's settings (YAML: ``model.init_args.pool``; docs/algorithms/l2p.md)."""
+
+    pool_size: int = 10
+    """M, the number of prompts (and keys)."""
+    prompt_length: int = 5
+    """Lp, the tokens of one prompt."""
+    top_n: int = 5
+    """N, the prompts selected per input."""
+    prompt_init: PromptInit = "uniform_small"
+    """Prompts and keys: ``uniform_small`` U[0, 0.01) (official JAX) or ``uniform`` U[-1, 1] (l2p-pytorch)."""
+    batchwise_vote: bool = False
+    """Give every sample the batch-majority ids (both codebases; a reproduction flag, off by default)."""
+    use_prompt_mask: bool = False
+    """In training, task t uses ids [tN, (t+1)N) (the code's substitute for eq. 4); off when (t+1)N > M."""
+    shared_prompt_pool: bool = False
+    """With ``use_prompt_mask``: copy the previous task's prompts into the new slice at task start."""
+    shared_prompt_key: bool = False
+    """With ``shared_prompt_pool``: copy the keys too."""
+    diversity: bool = False
+    """The paper's eq. 4 frequency penalty in training (never at test time)."""
+    diversity_smoothing: bool = False
+    """Use h + 1/M in eq. 4."""
+    pull_on_diversity_ids: bool = False
+    """Pull the eq. 4 keys instead of the eq. 3 keys (paper eq. 5 says eq. 3)."""
+
+    def check(self) -> None:
+        """Raise :class:`UserError` for sizes out of range (M >= N >= 1, Lp >= 1) or clashing rules."""
+        for name in ("pool_size", "prompt_length", "top_n"):
+            value = getattr(self, name)
+            if value < 1:
+                raise UserError(
+                    f"{name} must be >= 1, got {value}; "
+                    f"pass --model.init_args.pool.{name} <positive integer>."
+                )
+        if self.pool_size < self.top_n:
             raise UserError(
-                f"{name} must be >= 1, got {value}; pass --model.init_args.{name} <positive integer>."
+                f"pool_size {self.pool_size} < top_n {self.top_n}: the pool cannot supply "
+                f"{self.top_n} prompts; pass --model.init_args.pool.pool_size {self.top_n} or more, "
+                "or a lower --model.init_args.pool.top_n."
             )
-    if pool_size < top_n:
-        raise UserError(
-            f"pool_size {pool_size} < top_n {top_n}: the pool cannot supply {top_n} prompts; "
-            f"pass --model.init_args.pool_size {top_n} or more, or a lower --model.init_args.top_n."
-        )
-    if use_prompt_mask and diversity:
-        raise UserError(
-            "use_prompt_mask and diversity are alternatives (the code's and the paper's); set one false."
-        )
+        if self.use_prompt_mask and self.diversity:
+            raise UserError(
+                "use_prompt_mask and diversity are alternatives (the code's and the paper's); set one false."
+            )
+        if self.prompt_init not in ("uniform_small", "uniform"):
+            raise UserError(
+                f"unknown prompt_init {self.prompt_init!r}; use 'uniform_small' (JAX) or 'uniform' "
+                "(l2p-pytorch)."
+            )
 
 
 @dataclass
@@ -63,60 +96,32 @@ class PromptPool(nn.Module):
     """Key-value prompt pool.
 
     Args:
-        pool_size: M, number of prompts (and keys).
-        prompt_length: Lp, tokens per prompt.
-        top_n: N, prompts selected per input.
+        config: the pool's settings (sizes, init, selection rules).
         embed_dim: D, the backbone width.
-        init: ``uniform_small`` = U[0, 0.01) (official JAX, Flax ``uniform()``) or ``uniform`` = U[-1, 1]
-            (l2p-pytorch); applied to prompts and keys.
-        batchwise_vote: give every sample the batch-majority ids (reproduction flag; both codebases use it,
-            per-sample selection is the default: the test-time vote assumes single-task batches).
-        use_prompt_mask: in training, task t uses ids [tN, (t+1)N) (the code's substitute for eq. 4);
-            silently off when (t+1)N > M, as in the official code.
-        shared_prompt_pool: with ``use_prompt_mask``, copy the previous task's prompts into the new slice
-            when a task starts; ``shared_prompt_key`` copies the keys too.
-        diversity: the paper's eq. 4 frequency penalty in training (never at test time).
-        diversity_smoothing: use h + 1/M in eq. 4.
-        pull_on_diversity_ids: pull the eq. 4 keys instead of the eq. 3 keys (paper eq. 5 says eq. 3).
         seed: seed of the initialisation (independent of the global RNG).
     """
 
-    def __init__(
-        self,
-        pool_size: int = 10,
-        prompt_length: int = 5,
-        top_n: int = 5,
-        embed_dim: int = 768,
-        init: PromptInit = "uniform_small",
-        batchwise_vote: bool = False,
-        use_prompt_mask: bool = False,
-        shared_prompt_pool: bool = False,
-        shared_prompt_key: bool = False,
-        diversity: bool = False,
-        diversity_smoothing: bool = False,
-        pull_on_diversity_ids: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: PoolConfig, embed_dim: int, seed: int = 0) -> None:
         super().__init__()
-        check_pool_settings(pool_size, prompt_length, top_n, use_prompt_mask, diversity)
+        config.check()
+        self.config = config
+        pool_size, prompt_length, top_n = config.pool_size, config.prompt_length, config.top_n
         self.pool_size, self.prompt_length, self.top_n = pool_size, prompt_length, top_n
-        self.batchwise_vote, self.use_prompt_mask = batchwise_vote, use_prompt_mask
-        self.shared_prompt_pool, self.shared_prompt_key = shared_prompt_pool, shared_prompt_key
-        self.diversity, self.diversity_smoothing = diversity, diversity_smoothing
-        self.pull_on_diversity_ids = pull_on_diversity_ids
+        self.batchwise_vote, self.use_prompt_mask = config.batchwise_vote, config.use_prompt_mask
+        self.shared_prompt_pool, self.shared_prompt_key = config.shared_prompt_pool, config.shared_prompt_key
+        self.diversity, self.diversity_smoothing = config.diversity, config.diversity_smoothing
+        self.pull_on_diversity_ids = config.pull_on_diversity_ids
         g = torch.Generator().manual_seed(seed)
-        if init == "uniform_small":
+        if config.prompt_init == "uniform_small":
             p, k = (
                 torch.rand(pool_size, prompt_length, embed_dim, generator=g) * 0.01,
                 torch.rand(pool_size, embed_dim, generator=g) * 0.01,
             )
-        elif init == "uniform":
+        else:  # "uniform" (checked above)
             p, k = (
                 torch.rand(pool_size, prompt_length, embed_dim, generator=g) * 2 - 1,
                 torch.rand(pool_size, embed_dim, generator=g) * 2 - 1,
             )
-        else:
-            raise UserError(f"unknown init {init!r}; use 'uniform_small' (JAX) or 'uniform' (l2p-pytorch).")
         self.prompts = nn.Parameter(p)  # (M, Lp, D)
         self.keys = nn.Parameter(k)  # (M, D)
         self.register_buffer("prev_counts", torch.zeros(pool_size, dtype=torch.long))  # tasks < t

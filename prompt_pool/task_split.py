@@ -25,8 +25,8 @@ def split_classes(
     if num_tasks <= 0 or len(classes) % num_tasks:
         divisors = [d for d in range(1, len(classes) + 1) if len(classes) % d == 0]
         raise UserError(
-            f"data.num_tasks {num_tasks} does not split the {len(classes)} classes into equal tasks; "
-            f"pass --data.num_tasks one of {divisors} or give --data.task_classes explicitly."
+            f"data.split.num_tasks {num_tasks} does not split the {len(classes)} classes into equal tasks; "
+            f"pass --data.split.num_tasks one of {divisors} or give --data.split.task_classes explicitly."
         )
     cls = sorted(classes)
     if order == "shuffle":
@@ -44,21 +44,26 @@ def validate_task_classes(task_classes: list[list[int]], available: list[int], s
     seen: dict[int, int] = {}
     for t, cls in enumerate(task_classes):
         if not cls:
-            raise UserError(f"data.task_classes: task {t} has no classes; give every task one class or more.")
+            raise UserError(
+                f"data.split.task_classes: task {t} has no classes; give every task one class or more."
+            )
         missing = sorted(set(cls) - have)
         if missing:
             raise UserError(
-                f"data.task_classes: task {t} names classes {missing} that the data set lacks "
+                f"data.split.task_classes: task {t} names classes {missing} that the data set lacks "
                 f"(it has classes {sorted(have)[:10]}{'...' if len(have) > 10 else ''})."
             )
         if len(set(cls)) != len(cls):
-            raise UserError(f"data.task_classes: task {t} repeats a class: {cls}; list each class once.")
+            raise UserError(
+                f"data.split.task_classes: task {t} repeats a class: {cls}; list each class once."
+            )
         if setting != "domain":
             for c in cls:
                 if c in seen:
                     raise UserError(
-                        f"data.task_classes: tasks {seen[c]} and {t} overlap on class {c}; class/task-"
-                        "incremental splits must be disjoint (use --data.setting domain for shared classes)."
+                        f"data.split.task_classes: tasks {seen[c]} and {t} overlap on class {c}; "
+                        "class/task-incremental splits must be disjoint (use --data.split.setting domain for "
+                        "shared classes)."
                     )
                 seen[c] = t
 

@@ -1,14 +1,13 @@
-"""Baselines that plug into the same runner, one per family of continual learning.
+"""Baselines that plug into the same runner.
 
 - :class:`FineTune`: sequential fine-tuning, head only (``train_backbone=False``) or whole model;
   with ``train_mask=True`` and a frozen backbone it is the paper's "frozen backbone + linear head";
-  with ``buffer_per_class > 0`` it is experience replay; with ``data.joint=True`` the upper bound.
-- :class:`EWC`: parameter regularisation (elastic weight consolidation).
-- :class:`LwF`: distillation (learning without forgetting).
+  with ``data.joint=True`` the upper bound.
+
+Rehearsal (ER), EWC and LwF are add-ons (:mod:`prompt_pool.addons`) that combine with any learner:
+``FineTune`` + ``EWC`` is the EWC baseline, ``L2P`` + ``Replay`` is L2P-R.
 """
 
-from prompt_pool.baselines.ewc import EWC
 from prompt_pool.baselines.finetune import FineTune
-from prompt_pool.baselines.lwf import LwF
 
-__all__ = ["EWC", "FineTune", "LwF"]
+__all__ = ["FineTune"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from decoding.layers import LayerLogits
+from prompt_pool.heads import class_layer_logits
 from prompt_pool.learner import ContinualLearner
 from prompt_pool.query_cache import QueryCache
 
@@ -41,6 +44,10 @@ class FineTune(ContinualLearner):
     def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         return self.head(self.features(x, uid)), {}
 
-    def layer_logits(self, x: Tensor) -> Tensor:
-        """Per-layer class logits (layers, B, C) through the final norm and the head."""
-        return self.head(self.backbone.layer_features(x, None, "cls"))
+    @torch.no_grad()
+    def layer_logits(self, x: Tensor, uid: Tensor | None = None) -> LayerLogits:
+        """Per-layer class logits through the final norm and the head: early (N, B, C) from hidden
+        states 0..N-1, mature (B, C) = :meth:`logits` (the same call, so bit-identical)."""
+        mature, _ = self.logits(x, uid)  # (B, C)
+        feats = self.backbone.layer_features(x, None, "cls")  # (N + 1, B, D)
+        return class_layer_logits(self.head(feats[:-1]), mature, self.backbone.depth)

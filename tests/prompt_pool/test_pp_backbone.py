@@ -66,7 +66,9 @@ def test_l2p_pytorch_layout_is_a_reparameterisation(vit):
 def test_per_layer_features_end_with_the_final_features(vit):
     x, prompts = _x(), torch.randn(3, 4, 32)
     layers = vit.layer_features(x, prompts)
-    assert layers.shape == (2, 3, 32)
+    assert layers.shape == (3, 3, 32)  # hidden states 0 (embedding output), 1 and 2 of a 2-block ViT
+    assert torch.equal(layers[-1], vit.pool(vit.encode(x, prompts)[0], 4))  # the same operations
+    assert torch.allclose(layers[0], vit.pool(vit.vit.norm(torch.cat([prompts, vit.embed(x)], 1)), 4))
     assert torch.allclose(layers[-1], vit.pool(vit.encode(x, prompts)[0], 4), atol=1e-6)
     assert not torch.allclose(layers[0], layers[1])
 

@@ -104,11 +104,13 @@ def test_presets_reproduce_the_spec_columns(capsys, configs, expect):
     init = cfg["model"]["init_args"]
     for k, v in expect.items():
         if k == "batch":
-            assert cfg["data"]["batch_size"] == v
+            assert cfg["data"]["loader"]["batch_size"] == v
         elif k == "lr_eff":
-            assert init["lr"] * cfg["data"]["batch_size"] / init["lr_reference_batch"] == pytest.approx(v)
+            assert init["lr"] * cfg["data"]["loader"]["batch_size"] / init[
+                "lr_reference_batch"
+            ] == pytest.approx(v)
         else:
-            assert init[k] == v, k
+            assert init["pool"].get(k, init.get(k)) == v, k  # the pool's settings are in init_args.pool
     assert cfg["trainer"]["max_epochs"] == 5 and cfg["trainer"]["gradient_clip_val"] == 1.0
 
 
@@ -145,3 +147,16 @@ def test_shipped_split_digits_config_end_to_end(tmp_path, capsys):
     )
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"]["average_accuracy"] > 60
+
+
+def test_an_addon_joins_the_l2p_config_from_the_command_line(tmp_path, capsys, base_args):
+    """L2P-R: the Replay add-on appended to the L2P config's (empty) callbacks; recorded as a setting."""
+    out = tmp_path / "run"
+    main(
+        base_args(out)
+        + ["--trainer.callbacks+=prompt_pool.addons.Replay", "--trainer.callbacks.per_class", "2"]
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["usage"] is not None and len(saved["accuracy_matrix"]) == 2
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert any("prompt_pool.addons.Replay" in json.dumps(v) for k, v in recorded.items() if "callbacks" in k)

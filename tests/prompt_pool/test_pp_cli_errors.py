@@ -47,16 +47,20 @@ def _files(tmp: Path) -> None:
 
 # (extra arguments (TMP = the test's folder), expected exit code, regex the one line must match)
 CASES = [
-    (["--model.init_args.pool_size", "0"], 1, r"pool_size must be >= 1, got 0"),
-    (["--model.init_args.top_n", "0"], 1, r"top_n must be >= 1, got 0"),
-    (["--model.init_args.top_n", "11"], 1, r"pool_size 10 < top_n 11"),
-    (["--model.init_args.prompt_length", "0"], 1, r"prompt_length must be >= 1, got 0"),
+    (["--model.init_args.pool.pool_size", "0"], 1, r"pool_size must be >= 1, got 0"),
+    (["--model.init_args.pool.top_n", "0"], 1, r"top_n must be >= 1, got 0"),
+    (["--model.init_args.pool.top_n", "11"], 1, r"pool_size 10 < top_n 11"),
+    (["--model.init_args.pool.prompt_length", "0"], 1, r"prompt_length must be >= 1, got 0"),
     (["--model.init_args.lr", "0"], 1, r"lr=0\.0 is invalid.*--model\.init_args\.lr"),
     (["--model.init_args.lr", "nan"], 2, r"Parser key \"lr\": Expected a <class 'float'>\. Got value: nan"),
     (["--model.init_args.pull_coef", "-1"], 1, r"pull_coef must be >= 0, got -1"),
     (["--model.init_args.weight_decay", "-0.1"], 1, r"weight_decay=-0\.1 is invalid"),
     (["--model.init_args.betas", "[0.9, 1.5]"], 1, r"betas=\(0\.9, 1\.5\) is invalid"),
-    (["--model.init_args.buffer_per_class", "-1"], 1, r"buffer_per_class=-1 is invalid"),
+    (
+        ["--config", str(CFG / "baselines" / "er.yaml"), "--trainer.callbacks.init_args.per_class", "0"],
+        1,
+        r"Replay per_class=0 is invalid",
+    ),
     (["--model.init_args.backbone", "resnet18"], 1, r"backbone 'resnet18' is not a timm ViT"),
     (["--model.init_args.checkpoint", "TMP/missing.safetensors"], 1, r"missing\.safetensors' does not exist"),
     (["--model.init_args.checkpoint", "TMP/garbage.safetensors"], 1, r"cannot read ViT checkpoint"),
@@ -71,28 +75,44 @@ CASES = [
         r"does not match the pinned sha256 0{64}",
     ),
     (["--model.init_args.poolsize", "3"], 2, r"L2P: Option 'poolsize' is not accepted \(see --help\)"),
-    (["--model.init_args.top_n", "x"], 2, r"Parser key \"top_n\": Expected a <class 'int'>\. Got value: x"),
+    (
+        ["--model.init_args.pool.top_n", "x"],
+        2,
+        r"Parser key \"pool\.top_n\": Expected a <class 'int'>\. Got value: x",
+    ),
     (["--trainer.max_epochs", "0"], 1, r"trainer\.max_epochs=0 is invalid"),
     (["--trainer.max_epochs", "-1"], 1, r"trainer\.max_epochs=-1 is invalid"),
-    (["--data.dataset", "imagenet"], 2, r"data\.dataset.*Got value: imagenet"),
-    (["--data.dataset", "cifar100"], 1, r"data\.dataset 'cifar100' reads a local folder: pass --data\.root"),
-    (["--data.dataset", "cifar100", "--data.root", "TMP/nope"], 1, r"data\.root '.*nope' is not a folder"),
+    (["--data.dataset", "imagenet"], 1, r"unknown data\.dataset 'imagenet'; use one of digits, synthetic"),
     (
-        ["--data.dataset", "cifar100", "--data.root", "TMP/crafted"],
+        ["--data.dataset", "cifar100"],
+        1,
+        r"data\.dataset 'cifar100' reads a local folder: pass --data\.source\.root",
+    ),
+    (
+        ["--data.dataset", "cifar100", "--data.source.root", "TMP/nope"],
+        1,
+        r"data\.source\.root '.*nope' is not a folder",
+    ),
+    (
+        ["--data.dataset", "cifar100", "--data.source.root", "TMP/crafted"],
         1,
         r"refused to read .*names posix\.system",
     ),
     (
-        ["--data.dataset", "core50", "--data.root", "TMP/core"],
+        ["--data.dataset", "core50", "--data.source.root", "TMP/core"],
         1,
-        r"data\.setting 'class' does not fit core50",
+        r"data\.split\.setting 'class' does not fit core50",
     ),
-    (["--data.num_tasks", "3"], 1, r"data\.num_tasks 3 does not split the 4 classes.*\[1, 2, 4\]"),
-    (["--data.num_tasks", "0"], 1, r"data\.num_tasks must be >= 1, got 0"),
-    (["--data.batch_size", "0"], 1, r"data\.batch_size must be >= 1, got 0"),
-    (["--data.task_classes", "[[0, 1], [1, 2]]"], 1, r"tasks 0 and 1 overlap on class 1"),
-    (["--data.task_classes", "[[0, 9]]"], 1, r"task 0 names classes \[9\] that the data set lacks"),
-    (["--data.image_size", "16"], 1, r"data and model do not fit: images of shape \(1, 1, 16, 16\)"),
+    (
+        ["--data.split.num_tasks", "3"],
+        1,
+        r"data\.split\.num_tasks 3 does not split the 4 classes.*\[1, 2, 4\]",
+    ),
+    (["--data.split.num_tasks", "0"], 1, r"data\.split\.num_tasks must be >= 1, got 0"),
+    (["--data.loader.batch_size", "0"], 1, r"data\.loader\.batch_size must be >= 1, got 0"),
+    (["--data.split.task_classes", "[[0, 1], [1, 2]]"], 1, r"tasks 0 and 1 overlap on class 1"),
+    (["--data.split.task_classes", "[[0, 9]]"], 1, r"task 0 names classes \[9\] that the data set lacks"),
+    (["--data.images.image_size", "16"], 1, r"data and model do not fit: images of shape \(1, 1, 16, 16\)"),
     (["--runner.seed", "-1"], 1, r"runner\.seed must be in \[0, 2147483647\], got -1"),
     (
         ["--runner.out_dir", "TMP/a_file"],
@@ -108,9 +128,26 @@ CASES = [
     (["--ckpt_path", "last"], 2, r"ckpt_path"),
     (["--config", "TMP/missing.yaml"], 2, r"missing\.yaml"),
     (
-        ["--config", str(CFG / "baselines" / "ewc.yaml"), "--model.init_args.ewc_lambda", "-1"],
+        ["--config", str(CFG / "baselines" / "ewc.yaml"), "--trainer.callbacks.init_args.ewc_lambda", "-1"],
         1,
         r"ewc_lambda=-1",
+    ),
+    (
+        ["--model.init_args.eval_heads", '["nucleus"]'],
+        1,
+        r"eval_heads entry 'nucleus' is not a decoding head",
+    ),
+    (["--model.init_args.eval_heads", '["dola:dola_layers=7"]'], 1, r"dola_layers \[7\] are out of range"),
+    (["--model.init_args.eval_heads", '["sled"]'], 1, r"evolution_scale=10 exceeds the 4 classes"),
+    (
+        [
+            "--config",
+            str(CFG / "baselines" / "ft_head.yaml"),
+            "--model.init_args.eval_heads",
+            '["dera:lam=2"]',
+        ],
+        1,
+        r"DeRa needs a reference model and FineTune has none",
     ),
 ]
 
@@ -139,7 +176,7 @@ def test_the_console_command_prints_one_line_and_debug_raises(tmp_path, base_arg
     args = base_args(tmp_path / "run") + [
         "--data.dataset",
         "cifar100",
-        "--data.root",
+        "--data.source.root",
         str(tmp_path / "crafted"),
     ]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled", "HOME": str(tmp_path)}

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from decoding.errors import UserError
+from prompt_pool.data_config import ImageConfig, LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.datasets import ImageSet, load_cifar100, load_digits_splits
+from prompt_pool.sources import DataSource, get_source, register_source, source_names
 from prompt_pool.task_split import split_classes
 
 
@@ -40,17 +42,17 @@ def test_class_order_natural_and_seeded_shuffle():
 
 def test_bad_task_definitions_are_rejected():
     with pytest.raises(ValueError, match=r"names classes \[12\] that the data set lacks"):
-        TaskSequenceDataModule("digits", task_classes=[[0, 1], [12, 3]])
+        TaskSequenceDataModule("digits", split=SplitConfig(task_classes=[[0, 1], [12, 3]]))
     with pytest.raises(ValueError, match="overlap on class 1"):
-        TaskSequenceDataModule("digits", task_classes=[[0, 1], [1, 2]])
+        TaskSequenceDataModule("digits", split=SplitConfig(task_classes=[[0, 1], [1, 2]]))
     with pytest.raises(ValueError, match="num_tasks 3 does not split the"):
-        TaskSequenceDataModule("digits", num_tasks=3)
-    with pytest.raises(ValueError, match="pass --data.root"):
+        TaskSequenceDataModule("digits", split=SplitConfig(num_tasks=3))
+    with pytest.raises(ValueError, match="pass --data.source.root"):
         TaskSequenceDataModule("cifar100")
 
 
 def test_task_sequence_with_explicit_classes_keeps_only_those_samples():
-    dm = TaskSequenceDataModule("digits", task_classes=[[3, 7], [0]])
+    dm = TaskSequenceDataModule("digits", split=SplitConfig(task_classes=[[3, 7], [0]]))
     assert dm.num_tasks == 2 and set(dm.tasks[0].train.y.tolist()) == {3, 7}
     assert set(dm.tasks[1].test.y.tolist()) == {0}
 
@@ -66,14 +68,16 @@ def test_cifar100_from_torchvision_layout(tmp_path):
         }
         with open(base / split, "wb") as f:
             pickle.dump(d, f)
-    dm = TaskSequenceDataModule("cifar100", root=str(tmp_path), num_tasks=10)
+    dm = TaskSequenceDataModule(
+        "cifar100", source=SourceConfig(root=str(tmp_path)), split=SplitConfig(num_tasks=10)
+    )
     assert dm.num_tasks == 10 and dm.num_classes == 100 and dm.tasks[3].classes == list(range(30, 40))
     assert dm.tasks[0].train.x.shape == (20, 3, 32, 32)
     with pytest.raises(UserError, match="is not a folder"):
-        TaskSequenceDataModule("cifar100", root=str(tmp_path / "nope"))
+        TaskSequenceDataModule("cifar100", source=SourceConfig(root=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"cifar-100-python/\{train,test\}"):
-        TaskSequenceDataModule("cifar100", root=str(tmp_path / "empty"))
+        TaskSequenceDataModule("cifar100", source=SourceConfig(root=str(tmp_path / "empty")))
 
 
 def _write_images(folder, n, size=6, mode="RGB"):
@@ -89,7 +93,9 @@ def test_five_datasets_from_image_folders_offsets_labels(tmp_path):
         for split in ("train", "test"):
             for cls in ("0", "1"):
                 _write_images(tmp_path / name / split / cls, 2)
-    dm = TaskSequenceDataModule("five_datasets", root=str(tmp_path), five_datasets_order=order)
+    dm = TaskSequenceDataModule(
+        "five_datasets", source=SourceConfig(root=str(tmp_path), five_datasets_order=order)
+    )
     assert [t.classes for t in dm.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert dm.tasks[2].train.x.shape == (4, 3, 6, 6) and set(dm.tasks[4].test.y.tolist()) == {8, 9}
 
@@ -97,10 +103,14 @@ def test_five_datasets_from_image_folders_offsets_labels(tmp_path):
 def test_wrong_folder_layout_says_what_was_expected(tmp_path):
     _write_images(tmp_path / "a" / "images", 2)  # no train/test split
     with pytest.raises(UserError, match=r"<root>/\{train,test\}/<class_name>/<image>.png"):
-        TaskSequenceDataModule("five_datasets", root=str(tmp_path), five_datasets_order=["a"])
+        TaskSequenceDataModule(
+            "five_datasets", source=SourceConfig(root=str(tmp_path), five_datasets_order=["a"])
+        )
     _write_images(tmp_path / "core" / "s1" / "objects", 1)
     with pytest.raises(UserError, match=r"o1\.\.o50|s<session"):
-        TaskSequenceDataModule("core50", root=str(tmp_path / "core"), setting="domain")
+        TaskSequenceDataModule(
+            "core50", source=SourceConfig(root=str(tmp_path / "core")), split=SplitConfig(setting="domain")
+        )
 
 
 def test_core50_keeps_its_128_px_detail_until_the_per_sample_resize(tmp_path):
@@ -110,7 +120,12 @@ def test_core50_keeps_its_128_px_detail_until_the_per_sample_resize(tmp_path):
     for s in range(1, 12):
         (tmp_path / f"s{s}" / "o1").mkdir(parents=True)
         Image.fromarray(stripes, mode="RGB").save(tmp_path / f"s{s}" / "o1" / "0.png")
-    dm = TaskSequenceDataModule("core50", root=str(tmp_path), setting="domain", image_size=224)
+    dm = TaskSequenceDataModule(
+        "core50",
+        source=SourceConfig(root=str(tmp_path)),
+        split=SplitConfig(setting="domain"),
+        images=ImageConfig(image_size=224),
+    )
     assert dm.tasks[0].train.x.shape == (1, 3, 128, 128)
     x, _, _ = dm.train_dataset(0)[0]
     assert x.shape == (3, 224, 224) and x.std() > 0.2  # 0.29 here; stored at 32 px: ~0
@@ -120,17 +135,19 @@ def test_core50_sessions_are_domain_tasks_with_a_shared_test_set(tmp_path):
     for s in range(1, 12):
         for o in (1, 2):
             _write_images(tmp_path / f"s{s}" / f"o{o}", 1)
-    dm = TaskSequenceDataModule("core50", root=str(tmp_path), setting="domain")
+    dm = TaskSequenceDataModule(
+        "core50", source=SourceConfig(root=str(tmp_path)), split=SplitConfig(setting="domain")
+    )
     assert dm.num_tasks == 8 and all(t.classes == [0, 1] for t in dm.tasks)
     assert len(dm.tasks[0].test) == 6 and torch.equal(dm.tasks[0].test.x, dm.tasks[7].test.x)
     with pytest.raises(ValueError, match="domain"):
-        TaskSequenceDataModule("core50", root=str(tmp_path))
+        TaskSequenceDataModule("core50", source=SourceConfig(root=str(tmp_path)))
 
 
 def test_images_are_resized_per_sample_not_in_memory_and_replay_stores_resized_images():
     from prompt_pool.replay import ReplayBuffer
 
-    dm = TaskSequenceDataModule("digits", image_size=16, channels=3)
+    dm = TaskSequenceDataModule("digits", images=ImageConfig(image_size=16, channels=3))
     assert dm.tasks[0].train.x.shape[1:] == (3, 8, 8)  # stored at native size (a channel view)
     x, y, uid = dm.train_dataset(0)[0]
     ref = torch.nn.functional.interpolate(dm.tasks[0].train.x[:1], size=(16, 16), mode="bilinear")[0]
@@ -189,3 +206,28 @@ def test_a_pickle_of_another_class_is_refused(tmp_path):
     _fake_cifar(tmp_path, 4, payload=ImageSet(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long)))
     with pytest.raises(UserError, match="names prompt_pool.datasets.ImageSet"):
         load_cifar100(tmp_path)
+
+
+class _Stripes(DataSource):
+    """A new data source in one class: vertical (class 0) or horizontal (class 1) stripes."""
+
+    def load(self, o: SourceConfig) -> tuple[ImageSet, ImageSet]:
+        x = torch.zeros(8, 1, 8, 8)
+        x[:4, :, :, ::2] = 1.0
+        x[4:, :, ::2, :] = 1.0
+        y = torch.tensor([0] * 4 + [1] * 4)
+        return ImageSet(x, y), ImageSet(x.clone(), y.clone())
+
+
+STRIPES = _Stripes()
+
+
+def test_a_new_data_source_is_one_class_and_one_register_call():
+    register_source("stripes", STRIPES)
+    assert "stripes" in source_names() and get_source("stripes") is STRIPES
+    dm = TaskSequenceDataModule("stripes", split=SplitConfig(num_tasks=2), loader=LoaderConfig(batch_size=4))
+    assert [t.classes for t in dm.tasks] == [[0], [1]] and dm.num_classes == 2
+    with pytest.raises(ValueError, match="already registered"):
+        register_source("stripes", _Stripes())
+    with pytest.raises(UserError, match=r"unknown data.dataset 'nope'; use one of digits, .*stripes"):
+        TaskSequenceDataModule("nope")

@@ -6,22 +6,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prompt_pool.data_config import LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
+from prompt_pool.pool import PoolConfig
 
 
 @pytest.fixture
 def dm() -> TaskSequenceDataModule:
-    return TaskSequenceDataModule("synthetic", num_tasks=5, batch_size=8, synthetic_classes=10)
+    return TaskSequenceDataModule(
+        "synthetic",
+        source=SourceConfig(synthetic_classes=10),
+        split=SplitConfig(num_tasks=5),
+        loader=LoaderConfig(batch_size=8),
+    )
 
 
 def _l2p(kw, **extra) -> L2P:
     args = dict(
         num_classes=10,
         backbone_kwargs=kw,
-        pool_size=6,
-        prompt_length=2,
-        top_n=2,
+        pool=PoolConfig(pool_size=6, prompt_length=2, top_n=2),
         batch_size=8,
         head_init="default",
         lr_reference_batch=8,
@@ -89,7 +94,10 @@ def test_cached_queries_give_same_selections_and_loss_as_recomputed(tiny_vit_kwa
 
 def test_learning_rate_is_scaled_by_batch_size(tiny_vit_kwargs):
     m = L2P(
-        num_classes=10, backbone_kwargs=tiny_vit_kwargs, batch_size=16, pool_size=4, top_n=2, prompt_length=1
+        num_classes=10,
+        backbone_kwargs=tiny_vit_kwargs,
+        batch_size=16,
+        pool=PoolConfig(pool_size=4, top_n=2, prompt_length=1),
     )
     assert m.lr_effective == pytest.approx(0.03 * 16 / 256)  # l2p-pytorch: 0.001875
     m.batch_size = 128
@@ -100,7 +108,7 @@ def test_layer_logits_and_dera_reference(tiny_vit_kwargs, dm):
     m = _l2p(tiny_vit_kwargs).eval()
     x, _, uid = next(iter(dm.train_loader(0)))
     per_layer = m.layer_logits(x, uid)
-    assert per_layer.shape == (2, x.shape[0], 10)
-    assert torch.allclose(per_layer[-1], m.logits(x, uid)[0], atol=1e-5)
+    assert per_layer.early.shape == (2, x.shape[0], 10)  # hidden states 0 (embeddings) and 1
+    assert torch.equal(per_layer.mature, m.logits(x, uid)[0])
     assert torch.allclose(m.reference_logits(x, uid), m.head(m.backbone.query(x)), atol=1e-6)
     assert m.pool.task_counts.sum() == 0  # evaluation does not count as usage

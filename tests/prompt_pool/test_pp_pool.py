@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prompt_pool.pool import PromptPool
+from prompt_pool.pool import PoolConfig, PromptPool
 
 
 def _pool(**kw) -> PromptPool:
-    args = dict(pool_size=6, prompt_length=3, top_n=2, embed_dim=4, seed=0)
+    args = dict(pool_size=6, prompt_length=3, top_n=2)
     args.update(kw)
-    return PromptPool(**args)
+    return PromptPool(PoolConfig(**args), embed_dim=4, seed=0)
 
 
 def test_gather_shape_and_order_follow_the_selected_ids():
@@ -87,7 +87,7 @@ def test_counts_feed_the_diversity_rule_of_the_next_task():
 
 @pytest.mark.parametrize("init,low,high", [("uniform_small", 0.0, 0.01), ("uniform", -1.0, 1.0)])
 def test_init_ranges(init, low, high):
-    pool = PromptPool(50, 5, 5, 16, init=init)
+    pool = PromptPool(PoolConfig(50, 5, 5, prompt_init=init), 16)
     for p in (pool.prompts, pool.keys):
         assert p.min() >= low and p.max() < high
         assert p.max() - p.min() > 0.8 * (high - low)
@@ -95,8 +95,8 @@ def test_init_ranges(init, low, high):
 
 def test_bad_pool_arguments_are_rejected():
     with pytest.raises(ValueError, match="pool_size 3 < top_n 5"):
-        PromptPool(pool_size=3, top_n=5, embed_dim=4)
+        PromptPool(PoolConfig(pool_size=3, top_n=5), embed_dim=4)
     with pytest.raises(ValueError, match="prompt_length must be >= 1, got 0"):
-        PromptPool(prompt_length=0, embed_dim=4)
-    with pytest.raises(ValueError, match="unknown init"):
-        PromptPool(embed_dim=4, init="normal")
+        PromptPool(PoolConfig(prompt_length=0), embed_dim=4)
+    with pytest.raises(ValueError, match="unknown prompt_init"):
+        PromptPool(PoolConfig(prompt_init="normal"), embed_dim=4)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prompt_pool.baselines import FineTune
+from prompt_pool.data_config import ImageConfig, LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.query_cache import NO_CACHE, QueryCache
 
@@ -39,7 +40,13 @@ def test_no_cache_rows_are_computed_every_time_and_never_stored():
 
 
 def test_augmented_training_samples_are_never_cached_by_a_head_only_baseline(tiny_vit_kwargs):
-    dm = TaskSequenceDataModule("synthetic", num_tasks=3, batch_size=8, synthetic_classes=6, augment=True)
+    dm = TaskSequenceDataModule(
+        "synthetic",
+        source=SourceConfig(synthetic_classes=6),
+        split=SplitConfig(num_tasks=3),
+        loader=LoaderConfig(batch_size=8),
+        images=ImageConfig(augment=True),
+    )
     assert (dm.train_dataset(0).uid == NO_CACHE).all()
     assert all((loader.dataset.uid >= 0).all() for loader in dm.test_loaders())  # tests stay cacheable
     model = FineTune(num_classes=6, backbone_kwargs=tiny_vit_kwargs, cache_features=True)

@@ -40,7 +40,7 @@ def finished(tmp_path_factory, base_args) -> Path:
 
 def test_settings_are_recorded_without_those_that_do_not_change_results(finished):
     settings = json.loads((finished / "run_config.json").read_text())
-    assert settings["model.init_args.pool_size"] == 10 and settings["data.dataset"] == "synthetic"
+    assert settings["model.init_args.pool.pool_size"] == 10 and settings["data.dataset"] == "synthetic"
     assert settings["trainer.max_epochs"] == 1 and settings["runner.seed"] == 0
     assert not [k for k in settings if k.startswith(("trainer.logger", "runner.out_dir", "runner.resume"))]
     assert "seed_everything" not in settings and "model.init_args.num_classes" not in settings
@@ -60,9 +60,9 @@ def test_a_finished_run_is_refused_even_with_display_settings_changed(finished, 
 def test_other_settings_are_refused_naming_each_of_them(finished, capsys, base_args):
     before = _snapshot(finished)
     err = _refused(
-        capsys, base_args(finished) + ["--model.init_args.lr", "0.5", "--model.init_args.pool_size", "7"]
+        capsys, base_args(finished) + ["--model.init_args.lr", "0.5", "--model.init_args.pool.pool_size", "7"]
     )
-    assert "holds a run with other settings (model.init_args.lr, model.init_args.pool_size)" in err
+    assert "holds a run with other settings (model.init_args.lr, model.init_args.pool.pool_size)" in err
     assert "--runner.overwrite true" in err and _snapshot(finished) == before
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from decoding.errors import UserError
+from prompt_pool.data_config import LoaderConfig, SourceConfig, SplitConfig
 from prompt_pool.datamodule import TaskSequenceDataModule
 from prompt_pool.l2p import L2P
+from prompt_pool.pool import PoolConfig
 from prompt_pool.runner import RunnerConfig, TaskSequenceRunner
 
 
@@ -26,16 +28,17 @@ class Kill(L.Callback):
             raise RuntimeError("killed")
 
 
-def _setup(kw, setting="class", **dm_kw):
+def _setup(kw, setting="class", joint=False):
     dm = TaskSequenceDataModule(
-        "synthetic", setting=setting, num_tasks=3, batch_size=8, synthetic_classes=6, **dm_kw
+        "synthetic",
+        source=SourceConfig(synthetic_classes=6),
+        split=SplitConfig(setting=setting, num_tasks=3, joint=joint),
+        loader=LoaderConfig(batch_size=8),
     )
     m = L2P(
         num_classes=dm.num_classes,
         backbone_kwargs=kw,
-        pool_size=6,
-        prompt_length=2,
-        top_n=2,
+        pool=PoolConfig(pool_size=6, prompt_length=2, top_n=2),
         batch_size=8,
         lr_reference_batch=8,
         seed=0,
@@ -148,7 +151,9 @@ def test_a_state_file_that_does_not_fit_the_model_is_one_clear_error(tmp_path, t
     (tmp_path / "run_config.json").unlink()
     dm, _ = _setup(tiny_vit_kwargs)
     other = L2P(
-        num_classes=dm.num_classes, backbone_kwargs=tiny_vit_kwargs, pool_size=4, top_n=2, prompt_length=2
+        num_classes=dm.num_classes,
+        backbone_kwargs=tiny_vit_kwargs,
+        pool=PoolConfig(pool_size=4, top_n=2, prompt_length=2),
     )
     with pytest.raises(
         UserError, match=r"cannot resume from .*state\.pt.*size mismatch.*--runner\.overwrite true"
