@@ -9,9 +9,9 @@ import torch
 
 from decoding.models import load_causal_lm
 from decoding.tiny import build_tiny_lm
-from memexp.index import IndexConfig
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.mome_checkpoint import load_mome, save_mome
+from memexp.mome.checkpoint import load_mome, save_mome
+from memexp.mome.index import IndexConfig
 
 
 def trained_model(backbone, kind="flat"):

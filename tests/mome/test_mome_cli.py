@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from memexp.cli import main
-from memexp.mome_checkpoint import load_mome
+from memexp.mome.checkpoint import load_mome
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "memexp" / "mome_demo.yaml"
 

@@ -7,7 +7,7 @@ import torch
 
 from decoding.models import load_causal_lm
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.sites import match_sites
+from memexp.mome.sites import match_sites
 
 SITE = "model.layers.1.mlp.down_proj"
 

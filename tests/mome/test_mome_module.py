@@ -8,9 +8,9 @@ import torch
 
 from decoding.models import load_causal_lm
 from memexp.data import FactsDataModule
-from memexp.index import IndexConfig
 from memexp.mome import MoMEConfig
-from memexp.mome_module import MoMETuning
+from memexp.mome.index import IndexConfig
+from memexp.mome.tuning import MoMETuning
 
 
 def make_config(**overrides) -> MoMEConfig:
@@ -203,7 +203,7 @@ def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
 
 def pre_norm_queries(module: MoMETuning, examples) -> torch.Tensor:
     """``(N, D)`` query-projection outputs of all facts, before batch-norm (recomputed independently)."""
-    from memexp.router import masked_mean
+    from memexp.mome.router import masked_mean
 
     router, out = module.model.router, []
     handle = router.register_forward_pre_hook(lambda m, a: out.append(router.query(masked_mean(a[0], a[1]))))

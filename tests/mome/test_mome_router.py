@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from memexp.router import Router, collision_stats, masked_mean, query_decorrelation_loss
+from memexp.mome.router import Router, collision_stats, masked_mean, query_decorrelation_loss
 
 
 def make_router(**kw):

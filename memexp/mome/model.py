@@ -14,7 +14,7 @@
 
 Routing happens inside the backbone's forward: a pre-hook on decoder layer ``query_layer`` reads its
 input (``hidden_states[query_layer]`` in HF numbering), pools it over the question tokens, and writes
-the selection into the :class:`~memexp.experts.RoutingState` read by every expert site. Sites must lie
+the selection into the :class:`~memexp.mome.layer.RoutingState` read by every expert site. Sites must lie
 in layers ``>= query_layer`` so a single pass suffices. The question mask is ``question_mask`` when given,
 else the call's ``attention_mask`` (the whole prompt, as in generation). Decode steps with a non-empty
 KV cache reuse the prompt's routing, so ``backbone.generate`` and cached decoding loops work unchanged.
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from decoding.errors import UserError
-from memexp.experts import RoutingState, check_bank_size
-from memexp.index import IndexConfig
-from memexp.router import Router, Routing
-from memexp.sites import experts_off, find_decoder_layers, inject_experts, layer_of
+from memexp.mome.index import IndexConfig
+from memexp.mome.layer import RoutingState, check_bank_size
+from memexp.mome.router import Router, Routing
+from memexp.mome.sites import experts_off, find_decoder_layers, inject_experts, layer_of
 
 
 @dataclass
@@ -61,7 +61,7 @@ class MoMEConfig:
         index: candidate search settings.
         gate: fact gate radius relative to the spacing of the memorised facts' queries (0 = off): at
             phase-2 start the experts are restricted to questions near a memorised one, so any other
-            input gets exactly the backbone (:mod:`memexp.gate`; per-question routing only).
+            input gets exactly the backbone (:mod:`memexp.mome.gate`; per-question routing only).
     """
 
     num_experts: int = 4096
@@ -120,8 +120,16 @@ class MoMEConfig:
             )
 
 
-# hparams of MoME checkpoints hold these configs; they are loaded with torch.load(weights_only=True)
-torch.serialization.add_safe_globals([MoMEConfig, IndexConfig])
+# hparams of MoME checkpoints hold these configs; they are loaded with torch.load(weights_only=True).
+# Checkpoints written before the move into memexp/mome/ name them by their old modules.
+torch.serialization.add_safe_globals(
+    [
+        MoMEConfig,
+        IndexConfig,
+        (MoMEConfig, "memexp.mome.MoMEConfig"),
+        (IndexConfig, "memexp.index.IndexConfig"),
+    ]
+)
 
 
 class MoMEModel(nn.Module):

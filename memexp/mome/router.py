@@ -14,7 +14,7 @@ distinct rows), pushing distinct facts toward distinct experts. :func:`collision
 happened.
 
 Per-token routing (``per_token=True``) routes each position on its own hidden state (no pooling) and
-returns ``(B, T, heads*k)`` ids for :func:`memexp.experts.expert_delta_per_token`.
+returns ``(B, T, heads*k)`` ids for :func:`memexp.mome.layer.expert_delta_per_token`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoding.errors import UserError
-from memexp.experts import check_bank_size
-from memexp.gate import FactGate
-from memexp.index import IndexConfig, KeyIndex
+from memexp.mome.gate import FactGate
+from memexp.mome.index import IndexConfig, KeyIndex
+from memexp.mome.layer import check_bank_size
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Router(nn.Module):
         with torch.no_grad():
             self.keys.weight.normal_(0.0, key_dim**-0.5)
         self.index = KeyIndex(index)
-        self.gate = FactGate(heads * key_dim)  # off until fitted (memexp.gate)
+        self.gate = FactGate(heads * key_dim)  # off until fitted (memexp.mome.gate)
 
     def make_queries(self, pooled: torch.Tensor) -> torch.Tensor:
         """``(N, H)`` pooled hidden states -> ``(N, heads, d_k)`` queries."""

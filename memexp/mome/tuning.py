@@ -9,7 +9,7 @@ candidate search is exact on the live keys; the query-decorrelation loss (``aux_
 batch-norm push distinct facts toward distinct experts.
 
 Phase 2 (from epoch ``phase1_epochs``): the facts' queries are whitened (``whiten_queries``), the router
-is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.gate`), the configured index is
+is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.mome.gate`), the configured index is
 built once over the frozen keys (its recall@k against exact search is logged), every training fact's
 expert ids and weights are cached, and only the selected expert rows train. A fact leaves training once
 its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
@@ -18,7 +18,7 @@ validation finds not recalled exactly comes back.
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
 and the cache; at the end of ``fit`` the experts are also written as a MoME folder
-(:func:`memexp.mome_checkpoint.save_mome`) in ``<default_root_dir>/mome``.
+(:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
 Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
 projection; only touched rows move), ``adamw`` or ``adafactor`` (dense gradients: every step touches the
@@ -42,12 +42,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
 from memexp.data import IGNORE_INDEX, collate_examples
-from memexp.ddp_sparse import register_sparse_allreduce_hook
-from memexp.index import IndexConfig, exact_topk, recall_at_k
 from memexp.module import FactTuning, check_number
-from memexp.mome import MoMEConfig, MoMEModel
-from memexp.mome_checkpoint import save_mome
-from memexp.router import collision_stats
+from memexp.mome.checkpoint import save_mome
+from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
+from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
+from memexp.mome.model import MoMEConfig, MoMEModel
+from memexp.mome.router import collision_stats
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 
@@ -128,7 +128,7 @@ class MoMETuning(FactTuning):
         super().on_fit_start()
         ddp = self.trainer.strategy.model
         if self.model.config.sparse and isinstance(ddp, DistributedDataParallel):
-            register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.ddp_sparse
+            register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.mome.ddp_sparse
 
     # ---- phases -------------------------------------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""Expert sites: wrap chosen ``nn.Linear`` modules of a backbone in :class:`~memexp.experts.ExpertLinear`.
+"""Expert sites: wrap chosen ``nn.Linear`` modules of a backbone in :class:`~memexp.mome.layer.ExpertLinear`.
 
 Sites are chosen by glob patterns over module names (``fnmatch``), e.g.
 ``"model.layers.6.mlp.down_proj"`` or ``"*.layers.[67].self_attn.v_proj"``. A pattern that matches no
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from decoding.errors import UserError
-from memexp.experts import ExpertLinear, RoutingState
+from memexp.mome.layer import ExpertLinear, RoutingState
 
 
 def linear_names(model: nn.Module) -> list[str]:
