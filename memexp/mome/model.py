@@ -9,127 +9,65 @@
     mome = MoMEModel(backbone, MoMEConfig(num_experts=4096, k=8, rank=1, query_layer=2,
                                           sites=["model.layers.[23].mlp.down_proj"]))
     out = mome(input_ids, attention_mask=attn, question_mask=qmask)   # HF CausalLMOutput
+    ids = mome.generate(prompt_ids, attention_mask=attn, max_new_tokens=16)
     with mome.experts_off():                                           # exactly the backbone
         ref = mome(input_ids, attention_mask=attn)
 
 Routing happens inside the backbone's forward: a pre-hook on decoder layer ``query_layer`` reads its
 input (``hidden_states[query_layer]`` in HF numbering), pools it over the question tokens, and writes
 the selection into the :class:`~memexp.mome.layer.RoutingState` read by every expert site. Sites must lie
-in layers ``>= query_layer`` so a single pass suffices. The question mask is ``question_mask`` when given,
-else the call's ``attention_mask`` (the whole prompt, as in generation). Decode steps with a non-empty
-KV cache reuse the prompt's routing, so ``backbone.generate`` and cached decoding loops work unchanged.
-Phase 2 passes cached ``expert_ids``/``expert_weights`` and skips the router.
+in layers ``>= query_layer`` so a single pass suffices.
+
+Every call is first given a :class:`RoutingPlan` (:meth:`MoMEModel.plan`): cached ``expert_ids``
+(phase 2), the prompt's routing for a cached decode step, or the question tokens to pool over:
+``question_mask`` when given, else the span found by :func:`~memexp.mome.question.find_question` (the
+trained prompt format, ``MoMEConfig.question_end``, or the labels); an input whose question cannot be
+found is refused, never routed over its answer. :meth:`MoMEModel.generate` routes once on the prompt
+and keeps that routing for every step, with or without a KV cache. Calls made on ``mome.backbone``
+directly are planned by a pre-hook from the call's own arguments, by the same rules.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from decoding.errors import UserError
-from memexp.mome.index import IndexConfig
-from memexp.mome.layer import RoutingState, check_bank_size
+from memexp.mome.config import MoMEConfig
+from memexp.mome.layer import RoutingState
+from memexp.mome.question import find_question, mask_after_first
 from memexp.mome.router import Router, Routing
-from memexp.mome.sites import experts_off, find_decoder_layers, inject_experts, layer_of
+from memexp.mome.sites import experts_off, find_decoder_layers, inject_experts, layer_of, truncated_layers
 
 
 @dataclass
-class MoMEConfig:
-    """Shape of the expert bank and router.
+class RoutingPlan:
+    """How one backbone call selects its experts.
 
     Attributes:
-        num_experts: E.
-        k: experts selected per input and head.
-        rank: r of every expert.
-        sites: glob patterns of the ``nn.Linear`` modules that get experts.
-        query_layer: the router reads ``hidden_states[query_layer]`` (input of that block); -1 means the
-            block of the first site.
-        key_dim: d_k of keys and queries.
-        heads: router heads (``heads * k`` experts per input).
-        balance: ``batchnorm`` or ``none`` (query normalisation).
-        aux_weight: weight of the query-decorrelation balancing loss.
-        temperature: re-scoring softmax temperature.
-        per_token: route every token instead of every question.
-        scale: multiplier of the expert sum.
-        sparse: sparse gradients for expert tables and keys.
-        dtype: storage dtype of the expert tables (``float32`` or ``bfloat16``).
-        index: candidate search settings.
-        gate: fact gate radius relative to the spacing of the memorised facts' queries (0 = off): at
-            phase-2 start the experts are restricted to questions near a memorised one, so any other
-            input gets exactly the backbone (:mod:`memexp.mome.gate`; per-question routing only).
+        fixed: ``(ids, weights)`` ``(B, K)`` given selection; the router does not run.
+        question_mask: ``(B, T)`` tokens the router pools over (ignored by per-token routing).
+        reuse: a cached decode step: keep the routing of the prompt.
+        from_call: planned by the backbone's pre-hook from the call's arguments (re-planned every call).
     """
 
-    num_experts: int = 4096
-    k: int = 8
-    rank: int = 1
-    sites: list[str] = field(default_factory=lambda: ["*.layers.*.mlp.down_proj"])
-    query_layer: int = -1
-    key_dim: int = 64
-    heads: int = 1
-    balance: str = "batchnorm"
-    aux_weight: float = 0.0
-    temperature: float = 1.0
-    per_token: bool = False
-    scale: float = 1.0
-    sparse: bool = True
-    dtype: str = "float32"
-    index: IndexConfig = field(default_factory=IndexConfig)
-    gate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.index, dict):
-            self.index = IndexConfig(**self.index)
-        check_bank_size(self.num_experts, self.rank, self.k)
-        if (
-            isinstance(self.sites, str)
-            or not self.sites
-            or not all(isinstance(p, str) and p for p in self.sites)
-        ):
-            raise UserError(
-                f"mome.sites={self.sites!r} must be a non-empty list of module-name patterns, "
-                "e.g. ['*.layers.*.mlp.down_proj']"
-            )
-        for name in ("key_dim", "heads"):
-            if getattr(self, name) < 1:
-                raise UserError(f"mome.{name}={getattr(self, name)} must be >= 1")
-        if self.query_layer < -1:
-            raise UserError(
-                f"mome.query_layer={self.query_layer} must be a layer index >= 0, or -1 for the block of the "
-                "first expert site"
-            )
-        if self.balance not in ("batchnorm", "none"):
-            raise UserError(f"mome.balance={self.balance!r} is unknown; choose 'batchnorm' or 'none'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"mome.dtype={self.dtype!r} is unknown; choose 'float32' or 'bfloat16'")
-        for name, low, strict in (("temperature", 0, True), ("scale", 0, True), ("aux_weight", 0, False)):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and (value > low if strict else value >= low)):
-                raise UserError(
-                    f"mome.{name}={value!r} must be a finite number {'>' if strict else '>='} {low}"
-                )
-        if not (math.isfinite(self.gate) and self.gate >= 0):
-            raise UserError(f"gate={self.gate} must be >= 0 (0 = off, 0.5 = half the typical fact spacing)")
-        if self.gate > 0 and self.per_token:
-            raise UserError(
-                f"mome.gate={self.gate} works with per-question routing only; set per_token false or gate 0"
-            )
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+    question_mask: torch.Tensor | None = None
+    reuse: bool = False
+    from_call: bool = False
 
 
-# hparams of MoME checkpoints hold these configs; they are loaded with torch.load(weights_only=True).
-# Checkpoints written before the move into memexp/mome/ name them by their old modules.
-torch.serialization.add_safe_globals(
-    [
-        MoMEConfig,
-        IndexConfig,
-        (MoMEConfig, "memexp.mome.MoMEConfig"),
-        (IndexConfig, "memexp.index.IndexConfig"),
-    ]
-)
+def _cached_tokens(past) -> int:
+    """Tokens already in a KV cache (0 for None or an empty cache)."""
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    return len(past)  # legacy tuple of per-layer caches
 
 
 class MoMEModel(nn.Module):
@@ -185,33 +123,99 @@ class MoMEModel(nn.Module):
             sparse=config.sparse,
         )
         self.last_routing: Routing | None = None
-        self._question_mask: torch.Tensor | None = None
-        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._call_mask: torch.Tensor | None = None
-        self._decoding = False
-        backbone.register_forward_pre_hook(self._record_call, with_kwargs=True)
+        self._plan: RoutingPlan | None = None
+        backbone.register_forward_pre_hook(self._plan_backbone_call, with_kwargs=True)
         layers[self.query_layer].register_forward_pre_hook(self._route, with_kwargs=True)
 
+    # ------------------------------------------------------------------------------------ planning
+    def plan(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past=None,
+        expert_ids: torch.Tensor | None = None,
+        expert_weights: torch.Tensor | None = None,
+    ) -> RoutingPlan:
+        """Decide how a call routes (see the module docstring); nothing runs here.
+
+        Raises:
+            UserError: the question of a row cannot be found (pass ``question_mask``).
+        """
+        if expert_ids is not None:
+            if expert_weights is None:
+                k = expert_ids.shape[-1]
+                expert_weights = torch.full(expert_ids.shape, 1.0 / k, device=expert_ids.device)
+            return RoutingPlan(fixed=(expert_ids, expert_weights))
+        if not self.routing.enabled or self.config.per_token:
+            return RoutingPlan()  # experts off: nothing to route; per token: every position routes itself
+        if _cached_tokens(past) > 0:
+            return RoutingPlan(reuse=True)
+        if question_mask is None:
+            if input_ids is None:
+                raise UserError(
+                    "a call with inputs_embeds and without question_mask: pass question_mask=(B, T) bool "
+                    "marking the question tokens"
+                )
+            question_mask = find_question(input_ids, attention_mask, labels, self.config.question_end)
+        return RoutingPlan(question_mask=question_mask.bool())
+
+    def prompt_question(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Question mask ``(B, T)`` of generation prompts: up to the trained question end, else all of it."""
+        attended = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        if not self.config.question_end:
+            return attended
+        found = mask_after_first(input_ids, attended, self.config.question_end)
+        return torch.where(found.any(1, keepdim=True), found, attended)
+
+    @contextlib.contextmanager
+    def _planned(self, plan: RoutingPlan) -> Iterator[None]:
+        before, self._plan = self._plan, plan
+        try:
+            yield
+        finally:
+            self._plan = before
+
     # ------------------------------------------------------------------------------------ hooks
-    def _record_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._call_mask = kwargs.get("attention_mask")
-        past = kwargs.get("cache", kwargs.get("past_key_values"))  # the name depends on transformers
-        self._decoding = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
+    def _plan_backbone_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Plan a call made on the backbone itself (HF ``generate`` steps, direct calls)."""
+        if self._plan is not None and not self._plan.from_call:
+            return  # planned by forward / generate / route
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        past = kwargs.get("past_key_values", kwargs.get("cache"))  # the name depends on transformers
+        plan = self.plan(input_ids, kwargs.get("attention_mask"), labels=kwargs.get("labels"), past=past)
+        self._plan = replace(plan, from_call=True)
 
     def _route(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        state = self.routing
-        if not state.enabled:
-            return
-        if self._fixed is not None:
-            state.ids, state.weights = self._fixed
+        state, plan = self.routing, self._plan
+        if not state.enabled or plan is None:
             return
         hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H)
-        if self._decoding and state.ids is not None and not self.config.per_token:
-            if state.ids.shape[0] == hidden.shape[0]:
-                return  # keep the prompt's routing for cached decode steps
-        mask = self._question_mask
-        if mask is None and self._call_mask is not None and self._call_mask.shape == hidden.shape[:2]:
-            mask = self._call_mask
+        bsz = hidden.shape[0]
+        if plan.fixed is not None:
+            ids, weights = plan.fixed
+            if ids.shape[0] != bsz and ids.shape[0] > 0 and bsz % ids.shape[0] == 0:  # beams / samples
+                ids, weights = (t.repeat_interleave(bsz // ids.shape[0], 0) for t in (ids, weights))
+            state.ids, state.weights = ids, weights
+            return
+        if plan.reuse:
+            if state.ids is None or state.ids.shape[0] != bsz:
+                raise UserError(
+                    f"a cached decode step of {bsz} sequences has no routing of their prompt: run the prompt "
+                    "through this model first (or use MoMEModel.generate), or pass expert_ids"
+                )
+            return  # keep the prompt's routing
+        mask = plan.question_mask
+        if mask is not None and mask.shape != hidden.shape[:2]:
+            raise UserError(
+                f"question_mask has shape {tuple(mask.shape)} but the input has {tuple(hidden.shape[:2])} "
+                "tokens: pass one (B, T) bool per input token"
+            )
         routing = self.router(hidden, mask)
         state.ids, state.weights = routing.ids, routing.weights
         self.last_routing = routing
@@ -231,24 +235,26 @@ class MoMEModel(nn.Module):
         Args:
             input_ids: ``(B, T)``.
             attention_mask: ``(B, T)``.
-            question_mask: ``(B, T)`` tokens the router pools over (default: ``attention_mask``).
+            question_mask: ``(B, T)`` tokens the router pools over; when None, the question is found
+                from the trained prompt format or the labels (:func:`~memexp.mome.question.find_question`).
             expert_ids: ``(B, K)`` cached selection (phase 2); skips the router.
             expert_weights: ``(B, K)`` their weights (uniform ``1/K`` when None).
             **kwargs: passed to the backbone (``labels``, ``past_key_values``, ``output_hidden_states``...).
+
+        Raises:
+            UserError: no ``question_mask`` and the question of a row cannot be found.
         """
-        if expert_ids is not None:
-            if expert_weights is None:
-                expert_weights = torch.full(
-                    expert_ids.shape, 1.0 / expert_ids.shape[-1], device=expert_ids.device
-                )
-            self._fixed = (expert_ids, expert_weights)
-            self.routing.ids, self.routing.weights = self._fixed
-        self._question_mask = question_mask
-        try:
+        plan = self.plan(
+            input_ids,
+            attention_mask,
+            question_mask,
+            labels=kwargs.get("labels"),
+            past=kwargs.get("past_key_values"),
+            expert_ids=expert_ids,
+            expert_weights=expert_weights,
+        )
+        with self._planned(plan):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            self._question_mask = None
-            self._fixed = None
 
     @torch.no_grad()
     def route(
@@ -257,39 +263,61 @@ class MoMEModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         question_mask: torch.Tensor | None = None,
     ) -> Routing:
-        """Routing of a batch without the LM head (runs the blocks up to ``query_layer`` only)."""
+        """Routing of a batch: runs the blocks up to ``query_layer`` only (no later block, no LM head).
 
-        class _Stop(Exception):
-            pass
-
-        def stop(module, args, kwargs):
-            raise _Stop
-
-        layers = find_decoder_layers(self.backbone)
-        handle = layers[self.query_layer].register_forward_pre_hook(stop, with_kwargs=True)
+        The backbone's block list is cut after block ``query_layer`` for the call, so this is the
+        routing of a full forward (same selection) at a fraction of its cost. The inputs are questions
+        (prompts): without ``question_mask`` each routes on the tokens up to its trained question end,
+        else on all of it (:meth:`prompt_question`).
+        """
+        self.last_routing = None
+        enabled, self.routing.enabled = self.routing.enabled, True  # routing also under experts_off()
+        base = getattr(self.backbone, "base_model", self.backbone)  # the blocks without the LM head
         try:
-            self.forward(input_ids, attention_mask=attention_mask, question_mask=question_mask)
-        except _Stop:
-            pass
+            if question_mask is None:
+                question_mask = self.prompt_question(input_ids, attention_mask)
+            plan = self.plan(input_ids, attention_mask, question_mask)
+            with self._planned(plan), truncated_layers(self.backbone, self.query_layer + 1):
+                base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         finally:
-            handle.remove()
+            self.routing.enabled = enabled
         return self.last_routing
 
     # ------------------------------------------------------------------------------------ HF-style access
-    @property
-    def hf_config(self):
-        """The backbone's HF config."""
-        return self.backbone.config
-
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
         return self.backbone.get_output_embeddings()
 
-    def generate(self, *args, **kwargs):
-        """``backbone.generate`` with experts routed on the prompt (decode steps reuse its routing)."""
-        return self.backbone.generate(*args, **kwargs)
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        question_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """``backbone.generate`` with the experts routed once on the prompt, kept for every step.
+
+        The same tokens come out with or without a KV cache (``use_cache=False``): later steps never
+        re-route over the generated tokens.
+
+        Args:
+            input_ids: ``(B, P)`` prompts.
+            attention_mask: ``(B, P)``; all tokens when None.
+            question_mask: ``(B, P)``; default: up to the trained question end
+                (``MoMEConfig.question_end``) in each prompt, else the whole prompt.
+            **kwargs: passed to ``backbone.generate``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.routing.enabled and not self.config.per_token:
+            routing = self.route(input_ids, attention_mask, question_mask)
+            plan = RoutingPlan(fixed=(routing.ids, routing.weights))
+        else:
+            plan = RoutingPlan()  # per token: each step routes its own positions, as in one pass
+        with self._planned(plan):
+            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------ helpers
     @contextlib.contextmanager

@@ -114,6 +114,24 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError("cannot find the decoder layers (an nn.ModuleList of num_hidden_layers blocks)")
 
 
+@contextlib.contextmanager
+def truncated_layers(model: nn.Module, n: int) -> Iterator[nn.ModuleList]:
+    """Inside, the backbone's block list holds only its first ``n`` blocks (the same modules).
+
+    A forward then stops after block ``n - 1`` (HF models loop over this list), e.g. to compute what
+    an early block sees without running the rest of the model.
+    """
+    layers = find_decoder_layers(model)
+    name = next(name for name, mod in model.named_modules() if mod is layers)
+    parent, _, attr = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    setattr(owner, attr, nn.ModuleList(list(layers)[:n]))
+    try:
+        yield getattr(owner, attr)
+    finally:
+        setattr(owner, attr, layers)
+
+
 def layer_of(model: nn.Module, layers: nn.ModuleList, site_name: str) -> int:
     """Index of the block that contains the module ``site_name``."""
     target = model.get_submodule(site_name)

@@ -57,7 +57,7 @@ def inputs():
 
 
 def per_example_loss(model, ids, proj):
-    logits = model(ids).logits  # (B, T, V)
+    logits = model(ids, question_mask=torch.ones_like(ids, dtype=torch.bool)).logits  # (B, T, V)
     return (logits * proj).sum(dim=(1, 2)).mean()
 
 
