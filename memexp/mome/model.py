@@ -67,7 +67,7 @@ def _cached_tokens(past) -> int:
         return 0
     if hasattr(past, "get_seq_length"):
         return int(past.get_seq_length())
-    return len(past)  # legacy tuple of per-layer caches
+    return int(past[0][0].shape[-2]) if len(past) else 0  # legacy tuple of per-layer (key, value)
 
 
 class MoMEModel(nn.Module):
