@@ -143,8 +143,9 @@ class MoMETuning(FactTuning):
             return
         prompts = [e.prompt_ids for e in examples]
         config = self.model.config
-        if config.question_end is not None:
-            end = list(config.question_end)
+        given = getattr(self.hparams.get("mome"), "question_end", None)  # set by the user: checked, kept
+        if given is not None:
+            end = list(given)
             if any(list(p[-len(end) :]) != end for p in prompts):
                 raise UserError(
                     f"mome.question_end={end} does not end every training prompt; set it to null so it is "
