@@ -19,6 +19,7 @@ returns ``(B, T, heads*k)`` ids for :func:`memexp.mome.layer.expert_delta_per_to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -207,17 +208,25 @@ class Router(nn.Module):
         return Routing(ids=ids, weights=weights, aux_loss=aux, queries=q, features=features)
 
     # ---- phase-2 calibration of the frozen router ------------------------------------------------
+    def _pre_norm_queries(self, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(N, D)`` outputs of the query projection (before batch-norm), computed batch by batch."""
+        return torch.cat([self.query(f.to(self.query.weight.dtype)).float() for f in batches])
+
     @torch.no_grad()
-    def whiten(self, features: torch.Tensor, eps: float = 1e-6) -> None:
-        """Fold a ZCA whitening of the queries of ``features`` ``(N, H)`` into the query projection.
+    def whiten(self, batches: Sequence[torch.Tensor], eps: float = 1e-6) -> None:
+        """Fold a ZCA whitening of the facts' queries into the query projection.
 
         Batch-norm scales each query dimension but leaves them correlated: the pooled questions of
         similar facts span a few directions, so their queries pick the same experts (measured: 200 facts,
         k = 8 of 4,096 experts, 616 distinct experts and one expert shared by 20 facts). With
         ``W' = S W`` and ``b' = S (b - mu)``, ``S = Cov(q)^(-1/2)``, the facts' queries are white, so
         distinct facts spread over distinct experts (demo: 927 distinct experts, at most 9 facts on one).
+
+        Args:
+            batches: the facts' pooled question features (:attr:`Routing.features`), ``(B_i, H)`` each.
+            eps: ridge relative to the mean query variance.
         """
-        q = self.query(features.to(self.query.weight.dtype)).float()  # (N, D) before batch-norm
+        q = self._pre_norm_queries(batches)  # (N, D)
         w, b = self.query.weight.float(), self.query.bias.float()
         mu = q.mean(0)
         cov = torch.cov(q.T, correction=0).double()  # (D, D)
@@ -228,23 +237,27 @@ class Router(nn.Module):
         self.query.bias.copy_((s @ (b - mu)).to(self.query.bias.dtype))
 
     @torch.no_grad()
-    def calibrate_norm(self, features: torch.Tensor) -> None:
-        """Set the query batch-norm's running statistics to those of the queries of ``features`` ``(N, H)``.
+    def calibrate_norm(self, batches: Sequence[torch.Tensor]) -> None:
+        """Set the query batch-norm's running statistics from the facts' queries, batch by batch.
 
         Phase 1 is short, so the running averages (momentum 0.1) are still far from the facts' query
         statistics; frozen as they are, they would send most facts to the same experts. The statistics
-        are exact over all ``N`` rows (one batch-norm step with cumulative averaging).
+        become the average of the per-batch statistics (batch-norm with cumulative averaging; batches of
+        one row are skipped); pass all facts as one batch for their exact statistics.
+
+        Args:
+            batches: the facts' pooled question features (:attr:`Routing.features`), ``(B_i, H)`` each.
         """
         if self.norm is None:
             return
         self.norm.reset_running_stats()
-        if features.shape[0] < 2:
-            return  # batch-norm needs two rows; a single fact keeps the identity statistics
         momentum, training = self.norm.momentum, self.norm.training
-        self.norm.momentum = None
+        self.norm.momentum = None  # cumulative average over the batches
         self.norm.train()
         try:
-            self.norm(self.query(features.to(self.query.weight.dtype)))
+            for features in batches:
+                if features.shape[0] > 1:
+                    self.norm(self.query(features.to(self.query.weight.dtype)))
         finally:
             self.norm.momentum = momentum
             self.norm.train(training)

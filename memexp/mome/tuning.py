@@ -195,12 +195,10 @@ class MoMETuning(FactTuning):
         mome = self.model
         router = mome.router
         examples = self.trainer.datamodule.train_examples
-        features = []  # (B, H) pooled question features per batch, in example order
-        for batch in self._fact_batches(examples):
-            features.append(
-                mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"]).features
-            )
-        features = torch.cat(features)  # (N, H)
+        features = [  # (B, H) pooled question features per batch, in example order
+            mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"]).features
+            for batch in self._fact_batches(examples)
+        ]
         if self.hparams.whiten_queries:
             router.whiten(features)
         router.calibrate_norm(features)
@@ -208,14 +206,15 @@ class MoMETuning(FactTuning):
         keys = router.keys.weight
         router.index.config = self.phase2_index
         router.index.build(keys)
-        routing = router.route_features(features)  # frozen router: exactly what route() gives each fact
+        routed = [router.route_features(f) for f in features]  # frozen: what route() gives each fact
+        routing_ids = torch.cat([r.ids for r in routed])  # (N, heads * k)
+        queries = torch.cat([r.queries for r in routed]).flatten(1)  # (N, heads * d_k)
         fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
         n_ids = int(fact_ids.max()) + 1
         ids = torch.zeros(n_ids, self.cached_ids.shape[1], dtype=torch.long, device=self.device)
         weights = torch.zeros(n_ids, self.cached_ids.shape[1], device=self.device)
-        ids[fact_ids], weights[fact_ids] = routing.ids, routing.weights
+        ids[fact_ids], weights[fact_ids] = routing_ids, torch.cat([r.weights for r in routed])
         self.cached_ids, self.cached_weights = ids, weights
-        queries = routing.queries.flatten(1)  # (N, heads * d_k)
         if mome.config.gate > 0 and not mome.config.per_token:
             router.gate.fit(queries, mome.config.gate)
         self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)

@@ -114,13 +114,18 @@ def test_phase2_calibration_whitens_the_queries_and_sets_exact_norm_statistics()
     features = torch.randn(64, 12, generator=g) @ torch.randn(12, 12, generator=g) + 3.0  # correlated
     pooled_again = router(features[:, None, :]).features  # one-token "questions": the router's own pooling
     assert torch.equal(pooled_again, features)
-    router.whiten(features)
-    router.calibrate_norm(features)
+    batches = [features[:40], features[40:]]  # as phase 2 reads them: one eval batch after another
+    router.whiten(batches)
     q = router.query(features).double()  # (64, 8)
     cov = torch.cov(q.T, correction=0)
     torch.testing.assert_close(cov, torch.eye(8, dtype=torch.float64), atol=1e-3, rtol=0)
+    router.calibrate_norm([features])  # one batch: the exact statistics
     torch.testing.assert_close(router.norm.running_mean.double(), q.mean(0), atol=1e-5, rtol=0)
     torch.testing.assert_close(router.norm.running_var.double(), q.var(0), atol=1e-4, rtol=1e-4)
+    router.calibrate_norm(batches)  # several: the average of the per-batch statistics
+    parts = [q[:40], q[40:]]
+    torch.testing.assert_close(router.norm.running_mean.double(), sum(p.mean(0) for p in parts) / 2)
+    torch.testing.assert_close(router.norm.running_var.double(), sum(p.var(0) for p in parts) / 2)
     router.eval()  # the frozen router routes stored features exactly as it routes hidden states
     hidden, mask = torch.randn(3, 5, 12), torch.rand(3, 5) > 0.3
     mask[:, 0] = True
