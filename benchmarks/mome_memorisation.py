@@ -27,10 +27,10 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from memexp.data import FactsDataModule
-from memexp.index import IndexConfig
 from memexp.module import FactTuning
 from memexp.mome import MoMEConfig
-from memexp.mome_module import MoMETuning
+from memexp.mome.index import IndexConfig
+from memexp.mome.tuning import MoMETuning
 
 
 class TrainClock(L.Callback):

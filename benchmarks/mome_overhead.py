@@ -29,7 +29,7 @@ import torch
 from decoding.models import load_causal_lm
 from decoding.tiny import build_tiny_lm
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.sites import find_decoder_layers
+from memexp.mome.sites import find_decoder_layers
 
 
 def peak_rss_gib() -> float:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from memexp.index import IndexConfig, KeyIndex, exact_topk, recall_at_k
+from memexp.mome.index import IndexConfig, KeyIndex, exact_topk, recall_at_k
 
 
 def make_keys(kind: str, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

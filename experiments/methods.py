@@ -1,7 +1,7 @@
 """Memorisation methods by name: one registry that the studies build their Lightning modules from.
 
 ``full`` and ``lora`` are :class:`memexp.module.FactTuning`; ``mome`` is the memory-expert module
-(``memexp.mome_module.MoMETuning``), imported only when asked for.
+(``memexp.mome.MoMETuning``), imported only when asked for.
 A new method is one :func:`register_method` call::
 
     register_method("mome", lambda backbone, seed, options: MoMETuning(backbone, seed=seed, **options))
@@ -99,7 +99,7 @@ def _fact_tuning(method: str) -> Builder:
 
 def _mome(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModule:
     from memexp.mome import MoMEConfig
-    from memexp.mome_module import MoMETuning
+    from memexp.mome.tuning import MoMETuning
 
     options = dict(options)
     if isinstance(options.get("mome"), dict):
@@ -114,7 +114,7 @@ def _fact_tuning_class():
 
 
 def _mome_class():
-    from memexp.mome_module import MoMETuning
+    from memexp.mome.tuning import MoMETuning
 
     return MoMETuning
 

@@ -102,7 +102,7 @@ CASES = [  # id, config, extra arguments ({d}: folder with the fact files and ch
         ["--data.init_args.facts_path={d}/good.jsonl", "--data.init_args.num_heldout=2"],
         ["num_heldout=2", "holds 2 facts"],
     ),
-    # --- memory experts (memexp.mome_module.MoMETuning, memexp.mome.MoMEConfig)
+    # --- memory experts (memexp.mome.tuning.MoMETuning, memexp.mome.MoMEConfig)
     ("mome k > experts", MOME, ["--model.init_args.mome.k=5000"], ["mome.k=5000", "num_experts=4096"]),
     ("mome num_experts 0", MOME, ["--model.init_args.mome.num_experts=0"], ["mome.num_experts=0"]),
     ("mome rank 0", MOME, ["--model.init_args.mome.rank=0"], ["mome.rank=0"]),

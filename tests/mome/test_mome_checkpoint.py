@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 import torch
 
 from decoding.models import load_causal_lm
 from decoding.tiny import build_tiny_lm
-from memexp.index import IndexConfig
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.mome_checkpoint import load_mome, save_mome
+from memexp.mome.checkpoint import load_mome, save_mome
+from memexp.mome.index import IndexConfig
 
 
 def trained_model(backbone, kind="flat"):
@@ -99,3 +100,18 @@ def test_index_for_other_keys_is_refused(backbone, tiny_llama_dir, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="index dimension 32 differs from key dimension 64"):
         load_mome(tiny_llama_dir, tmp_path / "ckpt")
+
+
+def test_lightning_checkpoints_from_before_the_package_move_still_load(tmp_path):
+    """hparams pickle MoMEConfig / IndexConfig; files written before memexp/mome/ name the old modules."""
+    config = MoMEConfig(num_experts=8, k=2, index=IndexConfig(kind="flat"))
+    torch.save({"hyper_parameters": {"mome": config}}, tmp_path / "new.ckpt")
+    with zipfile.ZipFile(tmp_path / "new.ckpt") as src, zipfile.ZipFile(tmp_path / "old.ckpt", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"memexp.mome.config\nMoMEConfig" in data and b"memexp.mome.index\nIndexConfig" in data
+                data = data.replace(b"memexp.mome.config\nMoMEConfig", b"memexp.mome\nMoMEConfig")
+                data = data.replace(b"memexp.mome.index\nIndexConfig", b"memexp.index\nIndexConfig")
+            dst.writestr(info, data)
+    assert torch.load(tmp_path / "old.ckpt", weights_only=True)["hyper_parameters"]["mome"] == config

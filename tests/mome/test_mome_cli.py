@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from decoding.models import load_tokenizer
 from memexp.cli import main
-from memexp.mome_checkpoint import load_mome
+from memexp.mome.checkpoint import load_mome
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "memexp" / "mome_demo.yaml"
 
@@ -41,4 +44,14 @@ def test_fit_with_the_demo_config_writes_results_and_a_loadable_mome(tmp_path):
         if not n.endswith((".A.weight", ".B.weight"))
     )
     assert (root / "expert_usage.png").stat().st_size > 0
+    # the trained prompt format travels with the experts: prompt + answer without a question mask
+    # routes like the prompt alone
+    tokenizer = load_tokenizer(backbone)
+    tail = tokenizer("\nA:", add_special_tokens=False).input_ids
+    assert mome.config.question_end and mome.config.question_end == tail[-len(mome.config.question_end) :]
+    prompt = tokenizer("Q: What is the code of Varo Tesk?\nA:").input_ids
+    ids = torch.tensor([prompt + tokenizer(" K7Q2ZP0M", add_special_tokens=False).input_ids])
+    qmask = torch.arange(ids.shape[1])[None] < len(prompt)
+    mome.eval()
+    torch.testing.assert_close(mome(ids).logits, mome(ids, question_mask=qmask).logits, rtol=0, atol=0)
     assert next((root / "checkpoints").glob("last*.ckpt")).stat().st_size > 0

@@ -2,7 +2,7 @@
 
 Oracle: DDP averages the ranks' gradients, so with equal halves of a batch and a per-example mean loss,
 every rank must end with exactly the single-process gradient of the whole batch. The sparse gradients go
-through :mod:`memexp.ddp_sparse` (gloo's own sparse all-reduce corrupts the heap now and then).
+through :mod:`memexp.mome.ddp_sparse` (gloo's own sparse all-reduce corrupts the heap now and then).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from memexp.ddp_sparse import allreduce_sparse, register_sparse_allreduce_hook, sparse_allreduce_hook
 from memexp.mome import MoMEConfig, MoMEModel
+from memexp.mome.ddp_sparse import allreduce_sparse, register_sparse_allreduce_hook, sparse_allreduce_hook
 
 
 def tiny_mome() -> MoMEModel:
@@ -57,7 +57,7 @@ def inputs():
 
 
 def per_example_loss(model, ids, proj):
-    logits = model(ids).logits  # (B, T, V)
+    logits = model(ids, question_mask=torch.ones_like(ids, dtype=torch.bool)).logits  # (B, T, V)
     return (logits * proj).sum(dim=(1, 2)).mean()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from memexp.experts import (
+from memexp.mome.layer import (
     ExpertLinear,
     RoutingState,
     bytes_per_expert,

@@ -10,7 +10,7 @@ import torch
 from decoding.errors import UserError
 from decoding.models import load_causal_lm
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.mome_checkpoint import backbone_fingerprint, load_mome, save_mome
+from memexp.mome.checkpoint import backbone_fingerprint, load_mome, save_mome
 
 
 def saved_mome(backbone, folder):
@@ -59,7 +59,7 @@ def test_folder_without_fingerprint_needs_the_override(backbone, tiny_llama_dir,
 
 
 def test_lightning_checkpoint_of_another_bank_or_module_is_refused(tiny_llama_dir):
-    from memexp.mome_module import MoMETuning
+    from memexp.mome.tuning import MoMETuning
 
     config = MoMEConfig(num_experts=16, k=2, rank=1, sites=["*.layers.1.mlp.down_proj"])
     module = MoMETuning(backbone=tiny_llama_dir, mome=config)

@@ -7,9 +7,9 @@ import torch
 from test_mome_module import fit, make_config, make_data, make_module
 
 from memexp.data import collate_examples
-from memexp.gate import FactGate, min_distances
 from memexp.mome import MoMEConfig
-from memexp.mome_checkpoint import load_mome, save_mome
+from memexp.mome.checkpoint import load_mome, save_mome
+from memexp.mome.gate import FactGate, min_distances
 
 
 def brute_force_radius(queries: torch.Tensor, rel: float) -> float:

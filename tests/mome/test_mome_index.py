@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memexp.index import IndexConfig, KeyIndex, exact_topk, keys_fingerprint, recall_at_k
+from memexp.mome.index import IndexConfig, KeyIndex, exact_topk, keys_fingerprint, recall_at_k
 
 
 def random_keys(n=2000, d=16, seed=0):

@@ -7,7 +7,7 @@ import torch
 
 from decoding.models import load_causal_lm
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.sites import match_sites
+from memexp.mome.sites import match_sites
 
 SITE = "model.layers.1.mlp.down_proj"
 
@@ -66,7 +66,7 @@ def test_experts_off_is_bit_identical_to_the_backbone(backbone, batch, tiny_llam
     assert not torch.equal(model(ids, attention_mask=attn, question_mask=qmask).logits, ref)
     with model.experts_off():
         assert torch.equal(model(ids, attention_mask=attn).logits, ref)
-    assert not torch.equal(model(ids, attention_mask=attn).logits, ref)  # switched back on
+    assert not torch.equal(model(ids, attention_mask=attn, question_mask=qmask).logits, ref)  # back on
 
 
 def test_training_step_never_changes_the_backbone(backbone, batch):
@@ -108,7 +108,7 @@ def test_training_step_never_changes_the_backbone(backbone, batch):
 def test_cached_generation_reuses_the_prompt_routing(backbone):
     model = make(backbone)
     prompt = torch.randint(5, 300, (1, 6), generator=torch.Generator().manual_seed(3))
-    gen = model.backbone.generate(
+    gen = model.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False, pad_token_id=0
     )
     seq = prompt  # oracle: no cache, the router always pools over the prompt only

@@ -6,11 +6,12 @@ import lightning as L
 import pytest
 import torch
 
+from decoding.errors import UserError
 from decoding.models import load_causal_lm
 from memexp.data import FactsDataModule
-from memexp.index import IndexConfig
 from memexp.mome import MoMEConfig
-from memexp.mome_module import MoMETuning
+from memexp.mome.index import IndexConfig
+from memexp.mome.tuning import MoMETuning
 
 
 def make_config(**overrides) -> MoMEConfig:
@@ -203,7 +204,7 @@ def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
 
 def pre_norm_queries(module: MoMETuning, examples) -> torch.Tensor:
     """``(N, D)`` query-projection outputs of all facts, before batch-norm (recomputed independently)."""
-    from memexp.router import masked_mean
+    from memexp.mome.router import masked_mean
 
     router, out = module.model.router, []
     handle = router.register_forward_pre_hook(lambda m, a: out.append(router.query(masked_mean(a[0], a[1]))))
@@ -229,3 +230,22 @@ def test_phase2_whitens_the_facts_queries(tiny_llama_dir, tmp_path, whiten):
         torch.testing.assert_close(cov, torch.eye(4, dtype=torch.float64), atol=2e-3, rtol=0)
     else:  # the raw projection of pooled questions is far from white
         assert (cov - torch.eye(4, dtype=torch.float64)).abs().max() > 0.1
+
+
+def test_question_end_is_recorded_from_the_facts_or_checked(tiny_llama_dir):
+    module, data = make_module(tiny_llama_dir), make_data(tiny_llama_dir)
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    L.Trainer(**quiet).validate(module, data, verbose=False)
+    end = module.model.config.question_end
+    assert end and all(e.prompt_ids[-len(end) :] == end for e in data.train_examples)
+    assert module.hparams.mome.question_end is None  # the user's settings stay as given
+    batch = next(module._fact_batches(data.train_examples))
+    mome = module.model.eval()
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        want = mome(ids, attention_mask=attn, question_mask=batch["prompt_mask"])
+        got = mome(ids, attention_mask=attn)  # prompt + answer, no question mask
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
+    wrong = make_module(tiny_llama_dir, mome=make_config(question_end=[end[-1] + 1]))
+    with pytest.raises(UserError, match=r"mome.question_end=\[\d+\] does not end every training prompt"):
+        L.Trainer(**quiet).validate(wrong, data, verbose=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from memexp.router import Router, collision_stats, masked_mean, query_decorrelation_loss
+from memexp.mome.router import Router, collision_stats, masked_mean, query_decorrelation_loss
 
 
 def make_router(**kw):
@@ -106,3 +106,28 @@ def test_masked_mean_matches_loop():
     h = torch.randn(2, 4, 3)
     m = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
     torch.testing.assert_close(masked_mean(h, m), torch.stack([h[0, [0, 2]].mean(0), h[1, 3]]))
+
+
+def test_phase2_calibration_whitens_the_queries_and_sets_exact_norm_statistics():
+    router = make_router(balance="batchnorm")
+    g = torch.Generator().manual_seed(2)
+    features = torch.randn(64, 12, generator=g) @ torch.randn(12, 12, generator=g) + 3.0  # correlated
+    pooled_again = router(features[:, None, :]).features  # one-token "questions": the router's own pooling
+    assert torch.equal(pooled_again, features)
+    batches = [features[:40], features[40:]]  # as phase 2 reads them: one eval batch after another
+    router.whiten(batches)
+    q = router.query(features).double()  # (64, 8)
+    cov = torch.cov(q.T, correction=0)
+    torch.testing.assert_close(cov, torch.eye(8, dtype=torch.float64), atol=1e-3, rtol=0)
+    router.calibrate_norm([features])  # one batch: the exact statistics
+    torch.testing.assert_close(router.norm.running_mean.double(), q.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(router.norm.running_var.double(), q.var(0), atol=1e-4, rtol=1e-4)
+    router.calibrate_norm(batches)  # several: the average of the per-batch statistics
+    parts = [q[:40], q[40:]]
+    torch.testing.assert_close(router.norm.running_mean.double(), sum(p.mean(0) for p in parts) / 2)
+    torch.testing.assert_close(router.norm.running_var.double(), sum(p.var(0) for p in parts) / 2)
+    router.eval()  # the frozen router routes stored features exactly as it routes hidden states
+    hidden, mask = torch.randn(3, 5, 12), torch.rand(3, 5) > 0.3
+    mask[:, 0] = True
+    a, b = router(hidden, mask), router.route_features(masked_mean(hidden, mask))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.weights, b.weights)

@@ -9,7 +9,7 @@ candidate search is exact on the live keys; the query-decorrelation loss (``aux_
 batch-norm push distinct facts toward distinct experts.
 
 Phase 2 (from epoch ``phase1_epochs``): the facts' queries are whitened (``whiten_queries``), the router
-is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.gate`), the configured index is
+is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.mome.gate`), the configured index is
 built once over the frozen keys (its recall@k against exact search is logged), every training fact's
 expert ids and weights are cached, and only the selected expert rows train. A fact leaves training once
 its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
@@ -18,7 +18,7 @@ validation finds not recalled exactly comes back.
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
 and the cache; at the end of ``fit`` the experts are also written as a MoME folder
-(:func:`memexp.mome_checkpoint.save_mome`) in ``<default_root_dir>/mome``.
+(:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
 Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
 projection; only touched rows move), ``adamw`` or ``adafactor`` (dense gradients: every step touches the
@@ -33,21 +33,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import string
 from pathlib import Path
 from typing import Literal
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
 from memexp.data import IGNORE_INDEX, collate_examples
-from memexp.ddp_sparse import register_sparse_allreduce_hook
-from memexp.index import IndexConfig, exact_topk, recall_at_k
 from memexp.module import FactTuning, check_number
-from memexp.mome import MoMEConfig, MoMEModel
-from memexp.mome_checkpoint import save_mome
-from memexp.router import collision_stats
+from memexp.mome.checkpoint import save_mome
+from memexp.mome.config import MoMEConfig
+from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
+from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
+from memexp.mome.model import MoMEModel
+from memexp.mome.question import common_question_end
+from memexp.mome.router import collision_stats
+from memexp.mome.usage_plot import ExpertUsagePlot
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 
@@ -75,7 +80,8 @@ class MoMETuning(FactTuning):
         stop_nll: a fact leaves training when its summed answer NLL (nats) is below this (<= 0 disables).
         recall_queries: facts whose queries measure the phase-2 index's recall@k (0 disables).
         whiten_queries: at phase-2 start, fold a whitening of the facts' queries into the frozen query
-            projection so distinct facts select distinct experts (see :meth:`_whiten_queries`).
+            projection so distinct facts select distinct experts (:meth:`Router.whiten
+            <memexp.mome.router.Router.whiten>`).
         dtype: backbone dtype.
         seed: base seed.
     """
@@ -124,11 +130,39 @@ class MoMETuning(FactTuning):
         self.register_buffer("cached_weights", torch.zeros(0, config.k * config.heads))
         self.register_buffer("memorised", torch.zeros(0, dtype=torch.bool))
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._record_question_end()
+
+    def _record_question_end(self) -> None:
+        """Record the ids that end every trained prompt as ``mome.question_end`` (the data's template
+        tail, tokenised in context), so a forward without ``question_mask`` finds the question."""
+        dm = getattr(self.trainer, "datamodule", None)
+        examples = getattr(dm, "train_examples", None)
+        if not examples or getattr(dm, "tokenizer", None) is None:
+            return
+        prompts = [e.prompt_ids for e in examples]
+        config = self.model.config
+        given = getattr(self.hparams.get("mome"), "question_end", None)  # set by the user: checked, kept
+        if given is not None:
+            end = list(given)
+            if any(list(p[-len(end) :]) != end for p in prompts):
+                raise UserError(
+                    f"mome.question_end={end} does not end every training prompt; set it to null so it is "
+                    "taken from data.template"
+                )
+            return
+        parts = list(string.Formatter().parse(dm.hparams.template))
+        field = next(i for i, part in enumerate(parts) if part[1] == "question")
+        tail = "".join(part[0] for part in parts[field + 1 :])  # the literal text after {question}
+        tail_ids = dm.tokenizer(tail, add_special_tokens=False).input_ids if tail else []
+        config.question_end = common_question_end(prompts, tail_ids)
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         ddp = self.trainer.strategy.model
         if self.model.config.sparse and isinstance(ddp, DistributedDataParallel):
-            register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.ddp_sparse
+            register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.mome.ddp_sparse
 
     # ---- phases -------------------------------------------------------------------------------
     @property
@@ -153,39 +187,48 @@ class MoMETuning(FactTuning):
 
     @torch.no_grad()
     def start_phase2(self) -> None:
-        """Freeze the router, build the phase-2 index, cache each fact's experts and log usage."""
+        """Freeze the router, build the phase-2 index, cache each fact's experts and log usage.
+
+        The facts' question features are read once (a routing-only pass per batch); whitening,
+        batch-norm calibration and the cached selection are computed from them by the router.
+        """
         mome = self.model
+        router = mome.router
         examples = self.trainer.datamodule.train_examples
-        self._calibrate_query_norm(examples)
+        features = [  # (B, H) pooled question features per batch, in example order
+            mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"]).features
+            for batch in self._fact_batches(examples)
+        ]
+        if self.hparams.whiten_queries:
+            router.whiten(features)
+        router.calibrate_norm(features)
         self._freeze_router()
-        keys = mome.router.keys.weight
-        mome.router.index.config = self.phase2_index
-        mome.router.index.build(keys)
-        n_ids = max(e.fact_id for e in examples) + 1
+        keys = router.keys.weight
+        router.index.config = self.phase2_index
+        router.index.build(keys)
+        routed = [router.route_features(f) for f in features]  # frozen: what route() gives each fact
+        routing_ids = torch.cat([r.ids for r in routed])  # (N, heads * k)
+        queries = torch.cat([r.queries for r in routed]).flatten(1)  # (N, heads * d_k)
+        fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
+        n_ids = int(fact_ids.max()) + 1
         ids = torch.zeros(n_ids, self.cached_ids.shape[1], dtype=torch.long, device=self.device)
         weights = torch.zeros(n_ids, self.cached_ids.shape[1], device=self.device)
-        queries = []
-        for batch in self._fact_batches(examples):
-            routing = mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
-            ids[batch["fact_ids"]] = routing.ids
-            weights[batch["fact_ids"]] = routing.weights
-            queries.append(routing.queries.flatten(1))  # (B, heads * d_k)
+        ids[fact_ids], weights[fact_ids] = routing_ids, torch.cat([r.weights for r in routed])
         self.cached_ids, self.cached_weights = ids, weights
         if mome.config.gate > 0 and not mome.config.per_token:
-            mome.router.gate.fit(torch.cat(queries), mome.config.gate)
+            router.gate.fit(queries, mome.config.gate)
         self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)
-        fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
         stats = collision_stats(ids[fact_ids], mome.config.num_experts)
         metrics = {
             "mome/collision_rate": stats["collision_rate"],
             "mome/distinct_experts": stats["distinct_experts"],
             "mome/max_usage": stats["max_usage"],
         }
-        q = torch.cat(queries).reshape(-1, mome.config.key_dim)[: self.hparams.recall_queries]
+        q = queries.reshape(-1, mome.config.key_dim)[: self.hparams.recall_queries]
         if q.shape[0]:
-            _, approx = mome.router.index.search(q, mome.config.k)
+            _, approx = router.index.search(q, mome.config.k)
             metrics["mome/index_recall"] = recall_at_k(approx, exact_topk(q, keys, mome.config.k)[1])
-        self.usage = stats["usage"]
+        self.usage = stats["usage"]  # (E,) facts per expert, drawn by ExpertUsagePlot at the end of fit
         for name, value in metrics.items():
             self.log(name, float(value), rank_zero_only=True)
 
@@ -196,53 +239,6 @@ class MoMETuning(FactTuning):
         for start in range(0, len(examples), size):
             batch = collate_examples(examples[start : start + size], dm.tokenizer.pad_token_id)
             yield {k: v.to(self.device) for k, v in batch.items()}
-
-    @torch.no_grad()
-    def _calibrate_query_norm(self, examples: list) -> None:
-        """Exact query batch-norm statistics over all facts before they freeze.
-
-        Phase 1 is short, so the running averages (momentum 0.1) are still far from the facts' query
-        statistics; frozen as they are, they would send most facts to the same experts.
-        """
-        if self.hparams.whiten_queries:
-            self._whiten_queries(examples)
-        norm = self.model.router.norm
-        if norm is None:
-            return
-        norm.reset_running_stats()
-        momentum, norm.momentum = norm.momentum, None  # cumulative average over the pass
-        self.model.router.train()
-        for batch in self._fact_batches(examples):
-            self.model.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
-        norm.momentum = momentum
-
-    @torch.no_grad()
-    def _whiten_queries(self, examples: list, eps: float = 1e-6) -> None:
-        """Fold a ZCA whitening of the facts' queries into the (frozen) query projection.
-
-        Batch-norm scales each query dimension but leaves them correlated: the pooled questions of
-        similar facts span a few directions, so their queries pick the same experts (measured: 200 facts,
-        k = 8 of 4,096 experts, 616 distinct experts and one expert shared by 20 facts). With
-        ``W' = S W`` and ``b' = S (b - mu)``, ``S = Cov(q)^(-1/2)``, the facts' queries are white, so
-        distinct facts spread over distinct experts (demo: 927 distinct experts, at most 9 facts on one).
-        """
-        router = self.model.router
-        outputs = []  # (B, D) outputs of the query projection, before batch-norm
-        handle = router.query.register_forward_hook(lambda module, args, out: outputs.append(out.float()))
-        try:
-            for batch in self._fact_batches(examples):
-                self.model.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
-        finally:
-            handle.remove()
-        q = torch.cat(outputs)  # (N, D)
-        w, b = router.query.weight.float(), router.query.bias.float()
-        mu = q.mean(0)
-        cov = torch.cov(q.T, correction=0).double()  # (D, D)
-        ridge = eps * cov.diagonal().mean().clamp_min(1e-30)  # relative: query scales vary by backbone
-        evals, evecs = torch.linalg.eigh(cov)
-        s = (evecs @ torch.diag((evals.clamp_min(0) + ridge).rsqrt()) @ evecs.T).float()  # (D, D)
-        router.query.weight.copy_(s @ w)
-        router.query.bias.copy_(s @ (b - mu))
 
     # ---- training -----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -372,30 +368,6 @@ class MoMETuning(FactTuning):
         """Write the MoME folder (experts, keys, router, index, config) with :func:`save_mome`."""
         return save_mome(self.model, out_dir, overwrite=True, backbone_name=self.hparams.backbone)
 
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero and getattr(self, "usage", None) is not None:
-            self._plot_usage(Path(self.trainer.default_root_dir) / "expert_usage.png")
-
-    def _plot_usage(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        used = self.usage[self.usage > 0]
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.hist(used.numpy(), bins=range(1, int(used.max()) + 2) if used.numel() else 1)
-        ax.set(xlabel="facts per expert (used experts)", ylabel="experts", title="MoME expert usage")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-        experiment = getattr(self.logger, "experiment", None)
-        if (
-            experiment is not None
-            and hasattr(experiment, "log")
-            and type(self.logger).__name__ == "WandbLogger"
-        ):
-            import wandb
-
-            experiment.log({"mome/expert_usage": wandb.Image(str(path))})
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The expert-usage histogram (``expert_usage.png``) at the end of fit."""
+        return [ExpertUsagePlot()]

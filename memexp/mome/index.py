@@ -1,6 +1,6 @@
 """Candidate search over expert keys: exact torch search or a FAISS index, with staleness protection.
 
-Search never carries gradients (re-scoring of the gathered keys does, in :mod:`memexp.router`).
+Search never carries gradients (re-scoring of the gathered keys does, in :mod:`memexp.mome.router`).
 
 Kinds (inner-product metric throughout):
 

@@ -28,7 +28,7 @@ Routing state (which experts, with what weights) is shared by all expert layers 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -49,12 +49,6 @@ class RoutingState:
     ids: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     enabled: bool = True
-    extras: dict = field(default_factory=dict)
-
-    def clear(self) -> None:
-        """Forget the current selection."""
-        self.ids = None
-        self.weights = None
 
 
 def bytes_per_expert(rank: int, d_in: int, d_out: int, dtype: torch.dtype = torch.float32) -> int:

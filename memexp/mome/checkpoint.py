@@ -34,9 +34,10 @@ from torch import nn
 
 from decoding.errors import UserError
 from decoding.run_folder import atomic_write_dir
-from memexp.experts import ExpertLinear
-from memexp.index import KeyIndex
-from memexp.mome import MoMEConfig, MoMEModel
+from memexp.mome.config import MoMEConfig
+from memexp.mome.index import KeyIndex
+from memexp.mome.layer import ExpertLinear
+from memexp.mome.model import MoMEModel
 
 FORMAT = "memexp-mome/1"
 FILES = ("config.json", "experts.safetensors", "router.safetensors")

@@ -1,4 +1,4 @@
-"""Expert sites: wrap chosen ``nn.Linear`` modules of a backbone in :class:`~memexp.experts.ExpertLinear`.
+"""Expert sites: wrap chosen ``nn.Linear`` modules of a backbone in :class:`~memexp.mome.layer.ExpertLinear`.
 
 Sites are chosen by glob patterns over module names (``fnmatch``), e.g.
 ``"model.layers.6.mlp.down_proj"`` or ``"*.layers.[67].self_attn.v_proj"``. A pattern that matches no
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from decoding.errors import UserError
-from memexp.experts import ExpertLinear, RoutingState
+from memexp.mome.layer import ExpertLinear, RoutingState
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -112,6 +112,24 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
             return mod
     raise ValueError("cannot find the decoder layers (an nn.ModuleList of num_hidden_layers blocks)")
+
+
+@contextlib.contextmanager
+def truncated_layers(model: nn.Module, n: int) -> Iterator[nn.ModuleList]:
+    """Inside, the backbone's block list holds only its first ``n`` blocks (the same modules).
+
+    A forward then stops after block ``n - 1`` (HF models loop over this list), e.g. to compute what
+    an early block sees without running the rest of the model.
+    """
+    layers = find_decoder_layers(model)
+    name = next(name for name, mod in model.named_modules() if mod is layers)
+    parent, _, attr = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    setattr(owner, attr, nn.ModuleList(list(layers)[:n]))
+    try:
+        yield getattr(owner, attr)
+    finally:
+        setattr(owner, attr, layers)
 
 
 def layer_of(model: nn.Module, layers: nn.ModuleList, site_name: str) -> int:
