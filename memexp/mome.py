@@ -279,6 +279,12 @@ class MoMEModel(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.backbone.get_output_embeddings()
 
+    def as_causal_lm(self) -> nn.Module:
+        """This model with HF's causal-LM interface, routed on the prompt (what ``decoding.generate`` runs)."""
+        from memexp.model_view import RoutedLM
+
+        return RoutedLM(self)
+
     def generate(self, *args, **kwargs):
         """``backbone.generate`` with experts routed on the prompt (decode steps reuse its routing)."""
         return self.backbone.generate(*args, **kwargs)
