@@ -1,7 +1,7 @@
-"""The one fact-evaluation path: per-fact answer NLL and exact recall per decoding head, and ``fact_evals.csv``.
+"""The one fact-evaluation path: per-fact answer NLL and exact recall per decoding head; ``fact_evals.csv``.
 
-Every learner evaluates here (:class:`memexp.module.FactTuning` validation, :class:`memexp.mome_module.MoMETuning`
-through it, the experiments' probe)::
+Every learner evaluates here (:class:`memexp.module.FactTuning`'s validation, hence
+:class:`memexp.mome_module.MoMETuning`'s, and the experiments' probe)::
 
     cols = evaluate_batch(model, batch, heads={"sled": SLED()}, reference=reference_of(model))
     cols["fact_id"], cols["nll"], cols["nll_sum"], cols["max_tok_nll"], cols["min_tok_p"],

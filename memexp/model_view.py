@@ -57,6 +57,8 @@ class RoutedLM(nn.Module):
         """The DeRa reference: the backbone alone."""
         return self.inner.experts_off()
 
+    disable_adapter = experts_off  # peft's name for "adaptation off" (``decoding --ref_model adapters-off``)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         mask = self.question_mask if self.question_mask is not None else attention_mask
         if mask is not None and mask.shape != input_ids.shape:
@@ -84,7 +86,7 @@ def swapped_weights(model: nn.Module, base_state: dict[str, torch.Tensor]) -> It
 
 
 def base_state_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of ``model``'s weights: the base that :func:`swapped_weights` swaps in (full fine-tuning)."""
+    """A CPU copy of ``model``'s weights: what :func:`swapped_weights` swaps in (full fine-tuning)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from decoding.errors import UserError, one_line
-from decoding.run_folder import atomic_write_dir
 from decoding.head_spec import parse_head_spec
+from decoding.run_folder import atomic_write_dir
 from memexp.checkpoint_io import use_checked_checkpoint_io
 from memexp.fact_eval import evaluate_batch
 from memexp.model_view import base_state_of, reference_of

@@ -280,7 +280,7 @@ class MoMEModel(nn.Module):
         return self.backbone.get_output_embeddings()
 
     def as_causal_lm(self) -> nn.Module:
-        """This model with HF's causal-LM interface, routed on the prompt (what ``decoding.generate`` runs)."""
+        """This model with HF's causal-LM interface, routed on the prompt (``decoding.generate`` runs it)."""
         from memexp.model_view import RoutedLM
 
         return RoutedLM(self)
