@@ -129,4 +129,5 @@ def test_registered_loaders_read_folders_from_pretrained_cannot(tiny_llama_dir, 
     models.register_model_loader("marker", _MarkerLoader())
     assert models.loader_for(folder) is not None and models.loader_for(tiny_llama_dir) is None
     model = load_causal_lm(folder, dtype="bfloat16")
-    assert model.dtype == torch.bfloat16 and len(load_tokenizer(folder)) == len(load_tokenizer(tiny_llama_dir))
+    assert model.dtype == torch.bfloat16
+    assert load_tokenizer(folder).get_vocab() == load_tokenizer(tiny_llama_dir).get_vocab()
