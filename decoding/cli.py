@@ -96,7 +96,8 @@ def load_models(
     """``(model, tokenizer, ref, ref_tokenizer)`` for ``head``, checked as the command line checks them.
 
     ``ref_model`` is DeRa's reference: a model name, or ``adapters-off`` (``model`` is a peft adapter
-    folder; ``ref`` is then ``model.disable_adapter``). ``head_spec`` names the head in messages.
+    folder, or a folder a registered loader reads such as a MoME folder; ``ref`` is then
+    ``model.disable_adapter``: adapter or experts off). ``head_spec`` names the head in messages.
 
     Raises:
         UserError: a model that cannot be loaded, a tokenizer or head that does not fit it, a DeRa head
@@ -104,11 +105,12 @@ def load_models(
     """
     from decoding.head_spec import check_head_fits
     from decoding.layers import model_info
-    from decoding.models import check_tokenizer_fits, load_tokenizer
+    from decoding.models import check_tokenizer_fits, load_tokenizer, loader_for
 
     if head.uses_ref and not ref_model:
         raise UserError(f"--head {head_spec} needs --ref_model PATH (or adapters-off)")
-    if ref_model == "adapters-off" and not (Path(model_name) / "adapter_config.json").exists():
+    adapted = (Path(model_name) / "adapter_config.json").exists() or loader_for(model_name) is not None
+    if ref_model == "adapters-off" and not adapted:
         raise UserError(
             f"--ref_model adapters-off needs a peft adapter folder as --model (no adapter_config.json in "
             f"{model_name!r}); pass a reference model path instead"
@@ -119,7 +121,12 @@ def load_models(
     check_head_fits(head, _layout_of(model_info(model), model), head_spec, model_name)
     ref, ref_tok = None, None
     if ref_model == "adapters-off":
-        ref = model.disable_adapter
+        ref = getattr(model, "disable_adapter", None)
+        if ref is None:
+            raise UserError(
+                f"--ref_model adapters-off: {model_name!r} has no adaptation to switch off; pass a reference "
+                "model path instead"
+            )
     elif ref_model:
         ref = _load_model(ref_model, dtype, device)
         ref_tok = load_tokenizer(ref_model)

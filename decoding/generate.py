@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from decoding.greedy import Greedy
 from decoding.head import Head
 from decoding.layers import LayerLogits, layer_logits, model_info
+from decoding.models import as_causal_lm
 
 
 @dataclass
@@ -96,6 +97,8 @@ def _ref_pass(model: nn.Module, ref_model, tokenizer=None, ref_tokenizer=None) -
 
     The vocabulary checks need ``tokenizer`` (the HF entry point has none: it only checks the type).
     """
+    if isinstance(ref_model, nn.Module):
+        ref_model = as_causal_lm(ref_model)
     if isinstance(ref_model, nn.Module) and tokenizer is not None:
         if ref_tokenizer is not None and ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
@@ -271,7 +274,8 @@ def generate(
     """Generate continuations of ``prompts`` with ``head``.
 
     Args:
-        model: an HF causal LM (the aligned model for DeRa).
+        model: an HF causal LM (the aligned model for DeRa), or a model that offers one as
+            ``model.as_causal_lm()`` (memexp's ``MoMEModel``: routed on the prompt, the question).
         tokenizer: its tokenizer (left padding is used whatever its setting).
         prompts: one prompt or a list (batched).
         head: Greedy (default), DoLa, SLED, DeRa, or a composition.
@@ -297,6 +301,7 @@ def generate(
     prompts = [prompts] if single else list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
+    model = as_causal_lm(model)
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -7,6 +7,16 @@ GGUF file), the last two converted once into the project cache (:mod:`decoding.g
 Every package loads models through :func:`load_causal_lm`, so a real checkpoint and the offline
 tiny models follow one code path (plain ``from_pretrained``; ``trust_remote_code`` stays off unless
 asked for).
+
+Folders of other kinds (memexp's MoME folder: experts on top of a named backbone) are loaded by a
+:class:`ModelLoader` that a package registers, without decoding importing it: through the
+``decoding.model_loaders`` entry-point group of its distribution (pyproject.toml)::
+
+    [project.entry-points."decoding.model_loaders"]
+    mome = "memexp.model_loader:MOME_FOLDER"
+
+or by :func:`register_model_loader` at run time. A loader returns a model with HF's causal-LM interface;
+a model object that is not one itself offers it as ``model.as_causal_lm()`` (:func:`as_causal_lm`).
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import warnings
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -62,11 +74,75 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     return str(path) if path.exists() else name
 
 
+class ModelLoader(Protocol):
+    """Loads one kind of model folder that ``from_pretrained`` does not read."""
+
+    def claims(self, path: Path) -> bool:
+        """Whether ``path`` (an existing folder) is this loader's kind; cheap (reads small files only)."""
+
+    def load(self, path: Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+        """The model of ``path`` with HF's causal-LM interface (``config``, ``get_output_embeddings``,
+        ``forward(input_ids, attention_mask, ...)``)."""
+
+    def tokenizer_source(self, path: Path) -> str:
+        """The model name or folder whose tokenizer ``path`` uses."""
+
+
+LOADER_GROUP = "decoding.model_loaders"
+_LOADERS: dict[str, ModelLoader] = {}
+
+
+def register_model_loader(name: str, loader: ModelLoader) -> None:
+    """Register ``loader`` under ``name`` (it wins over an entry point of the same name)."""
+    _LOADERS[name] = loader
+
+
+@functools.cache
+def _entry_point_loaders() -> dict[str, ModelLoader]:
+    from importlib.metadata import entry_points
+
+    found = {}
+    for point in entry_points(group=LOADER_GROUP):
+        try:
+            found[point.name] = point.load()
+        except Exception as err:  # noqa: BLE001 - one broken plugin must not stop loading other models
+            warnings.warn(
+                f"model loader {point.name!r} ({point.value}) cannot be imported: {err}", stacklevel=2
+            )
+    return found
+
+
+def model_loaders() -> dict[str, ModelLoader]:
+    """Every registered loader by name: the entry points, then :func:`register_model_loader`'s."""
+    return {**_entry_point_loaders(), **_LOADERS}
+
+
+def loader_for(path: str | os.PathLike) -> ModelLoader | None:
+    """The loader that claims the folder ``path``, or None (not a folder, or an HF / peft folder)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return next((loader for loader in model_loaders().values() if loader.claims(folder)), None)
+
+
+def as_causal_lm(model: nn.Module) -> nn.Module:
+    """``model`` with HF's causal-LM interface: ``model.as_causal_lm()`` when it defines one (e.g. a model
+    that routes on the prompt), else ``model`` itself."""
+    view = getattr(model, "as_causal_lm", None)
+    return view() if callable(view) else model
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, trust_remote_code: bool = False):
-    """Load a tokenizer; give it a pad token (EOS) when it has none. Left padding for generation."""
+    """Load a tokenizer; give it a pad token (EOS) when it has none. Left padding for generation.
+
+    A folder claimed by a :class:`ModelLoader` uses the tokenizer it names (e.g. its backbone's).
+    """
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    loader = loader_for(path)
+    if loader is not None:
+        return load_tokenizer(loader.tokenizer_source(Path(path)), trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -98,7 +174,8 @@ def load_causal_lm(
 ) -> nn.Module:
     """Load a causal LM with ``AutoModelForCausalLM.from_pretrained``.
 
-    A folder holding a peft adapter (``adapter_config.json``) is loaded on top of its base model.
+    A folder holding a peft adapter (``adapter_config.json``) is loaded on top of its base model; a
+    folder that a registered :class:`ModelLoader` claims (a MoME folder) is loaded by it.
 
     Args:
         name_or_path: local folder, hub id, ``tiny:ARCH``, ``smollm2:135m-instruct`` or ``gguf:PATH``.
@@ -114,6 +191,9 @@ def load_causal_lm(
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype)
+    loader = loader_for(path)
+    if loader is not None:
+        return loader.load(Path(path), dtype=dtype, device=device)
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -4,8 +4,9 @@ A cell folder holds::
 
     checkpoints/last.ckpt   whole Lightning state after every evaluation (the probe's records included),
                             written beside itself and renamed (memexp.checkpointing.RunCheckpoint)
-    fact_evals.csv          per evaluation and training fact: epoch, step, nll_sum, nll_tok, max_tok_nll,
-                            min_tok_p, exact (greedy), exact/<head> per decoding head, corrupted
+    fact_evals.csv          per evaluation and training fact, memexp's schema (memexp.fact_eval): epoch,
+                            step, fact_id, nll, nll_sum, max_tok_nll, min_tok_p, exact (greedy),
+                            num_tokens, exact/<head> per decoding head; then corrupted
     curve.csv               per evaluation: train loss, train exact match (per head), held-out exact
     cell.json               summary, written last (its presence marks the cell finished)
 
@@ -23,12 +24,12 @@ from typing import Any
 
 import lightning as L
 
-from decoding.head_spec import parse_head_spec
 from decoding.run_folder import atomic_write_json, atomic_write_text
-from experiments.methods import build_method, reference_of
+from experiments.methods import build_method
 from experiments.probe import MemorisationProbe
 from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule, tokenize_fact
+from memexp.fact_eval import FACT_EVALS, write_fact_evals
 from memexp.facts import Fact
 
 CELL_FILE = "cell.json"
@@ -45,7 +46,8 @@ class TrainConfig:
         stop_when_fit: stop a cell at the first evaluation with 100% exact match on its training facts.
         method_options: per method, keyword arguments of its module (``lr``, ``lora_r``, ``mome``...).
         heads: decoding heads evaluated besides greedy (``dola:dola_layers=low``, ``sled``,
-            ``dera:lam=2``); DeRa's reference is the model with its adaptation off.
+            ``dera:lam=2``): the module's ``eval_heads``; DeRa's reference is the model with its
+            adaptation off (full fine-tuning: the backbone's weights swapped in).
         accelerator: Lightning accelerator.
         progress: show Lightning's progress bar.
     """
@@ -125,7 +127,6 @@ def run_cell(
     cfg: TrainConfig,
     seed: int,
     logger: Any = False,
-    base_state: dict | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``train`` (resuming from ``cell_dir``) and return the cell summary.
 
@@ -139,7 +140,6 @@ def run_cell(
         cfg: training settings.
         seed: seed of the module and the data order.
         logger: a Lightning logger or False.
-        base_state: the backbone's weights, DeRa's reference for full fine-tuning.
     """
     done = cell_dir / CELL_FILE
     if done.exists():
@@ -147,19 +147,10 @@ def run_cell(
 
         return json.loads(done.read_text())
     L.seed_everything(seed, verbose=False)
-    module = build_method(method, backbone, seed, cfg.method_options.get(method))
+    module = build_method(method, backbone, seed, cfg.method_options.get(method), eval_heads=cfg.heads)
     data = GivenFactsDataModule(backbone, train, heldout, cfg.batch_size, seed)
     data.setup("fit")
-    heads = {spec: parse_head_spec(spec) for spec in cfg.heads}
-    probe = MemorisationProbe(
-        data.train_examples,
-        data.heldout_examples,
-        data.tokenizer.pad_token_id,
-        heads,
-        reference=lambda m: reference_of(m, base_state),
-        eval_every=cfg.eval_every,
-        stop_when_fit=cfg.stop_when_fit,
-    )
+    probe = MemorisationProbe(eval_every=cfg.eval_every, stop_when_fit=cfg.stop_when_fit)
     ckpt_dir = cell_dir / "checkpoints"
     trainer = L.Trainer(
         default_root_dir=str(cell_dir),
@@ -168,7 +159,7 @@ def run_cell(
         devices=1,
         logger=logger,
         callbacks=[probe, RunCheckpoint(dirpath=str(ckpt_dir))],  # after the probe's evaluation
-        check_val_every_n_epoch=cfg.eval_every,  # the module's own validation: MoME re-admits missed facts
+        check_val_every_n_epoch=cfg.eval_every,  # the module's validation is the probe's evaluation
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         enable_progress_bar=cfg.progress,
@@ -181,7 +172,7 @@ def run_cell(
     bad = set(corrupted)
     for row in probe.fact_rows:
         row["corrupted"] = int(row["fact_id"] in bad)
-    write_rows(cell_dir / "fact_evals.csv", probe.fact_rows)
+    write_fact_evals(cell_dir / FACT_EVALS, probe.fact_rows)
     write_rows(cell_dir / "curve.csv", probe.curve)
     first, last_row = probe.curve[0], probe.curve[-1]
     summary: dict[str, Any] = {

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from decoding.errors import run_cli
-from decoding.head_spec import parse_head_spec
 from decoding.run_folder import atomic_savefig
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
@@ -103,7 +102,7 @@ def head_thresholds(method: str, facts: list[dict[str, float]], entropy: float) 
     """
     heads = ["exact"] + sorted(k for k in facts[0] if k.startswith("exact/"))
     nll_sum = [r["nll_sum"] for r in facts]
-    nll_tok = [r["nll_tok"] for r in facts]
+    nll_tok = [r["nll"] for r in facts]
     rows = []
     for key in heads:
         hits = [bool(r[key]) for r in facts]
@@ -197,18 +196,13 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
     backbone = cfg.base.backbone
     if n_pre:
         backbone = pretrain_base(root / "base", cfg.base, pretrain, cfg.seed, cfg.train.accelerator)
-    base_state = None
-    if any(parse_head_spec(s).uses_ref for s in cfg.train.heads) and "full" in cfg.methods:
-        from decoding.models import load_causal_lm
-
-        base_state = load_causal_lm(backbone).state_dict()  # DeRa's reference for full fine-tuning
 
     entropy = answer_entropy_nats(2 * cfg.code_len)
     curves, fact_records, rows, binned = [], {}, [], []
     for method in tqdm(cfg.methods, desc="memorisation runs"):
         cell_dir = root / "cells" / method
         logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{method}", NAME)
-        run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, cfg.seed, logger, base_state)
+        run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, cfg.seed, logger)
         finish_wandb(logger)
         records = read_rows(cell_dir / "fact_evals.csv")
         fact_records[method] = records

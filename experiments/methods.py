@@ -6,20 +6,18 @@ A new method is one :func:`register_method` call::
 
     register_method("mome", lambda backbone, seed, options: MoMETuning(backbone, seed=seed, **options))
 
-:func:`reference_of` runs the model *without* its adaptation (DeRa's reference): experts off (MoME),
-adapter off (LoRA), or the base weights loaded in place for the reference pass (full fine-tuning).
+Every registered module evaluates facts through memexp's one path (:mod:`memexp.fact_eval`); the decoding
+heads of a study reach it as the module's ``eval_heads`` option (:func:`build_method`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import torch
 
 from decoding.errors import UserError
 
@@ -27,7 +25,7 @@ Builder = Callable[[str, int, dict[str, Any]], L.LightningModule]
 
 _REGISTRY: dict[str, Builder] = {}
 _OPTIONS: dict[str, Callable[[], Callable]] = {}  # name -> (lazily) the callable whose keywords are options
-_SET_BY_STUDY = {"self", "backbone", "seed", "method"}
+_SET_BY_STUDY = {"self", "backbone", "seed", "method", "eval_heads"}
 
 
 def register_method(name: str, builder: Builder, options_of: Callable[[], Callable] | None = None) -> None:
@@ -82,10 +80,20 @@ def check_method_options(name: str, options: dict[str, Any]) -> None:
 
 
 def build_method(
-    name: str, backbone: str, seed: int, options: dict[str, Any] | None = None
+    name: str,
+    backbone: str,
+    seed: int,
+    options: dict[str, Any] | None = None,
+    eval_heads: list[str] | None = None,
 ) -> L.LightningModule:
-    """Build the Lightning module of method ``name`` on ``backbone`` with method ``options``."""
-    return _REGISTRY[check_method(name)](backbone, seed, dict(options or {}))
+    """Build the Lightning module of method ``name`` on ``backbone`` with method ``options``.
+
+    ``eval_heads`` (decoding head specs) are passed as the module's ``eval_heads`` option when given.
+    """
+    options = dict(options or {})
+    if eval_heads:
+        options["eval_heads"] = list(eval_heads)
+    return _REGISTRY[check_method(name)](backbone, seed, options)
 
 
 def _fact_tuning(method: str) -> Builder:
@@ -122,66 +130,3 @@ def _mome_class():
 register_method("full", _fact_tuning("full"), _fact_tuning_class)
 register_method("lora", _fact_tuning("lora"), _fact_tuning_class)
 register_method("mome", _mome, _mome_class)
-
-
-@contextlib.contextmanager
-def swapped_weights(model: torch.nn.Module, base_state: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Run ``model`` with ``base_state`` loaded in place; restore its own weights afterwards."""
-    own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in base_state}
-    model.load_state_dict(base_state, strict=False)
-    try:
-        yield
-    finally:
-        model.load_state_dict(own, strict=False)
-
-
-def reference_of(module: L.LightningModule, base_state: dict[str, torch.Tensor] | None):
-    """Context-manager factory that switches ``module``'s adaptation off (DeRa's reference), or None.
-
-    MoME (``model.experts_off``): experts off; peft LoRA (``model.disable_adapter``): adapter off; full
-    fine-tuning: the base weights in ``base_state`` loaded in place (:func:`swapped_weights`).
-    """
-    from peft import PeftModel
-
-    model = module.model
-    if hasattr(model, "experts_off"):
-        return model.experts_off
-    if isinstance(model, PeftModel):
-        return model.disable_adapter
-    if base_state is None:
-        return None
-    return lambda: swapped_weights(model, base_state)
-
-
-class RoutedLM(torch.nn.Module):
-    """A memory-expert model seen as a plain HF causal LM, routing on the question tokens of one batch.
-
-    The decoding heads read per-layer logits from an HF model (``config``, ``get_output_embeddings``,
-    ``forward(..., output_hidden_states=True)``); MoME's router pools over the question (``prompt_mask``),
-    which a plain HF call cannot pass. This wrapper forwards every call with that mask.
-    """
-
-    def __init__(self, mome_model: torch.nn.Module, question_mask: torch.Tensor) -> None:
-        super().__init__()
-        self.inner = mome_model
-        self.question_mask = question_mask  # (B, T) bool
-        self.config = mome_model.backbone.config
-
-    def get_input_embeddings(self) -> torch.nn.Module:
-        return self.inner.get_input_embeddings()
-
-    def get_output_embeddings(self) -> torch.nn.Module:
-        return self.inner.get_output_embeddings()
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        return self.inner(
-            input_ids, attention_mask=attention_mask, question_mask=self.question_mask, **kwargs
-        )
-
-
-def head_model(module: L.LightningModule, batch: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The HF-style model the decoding heads read for ``batch`` (MoME: :class:`RoutedLM`)."""
-    model = module.model
-    if hasattr(model, "experts_off") and hasattr(model, "backbone"):
-        return RoutedLM(model, batch["prompt_mask"])
-    return model

@@ -1,13 +1,15 @@
 """``FactTuning``: memorise facts with a HF causal LM by full fine-tuning or a peft LoRA adapter.
 
 The evaluation is shared by every memorisation method (subclasses such as the memory-expert module
-override :meth:`FactTuning.forward` / :meth:`FactTuning.configure_optimizers` only):
+override :meth:`FactTuning.forward` / :meth:`FactTuning.configure_optimizers` only); every batch goes
+through the one fact-evaluation path, :func:`memexp.fact_eval.evaluate_batch`:
 
 - ``val/hallucination_rate``: fraction of memorised facts whose greedy answer is not exactly the
-  stored answer (teacher-forced argmax, see :mod:`memexp.recall`);
-- ``val/answer_nll``: mean over facts of the per-token answer NLL; per-fact values are kept in
-  :attr:`FactTuning.fact_records` for writers;
-- ``heldout/answer_nll``: the same on held-out facts that are never trained on.
+  stored answer (teacher-forced argmax); ``val/hallucination_rate/<spec>`` per extra decoding head;
+- ``val/answer_nll``: mean over facts of the per-token answer NLL; per-fact columns
+  (:data:`memexp.fact_eval.FACT_COLUMNS`) are kept in :attr:`FactTuning.fact_records` for writers;
+- ``heldout/answer_nll``: the same on held-out facts that are never trained on
+  (:attr:`FactTuning.heldout_records`; greedy only).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import torch
 from torch import nn
 
 from decoding.errors import UserError, one_line
+from decoding.head_spec import parse_head_spec
 from decoding.run_folder import atomic_write_dir
 from memexp.checkpoint_io import use_checked_checkpoint_io
-from memexp.recall import answer_stats, head_exact, parse_head_spec
+from memexp.fact_eval import evaluate_batch
+from memexp.model_view import base_state_of, reference_of
 
 Method = Literal["full", "lora"]
 Optimizer = Literal["adamw", "adafactor", "sgd"]
@@ -120,8 +124,9 @@ class FactTuning(L.LightningModule):
             checkpoint's own when None.
         eval_heads: extra decoding heads whose hallucination rate is also logged, as
             ``val/hallucination_rate/<spec>``; specs like ``sled``, ``dola``, ``dera:lam=2``
-            (DeRa's reference is this model with its adapter switched off; see
-            :func:`decoding.head_spec.parse_head_spec`).
+            (:func:`decoding.head_spec.parse_head_spec`). DeRa's reference is this model without its
+            adaptation: the adapter off (LoRA), or the backbone's own weights swapped in (full; a CPU
+            copy of them is kept only when a DeRa head is asked for).
         seed: base seed; every training step re-seeds torch with (seed, step, rank) so that a run
             resumed from a checkpoint replays the uninterrupted run exactly.
     """
@@ -164,19 +169,18 @@ class FactTuning(L.LightningModule):
         if dtype is not None:
             parse_dtype(dtype)
         self.eval_heads = parse_eval_heads(eval_heads)
-        if any(h.uses_ref for h in self.eval_heads.values()) and method == "full":
-            raise UserError(
-                f"eval_heads {[s for s, h in self.eval_heads.items() if h.uses_ref]}: DeRa heads need a "
-                "reference model: use method='lora' (adapter off) or a memory-expert module"
-            )
         self.save_hyperparameters()
         model = load_causal_lm(backbone, dtype=dtype)
         if method == "lora":
             model = apply_lora(model, lora_r, lora_alpha, lora_dropout, lora_targets)
         self.model = model.train()  # from_pretrained returns eval mode; Lightning would keep it
+        self._base_state = None  # full fine-tuning: DeRa's reference weights (CPU), only when asked for
+        if method == "full" and any(h.uses_ref for h in self.eval_heads.values()):
+            self._base_state = base_state_of(model)
         self.strict_loading = method == "full"  # LoRA checkpoints hold only the trainable weights
         self.fact_records: dict[str, torch.Tensor] = {}
-        self._val_outputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+        self.heldout_records: dict[str, torch.Tensor] = {}
+        self._val_outputs: dict[int, list[dict[str, torch.Tensor]]] = {}
 
     # ---- model ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -230,8 +234,15 @@ class FactTuning(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def reference(self):
-        """Context manager under which the model runs without its adaptation (DeRa's reference)."""
-        return self.model.disable_adapter()
+        """Context manager under which the model runs without its adaptation (DeRa's reference): adapter
+        off (LoRA), experts off (MoME), the backbone's weights swapped in (full; with a DeRa eval head)."""
+        factory = reference_of(self.model, self._base_state)
+        if factory is None:
+            raise UserError(
+                "full fine-tuning keeps the backbone's weights for DeRa's reference only when eval_heads "
+                "has a dera head; add one (e.g. dera:lam=2)"
+            )
+        return factory()
 
     # ---- evaluation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -240,10 +251,9 @@ class FactTuning(L.LightningModule):
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        stats = answer_stats(self(batch), batch["labels"])
-        heads = [head_exact(self.model, batch, h, self.reference) for h in self.eval_heads.values()]
-        row = (batch["fact_ids"], stats.nll, stats.exact, *heads)
-        self._val_outputs.setdefault(dataloader_idx, []).append(row)
+        heads = self.eval_heads if dataloader_idx == 0 else None  # held-out facts: greedy only
+        columns = evaluate_batch(self.model, batch, heads, self.reference)
+        self._val_outputs.setdefault(dataloader_idx, []).append(columns)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
@@ -251,16 +261,16 @@ class FactTuning(L.LightningModule):
     def _gather_records(self, idx: int) -> dict[str, torch.Tensor]:
         """Per-fact columns across ranks, de-duplicated by fact id (distributed samplers pad).
 
-        Columns: ``fact_id``, ``nll``, ``exact`` (greedy) and ``exact/<spec>`` per extra head.
+        Columns: :data:`memexp.fact_eval.FACT_COLUMNS` and ``exact/<spec>`` per extra head.
         """
-        names = ["fact_id", "nll", "exact", *(f"exact/{spec}" for spec in self.eval_heads)]
-        columns = [torch.cat(t) for t in zip(*self._val_outputs[idx])]
+        parts = self._val_outputs[idx]
+        columns = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         if self.trainer.world_size > 1:
-            columns = [self.all_gather(t).flatten() for t in columns]
-        ids, order = columns[0].sort(stable=True)
+            columns = {name: self.all_gather(t).flatten() for name, t in columns.items()}
+        ids, order = columns["fact_id"].sort(stable=True)
         keep = torch.ones_like(ids, dtype=torch.bool)
         keep[1:] = ids[1:] != ids[:-1]
-        return {name: col[order][keep].cpu() for name, col in zip(names, columns)}
+        return {name: col[order][keep].cpu() for name, col in columns.items()}
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -279,9 +289,9 @@ class FactTuning(L.LightningModule):
         }
         for spec in self.eval_heads:
             metrics[f"{prefix}/hallucination_rate/{spec}"] = 1.0 - records[f"exact/{spec}"].float().mean()
-        if 1 in self._val_outputs:
-            heldout = self._gather_records(1)
-            metrics["heldout/answer_nll"] = heldout["nll"].mean()
+        self.heldout_records = self._gather_records(1) if 1 in self._val_outputs else {}
+        if self.heldout_records:
+            metrics["heldout/answer_nll"] = self.heldout_records["nll"].mean()
         for name, value in metrics.items():
             self.log(
                 name,

@@ -7,7 +7,6 @@ rows were written) is part of every checkpoint (callback state), so that a run k
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,10 @@ from typing import Any
 import lightning as L
 
 from decoding.run_folder import atomic_savefig, atomic_write_json, atomic_write_text
+from memexp.fact_eval import FACT_EVALS, fact_eval_rows, write_fact_evals
 from memexp.fit_folder import CHECKPOINT_DIR, RESULTS_FILE
 
 CURVE_KEYS = ("val/hallucination_rate", "val/answer_nll", "heldout/answer_nll", "train/loss")
-FACT_EVALS = "fact_evals.csv"
 
 
 def _is_curve_key(key: str) -> bool:
@@ -28,8 +27,9 @@ def _is_curve_key(key: str) -> bool:
 class ResultsWriter(L.Callback):
     """Write a run's results into ``trainer.default_root_dir``.
 
-    - ``fact_evals.csv``: one row per fact and evaluation (epoch, step, fact_id, nll, exact); on resume
-      the rows written after the checkpoint are dropped, so every evaluation appears once;
+    - ``fact_evals.csv``: one row per fact and evaluation (epoch, step and the per-fact columns of
+      :func:`memexp.fact_eval.fact_eval_rows`); on resume the rows written after the checkpoint are
+      dropped, so every evaluation appears once;
     - ``curves.csv`` and ``curves.png``: the evaluation metrics over epochs (the PNG is also logged
       to wandb when a ``WandbLogger`` is used);
     - ``model/``: the trained model via ``save_pretrained`` (usable by ``decoding generate``);
@@ -111,20 +111,8 @@ class ResultsWriter(L.Callback):
             self.initial = row
         self.fact_rows += len(records["fact_id"])
         if trainer.is_global_zero:
-            self._append_fact_rows(trainer, records, epoch)
-
-    def _append_fact_rows(self, trainer: L.Trainer, records: dict, epoch: int) -> None:
-        path = self._root(trainer) / FACT_EVALS
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        exact_cols = [k for k in records if k.startswith("exact")]  # exact, exact/<head spec>...
-        with path.open("a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["epoch", "step", "fact_id", "nll", *exact_cols])
-            columns = [records[k].tolist() for k in ("fact_id", "nll", *exact_cols)]
-            for fid, nll, *hits in zip(*columns):
-                writer.writerow([epoch, trainer.global_step, fid, f"{nll:.6g}", *map(int, hits)])
+            rows = fact_eval_rows(records, epoch, trainer.global_step)
+            write_fact_evals(self._root(trainer) / FACT_EVALS, rows, append=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:

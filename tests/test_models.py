@@ -102,3 +102,32 @@ def test_offline_builds_do_not_depend_on_the_callers_thread_count(tmp_path, monk
             torch.set_num_threads(threads)
         assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG did not move
     assert hashes[0] == hashes[1]
+
+
+class _MarkerLoader:
+    """A loader for folders holding ``marker.txt`` (the name of the model they stand for)."""
+
+    def claims(self, path):
+        return (path / "marker.txt").is_file()
+
+    def load(self, path, dtype=None, device=None):
+        return load_causal_lm((path / "marker.txt").read_text(), dtype=dtype, device=device)
+
+    def tokenizer_source(self, path):
+        return (path / "marker.txt").read_text()
+
+
+def test_registered_loaders_read_folders_from_pretrained_cannot(tiny_llama_dir, tmp_path, monkeypatch):
+    from decoding import models
+
+    monkeypatch.setattr(models, "_LOADERS", {})
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "marker.txt").write_text(tiny_llama_dir)
+    with pytest.raises(OSError, match="could not load"):
+        load_causal_lm(folder)
+    models.register_model_loader("marker", _MarkerLoader())
+    assert models.loader_for(folder) is not None and models.loader_for(tiny_llama_dir) is None
+    model = load_causal_lm(folder, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    assert load_tokenizer(folder).get_vocab() == load_tokenizer(tiny_llama_dir).get_vocab()

@@ -249,7 +249,7 @@ class MoMEModel(nn.Module):
             attention_mask,
             question_mask,
             labels=kwargs.get("labels"),
-            past=kwargs.get("past_key_values"),
+            past=kwargs.get("past_key_values", kwargs.get("cache")),  # the name depends on transformers
             expert_ids=expert_ids,
             expert_weights=expert_weights,
         )
@@ -289,6 +289,12 @@ class MoMEModel(nn.Module):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.backbone.get_output_embeddings()
+
+    def as_causal_lm(self) -> nn.Module:
+        """This model with HF's causal-LM interface, routed on the prompt (``decoding.generate`` runs it)."""
+        from memexp.model_view import RoutedLM
+
+        return RoutedLM(self)
 
     def generate(
         self,

@@ -39,12 +39,12 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
 from memexp.data import IGNORE_INDEX, collate_examples
-from memexp.module import FactTuning, check_number
+from memexp.fact_eval import summed_answer_nll
+from memexp.module import FactTuning, check_number, parse_eval_heads
 from memexp.mome.checkpoint import save_mome
 from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
@@ -55,14 +55,6 @@ from memexp.mome.router import collision_stats
 from memexp.mome.usage_plot import ExpertUsagePlot
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
-
-
-def summed_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed answer NLL per example (nats), ``(B,)``, from ``(B, T, V)`` logits and ``(B, T)`` labels."""
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (B, T-1, V), (B, T-1)
-    mask = targets != IGNORE_INDEX
-    token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # (B, T-1)
-    return (token * mask).sum(1)
 
 
 class MoMETuning(FactTuning):
@@ -84,6 +76,9 @@ class MoMETuning(FactTuning):
             <memexp.mome.router.Router.whiten>`).
         dtype: backbone dtype.
         seed: base seed.
+        eval_heads: extra decoding heads whose hallucination rate is logged as
+            ``val/hallucination_rate/<spec>`` (as :class:`~memexp.module.FactTuning`); DeRa's reference
+            is the backbone with the experts off.
     """
 
     export_name = "mome"  # ResultsWriter exports into <default_root_dir>/mome
@@ -102,7 +97,9 @@ class MoMETuning(FactTuning):
         whiten_queries: bool = True,
         dtype: str | None = None,
         seed: int = 0,
+        eval_heads: list[str] | None = None,
     ) -> None:
+        heads = parse_eval_heads(eval_heads)  # checked first; the reference is experts off (no weight copy)
         # the MoME settings are checked before the backbone is loaded (mome checks itself: MoMEConfig)
         if optimizer not in ("sparse_adam", "adamw", "adafactor"):
             raise UserError(f"optimizer={optimizer!r} is unknown; choose sparse_adam, adamw or adafactor")
@@ -124,6 +121,7 @@ class MoMETuning(FactTuning):
         self.phase2_index = config.index
         config.index = IndexConfig(kind="exact")  # phase 1 searches the live keys
         self.model = MoMEModel(self.model, config)
+        self.eval_heads = heads
         self.automatic_optimization = False
         self.strict_loading = False
         self.register_buffer("cached_ids", torch.zeros(0, config.k * config.heads, dtype=torch.long))

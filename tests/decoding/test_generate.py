@@ -92,3 +92,21 @@ def test_sampling_equals_hf_sampling_token_for_token(warp, llama):
         assert [row[: len(o)] for row, o in zip(new, ours.token_ids)] == ours.token_ids
         runs.append(ours.token_ids)
     assert len({str(r) for r in runs}) > 1  # the seeds matter: this is sampling, not argmax
+
+
+class _Wrapped(torch.nn.Module):
+    """A model that is not an HF causal LM itself but offers one (as memexp's MoMEModel does)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def as_causal_lm(self):
+        return self.inner
+
+
+def test_a_model_offering_as_causal_lm_generates_through_it(llama, llama2):
+    model, tok = llama
+    kw = dict(max_new_tokens=6, head=DeRa(2.0))
+    out = generate(_Wrapped(model), tok, PROMPTS, ref_model=_Wrapped(llama2), **kw)
+    assert out.token_ids == generate(model, tok, PROMPTS, ref_model=llama2, **kw).token_ids

@@ -48,6 +48,29 @@ def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_records(tmp_path,
     assert {int(r["fact_id"]) for r in rows if r["corrupted"]} == set(corrupted)
 
 
+@pytest.mark.parametrize("method", ["full", "mome"])
+def test_a_cell_scores_every_fact_once_per_evaluation(tmp_path, monkeypatch, method):
+    """Validation and the probe share evaluations: epochs 0 (probe), 2 (validation), 3 (last: probe)."""
+    from memexp import fact_eval, module
+
+    scored = []
+
+    def counted(model, batch, heads=None, reference=None):
+        scored.extend(batch["fact_ids"].tolist())
+        return evaluate_batch(model, batch, heads, reference)
+
+    evaluate_batch = fact_eval.evaluate_batch
+    monkeypatch.setattr(fact_eval, "evaluate_batch", counted)
+    monkeypatch.setattr(module, "evaluate_batch", counted)
+    train, heldout, corrupted = facts()
+    cfg = tiny_train(max_epochs=3, eval_every=2, heads=["sled", "dera:lam=2"])
+    run_cell(tmp_path / "c", method, QUICK_MODEL, train, heldout, corrupted, cfg, 0)
+    rows = read_rows(tmp_path / "c" / "fact_evals.csv")
+    assert sorted({r["epoch"] for r in rows}) == [0, 2, 3] and len(rows) == 3 * len(train)
+    assert {k for k in rows[0] if k.startswith("exact/")} == {"exact/sled", "exact/dera:lam=2"}
+    assert len(scored) == 3 * (len(train) + len(heldout))  # training and held-out facts, once each
+
+
 def test_stop_when_fit_ends_training_at_the_first_evaluation_with_every_fact_recalled(tmp_path):
     """A budget of about 4x what the cell needs here (47 epochs); the epoch itself is not asserted."""
     train, heldout, corrupted = facts(0.0)

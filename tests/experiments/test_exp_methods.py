@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import types
-
 import pytest
 import torch
 from exp_helpers import QUICK_MODEL, TINY_MOME, tiny_train
 
+from decoding.head_spec import parse_head_spec
 from decoding.models import load_tokenizer
 from experiments.cell import read_rows, run_cell
 from experiments.code_facts import code_task, corrupt
 from experiments.methods import available_methods, build_method, check_method, register_method
-from experiments.probe import evaluate_facts, fact_columns
 from memexp.data import collate_examples, tokenize_fact
-from memexp.recall import parse_head_spec
+from memexp.fact_eval import evaluate_facts, fact_columns
 
 
 def test_unknown_method_is_refused_with_the_choices():
@@ -42,51 +39,6 @@ def test_registering_a_method_makes_it_buildable():
         methods._REGISTRY.pop("probe-only")
 
 
-class FakeMoME(torch.nn.Module):
-    """The MoME model interface the heads need: ``backbone``, ``experts_off``, ``forward(question_mask=)``."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone, self.seen = backbone, []
-
-    def forward(self, input_ids, attention_mask=None, question_mask=None, **kwargs):
-        self.seen.append(question_mask)
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-
-    def experts_off(self):
-        return contextlib.nullcontext()
-
-    def get_input_embeddings(self):
-        return self.backbone.get_input_embeddings()
-
-    def get_output_embeddings(self):
-        return self.backbone.get_output_embeddings()
-
-
-def test_heads_read_a_memory_expert_model_routed_on_the_question_tokens():
-    from decoding.models import load_causal_lm, load_tokenizer
-    from experiments.methods import RoutedLM, head_model, reference_of
-    from memexp.data import collate_examples, tokenize_fact
-    from memexp.facts import random_facts
-    from memexp.recall import answer_stats, head_exact, parse_head_spec
-
-    tok = load_tokenizer(QUICK_MODEL)
-    batch = collate_examples(
-        [tokenize_fact(f, tok, "Q: {question}\nA:") for f in random_facts(4)], tok.pad_token_id
-    )
-    module = types.SimpleNamespace(model=FakeMoME(load_causal_lm(QUICK_MODEL)))
-    model = head_model(module, batch)
-    assert isinstance(model, RoutedLM)
-    exact = head_exact(model, batch, parse_head_spec("greedy"))
-    assert module.model.seen and all(torch.equal(m, batch["prompt_mask"]) for m in module.model.seen)
-    with torch.no_grad():
-        logits = module.model.backbone(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-    assert torch.equal(exact, answer_stats(logits, batch["labels"]).exact)
-    assert reference_of(module, None) == module.model.experts_off
-
-
 def test_mome_heads_use_the_routed_model_and_dera_lambda0_is_the_experts_off_backbone(tmp_path):
 
     task = code_task(8, 0, seed=0, code_len=2)
@@ -102,9 +54,8 @@ def test_mome_heads_use_the_routed_model_and_dera_lambda0_is_the_experts_off_bac
             site.B.weight.normal_(0, 1.0)
     tok = load_tokenizer(QUICK_MODEL)
     examples = [tokenize_fact(f, tok, "Q: {question}\nA:") for f in train]
-    cols = evaluate_facts(module, examples, tok.pad_token_id, {"d0": parse_head_spec("dera:lam=0")},
-                          module.model.experts_off)  # fmt: skip
     batch = collate_examples(examples, tok.pad_token_id)
+    cols = evaluate_facts(module.model, [batch], {"d0": parse_head_spec("dera:lam=0")}, module.reference)
     with torch.no_grad(), module.model.experts_off():
         off = fact_columns(module(batch), batch["labels"])
     assert torch.equal(cols["exact/d0"], off["exact"])

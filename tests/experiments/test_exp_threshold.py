@@ -67,10 +67,10 @@ def test_head_thresholds_put_every_head_on_the_greedy_nll_axis():
     from experiments.hallucination_vs_loss import head_thresholds
 
     records = [  # two evaluations of two facts; the head recalls one fact at a higher loss than greedy
-        {"epoch": 1, "nll_sum": 5.0, "nll_tok": 1.0, "exact": 0, "exact/sled": 0},
-        {"epoch": 1, "nll_sum": 3.0, "nll_tok": 0.6, "exact": 0, "exact/sled": 1},
-        {"epoch": 2, "nll_sum": 1.0, "nll_tok": 0.2, "exact": 1, "exact/sled": 1},
-        {"epoch": 2, "nll_sum": 0.5, "nll_tok": 0.1, "exact": 1, "exact/sled": 1},
+        {"epoch": 1, "nll_sum": 5.0, "nll": 1.0, "exact": 0, "exact/sled": 0},
+        {"epoch": 1, "nll_sum": 3.0, "nll": 0.6, "exact": 0, "exact/sled": 1},
+        {"epoch": 2, "nll_sum": 1.0, "nll": 0.2, "exact": 1, "exact/sled": 1},
+        {"epoch": 2, "nll_sum": 0.5, "nll": 0.1, "exact": 1, "exact/sled": 1},
     ]
     rows = {r["head"]: r for r in head_thresholds("full", records, entropy=20.0)}
     assert rows["greedy"]["threshold_nll_sum"] == pytest.approx(2.0)  # between 1.0 and 3.0

@@ -8,8 +8,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from memexp_helpers import QUICK_MODEL, quick_trainer
 
 from decoding.models import load_causal_lm
+from memexp.fact_eval import fact_columns
 from memexp.module import FactTuning
-from memexp.recall import answer_stats
 
 
 def test_full_finetuning_reaches_zero_hallucination(small_facts, tmp_path):
@@ -34,7 +34,7 @@ def test_recall_matches_hf_greedy_generation(small_facts, tmp_path):
     quick_trainer(tmp_path, max_epochs=20, check_val_every_n_epoch=100).fit(module, datamodule=dm)
     module.eval()
     batch = next(iter(dm.val_dataloader()[0]))
-    exact = answer_stats(module(batch), batch["labels"]).exact
+    exact = fact_columns(module(batch), batch["labels"])["exact"]
     assert 0 < int(exact.sum()) < len(exact), "need a mix of recalled and not recalled facts"
     tok = dm.tokenizer
     for row, ex in enumerate(dm.train_examples):

@@ -73,7 +73,6 @@ CASES = [  # id, config, extra arguments ({d}: folder with the fact files and ch
     ("unknown head", DEMO, ["--model.init_args.eval_heads=[beam]"], ["'beam'", "greedy, dola, sled, dera"]),
     ("head option", DEMO, ["--model.init_args.eval_heads=[dola:8]"], ["'dola:8'", "key=value"]),
     ("head bad key", DEMO, ["--model.init_args.eval_heads=[sled:nosuch=1]"], ["'sled:nosuch=1'", "nosuch"]),
-    ("DeRa without reference", DEMO, ["--model.init_args.eval_heads=[dera]"], ["['dera']", "method='lora'"]),
     ("unknown tiny backbone", DEMO, ["--model.init_args.backbone=tiny:llamma"], ["'tiny:llamma'", "'llama'"]),
     ("missing backbone folder", DEMO, ["--model.init_args.backbone=./no/such/model"], ["'./no/such/model'"]),
     # --- the data (memexp.data.FactsDataModule)

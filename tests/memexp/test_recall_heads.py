@@ -6,9 +6,11 @@ import pytest
 import torch
 from memexp_helpers import quick_trainer
 
+from decoding.errors import UserError
 from decoding.generate import generate
+from decoding.head_spec import parse_head_spec
 from decoding.sled import SLED
-from memexp.recall import answer_positions, answer_stats, head_exact, parse_head_spec
+from memexp.fact_eval import answer_positions, evaluate_batch, fact_columns
 
 
 def test_answer_positions_by_hand():
@@ -59,10 +61,10 @@ def _generated_exact(module, dm, **kwargs) -> list[bool]:
 def test_greedy_and_sled_recall_equal_generation(half_trained):
     module, dm, _ = half_trained
     batch = next(iter(dm.val_dataloader()[0]))
-    greedy = answer_stats(module(batch), batch["labels"]).exact
+    greedy = fact_columns(module(batch), batch["labels"])["exact"]
     assert 0 < int(greedy.sum()) < len(greedy), "need a mix of recalled and not recalled facts"
     assert greedy.tolist() == _generated_exact(module, dm)
-    sled = head_exact(module.model, batch, SLED(evolution_scale=10), module.reference)
+    sled = evaluate_batch(module.model, batch, {"s": SLED(evolution_scale=10)}, module.reference)["exact/s"]
     assert sled.tolist() == _generated_exact(module, dm, head=SLED(evolution_scale=10))
 
 
@@ -72,7 +74,7 @@ def test_dera_end_points_are_base_and_adapted_model(half_trained):
     assert torch.equal(records["exact/dera:lam=1"], records["exact"])
     batch = next(iter(dm.val_dataloader()[0]))
     with module.reference():
-        base = answer_stats(module(batch), batch["labels"]).exact
+        base = fact_columns(module(batch), batch["labels"])["exact"]
     assert torch.equal(records["exact/dera:lam=0"], base)
     assert not torch.equal(base, records["exact"])
     metrics = trainer.callback_metrics
@@ -81,8 +83,14 @@ def test_dera_end_points_are_base_and_adapted_model(half_trained):
         assert metrics[f"val/hallucination_rate/{spec}"] == pytest.approx(float(rate))
 
 
-def test_dera_needs_an_adapter():
+def test_dera_needs_a_reference():
+    """Full fine-tuning keeps the backbone's weights only for a DeRa eval head; without one, none."""
     from memexp.module import FactTuning
 
-    with pytest.raises(ValueError, match="DeRa heads need a reference model"):
-        FactTuning("tiny:llama?hidden=64&layers=2", method="full", eval_heads=["dera:lam=2"])
+    module = FactTuning("tiny:llama?hidden=64&layers=2", method="full", eval_heads=["sled"])
+    with pytest.raises(UserError, match="only when eval_heads has a dera head"):
+        module.reference()
+    batch = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4),
+             "labels": torch.tensor([[-100, -100, 5, 6]]), "fact_ids": torch.tensor([0])}  # fmt: skip
+    with pytest.raises(ValueError, match="needs a reference model"):
+        evaluate_batch(module.model, batch, {"dera": parse_head_spec("dera:lam=2")})

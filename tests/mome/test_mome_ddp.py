@@ -7,6 +7,7 @@ through :mod:`memexp.mome.ddp_sparse` (gloo's own sparse all-reduce corrupts the
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -152,3 +153,9 @@ def test_cli_ddp_two_cpu_processes_keep_ranks_identical(tmp_path):
     assert any(n.endswith("B.weight") and t.abs().sum() > 0 for n, t in rank0.items())  # experts trained
     for name in rank0:  # different data shards, same parameters: the sparse gradients were all-reduced
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=1e-6, msg=name)
+    with open(tmp_path / "run" / "fact_evals.csv") as fh:  # gathered from both ranks, each fact once
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:4] == ["epoch", "step", "fact_id", "nll"]
+    for epoch in {r["epoch"] for r in rows}:
+        ids = [r["fact_id"] for r in rows if r["epoch"] == epoch]
+        assert len(ids) == len(set(ids)) == 16, epoch

@@ -1,4 +1,5 @@
-"""Per-fact records: a loop oracle, the ln 2 recall bound, head columns, DeRa's base-weights reference."""
+"""Per-fact columns: a loop oracle, the ln 2 recall bound, head columns, DeRa's references (adapter off, base
+weights swapped in)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import math
 import lightning as L
 import pytest
 import torch
-from exp_helpers import QUICK_MODEL
+from memexp_helpers import QUICK_MODEL
 
-from experiments.methods import build_method, reference_of
-from experiments.probe import evaluate_facts, fact_columns
+from decoding.head_spec import parse_head_spec
 from memexp.data import collate_examples, tokenize_fact
+from memexp.fact_eval import evaluate_facts, fact_columns
 from memexp.facts import random_facts
-from memexp.recall import answer_stats, parse_head_spec
+from memexp.model_view import reference_of
+from memexp.module import FactTuning
 
 
 def loop_oracle(logits, labels):
@@ -42,17 +44,15 @@ def synthetic(seed: int, B: int = 6, T: int = 7, V: int = 5, scale: float = 3.0)
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_fact_columns_match_a_loop_oracle_and_answer_stats(seed):
+def test_fact_columns_match_a_loop_oracle(seed):
     logits, labels = synthetic(seed)
     cols = fact_columns(logits, labels)
     for b, (nll_sum, nll_tok, worst, exact, n) in enumerate(loop_oracle(logits, labels)):
         assert cols["nll_sum"][b].item() == pytest.approx(nll_sum, rel=1e-5)
-        assert cols["nll_tok"][b].item() == pytest.approx(nll_tok, rel=1e-5)
+        assert cols["nll"][b].item() == pytest.approx(nll_tok, rel=1e-5)
         assert cols["max_tok_nll"][b].item() == pytest.approx(worst, rel=1e-5)
         assert cols["min_tok_p"][b].item() == pytest.approx(math.exp(-worst), rel=1e-5)
         assert bool(cols["exact"][b]) == exact and int(cols["num_tokens"][b]) == n
-    ref = answer_stats(logits, labels)  # the foundation's metric agrees
-    assert torch.allclose(cols["nll_tok"], ref.nll) and torch.equal(cols["exact"], ref.exact)
 
 
 def test_every_fact_below_ln2_summed_nll_is_recalled_exactly():
@@ -86,15 +86,16 @@ def tiny_batch():
 def test_greedy_head_column_equals_the_exact_column_and_dera_lam1_too(tiny_batch):
     tok, examples = tiny_batch
     L.seed_everything(0)
-    module = build_method("lora", QUICK_MODEL, 0, {"lora_r": 2})
+    module = FactTuning(QUICK_MODEL, method="lora", lora_r=2)
     with torch.no_grad():  # move the adapter off zero so that adapter on != off
         for name, p in module.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     specs = ["greedy", "dera:lam=1", "dera:lam=0"]
     heads = {spec: parse_head_spec(spec) for spec in specs}
-    reference = reference_of(module, None)
-    cols = evaluate_facts(module, examples, tok.pad_token_id, heads, reference, batch_size=4)
+    reference = reference_of(module.model)
+    batches = [collate_examples(examples[i : i + 4], tok.pad_token_id) for i in range(0, len(examples), 4)]
+    cols = evaluate_facts(module.model, batches, heads, reference)
     assert torch.equal(cols["exact/greedy"], cols["exact"])
     assert torch.equal(cols["exact/dera:lam=1"], cols["exact"])
     batch = collate_examples(examples, tok.pad_token_id)
@@ -108,7 +109,7 @@ def test_greedy_head_column_equals_the_exact_column_and_dera_lam1_too(tiny_batch
 def test_swapped_weights_runs_the_base_model_and_restores_the_tuned_one(tiny_batch):
     tok, examples = tiny_batch
     L.seed_everything(0)
-    module = build_method("full", QUICK_MODEL, 0)
+    module = FactTuning(QUICK_MODEL, method="full")
     base_state = {k: v.clone() for k, v in module.model.state_dict().items()}
     batch = collate_examples(examples, tok.pad_token_id)
     base_logits = module(batch)
@@ -117,7 +118,7 @@ def test_swapped_weights_runs_the_base_model_and_restores_the_tuned_one(tiny_bat
             p.add_(0.01 * torch.randn_like(p))
     tuned_logits = module(batch)
     assert not torch.allclose(tuned_logits, base_logits)
-    reference = reference_of(module, base_state)
+    reference = reference_of(module.model, base_state)
     with reference():
         assert torch.equal(module(batch), base_logits)
     assert torch.equal(module(batch), tuned_logits)
