@@ -128,7 +128,7 @@ def layer_states(model: nn.Module, batch: dict, layers: list[int]) -> dict[int, 
     """``hidden_states[l]`` ``(B, T, H)`` for each l in ``layers``; stops after the highest block needed.
 
     Layers below L are read by forward pre-hooks on the blocks (the input of block l, as a router reads
-    it); l = L (after the final norm) comes from ``output_hidden_states``.
+    it); l = L (after the final norm) comes from ``output_hidden_states``. The LM head never runs.
     """
     blocks = decoder_layers(model)
     num = len(blocks)
@@ -147,7 +147,7 @@ def layer_states(model: nn.Module, batch: dict, layers: list[int]) -> dict[int, 
 
     handles = [blocks[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in layers if i < num]
     try:
-        out = model(
+        out = model.model(  # the decoder without the LM head: only hidden states are needed
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             output_hidden_states=num in layers,
