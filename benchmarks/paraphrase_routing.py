@@ -197,6 +197,8 @@ def extract(
 # ---------------------------------------------------------------------------------------- normalisation
 def fit_norm(name: str, originals: torch.Tensor, proj: nn.Linear | None, eps: float = 1e-6) -> Callable:
     """A map fitted on ``originals`` ``(N, H)`` (see the module docstring for ``name``)."""
+    if name not in NORMS:
+        raise UserError(f"normalisation {name!r} is unknown; choose from {', '.join(NORMS)}")
     x = originals.double()
     if name == "raw":
         return lambda z: z
@@ -215,9 +217,7 @@ def fit_norm(name: str, originals: torch.Tensor, proj: nn.Linear | None, eps: fl
     ridge = eps * cov.diagonal().mean().clamp_min(1e-30)
     evals, evecs = torch.linalg.eigh(cov)
     s = evecs @ torch.diag((evals.clamp_min(0) + ridge).rsqrt()) @ evecs.T  # (D, D)
-    shift = mu if name == "whiten" else torch.zeros_like(mu)
-    if name not in ("whiten", "whiten_nc"):
-        raise UserError(f"normalisation {name!r} is unknown; choose from {', '.join(NORMS)}")
+    shift = mu if name == "whiten" else torch.zeros_like(mu)  # whiten_nc: not centred
     return lambda z: ((z.double() @ w.T + b - shift) @ s.T).to(z.dtype)
 
 
