@@ -9,11 +9,13 @@ from decoding.run_folder import atomic_file
 
 COLUMNS = ("backbone", "layer", "pooling", "norm", "template", "recall", "ip_recall1", "ip_recall8",
            "expert_overlap", "dist_ratio")  # fmt: skip
-HEAT_NORMS = ("centre", "whiten")
+HEAT_NORMS = ("raw", "centre", "whiten")
 
 
 def _short(name: str) -> str:
-    return "SmolLM2-135M" if name.startswith("smollm2") else name.replace("tiny:llama?", "tiny ")
+    if name.startswith("smollm2"):
+        return "SmolLM2-135M"
+    return "tiny" if name.startswith("tiny:") else name
 
 
 def _rows(backbone: dict, key: str = "rows") -> list[dict]:
@@ -140,8 +142,8 @@ def render_markdown(result: dict) -> str:
 
 
 def render_png(result: dict, path: str | Path) -> None:
-    """Per backbone: heat maps pooling x layer of the mean recall (centred; whitened), and per-template
-    recall across layers at the best (pooling, norm). 800 px wide."""
+    """Per backbone: heat maps pooling x layer of the mean recall (raw, centred, whitened), and the
+    per-template recall across layers at the best (pooling, norm) without entity pooling. 800 px wide."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,25 +151,29 @@ def render_png(result: dict, path: str | Path) -> None:
     import numpy as np
 
     backbones = result["backbones"]
-    fig = plt.figure(figsize=(8, 4.2 * len(backbones)), dpi=100)
-    grid = fig.add_gridspec(
-        2 * len(backbones), 2, height_ratios=[1, 1.1] * len(backbones), hspace=0.75, wspace=0.25
-    )
-    image, heat_axes = None, []
+    fig = plt.figure(figsize=(8, 5.6 * len(backbones)), dpi=100)
+    grid = fig.add_gridspec(2 * len(backbones), len(HEAT_NORMS), height_ratios=[1, 1.2] * len(backbones),
+                            hspace=0.75, wspace=0.3, left=0.1, right=0.92, top=0.95, bottom=0.07)  # fmt: skip
     for i, b in enumerate(backbones):
-        rows, layers = b["rows"], list(range(b["num_layers"] + 1))
+        rows, layers, name = b["rows"], list(range(b["num_layers"] + 1)), _short(b["backbone"])
         poolings = list(dict.fromkeys(r["pooling"] for r in rows))
+        step = 1 if len(layers) <= 12 else 6
+        heat_axes = []
         for j, norm in enumerate(HEAT_NORMS):
             ax = fig.add_subplot(grid[2 * i, j])
             heat_axes.append(ax)
-            heat = np.array([[_best(rows, layer=layer, pooling=p, norm=norm)["recall"] for layer in layers]
-                             for p in poolings])  # fmt: skip
+            heat = np.array(
+                [
+                    [_best(rows, layer=layer, pooling=p, norm=norm)["recall"] for layer in layers]
+                    for p in poolings
+                ]
+            )  # fmt: skip  (pooling, layer)
             image = ax.imshow(heat, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
-            ax.set_yticks(range(len(poolings)), poolings, fontsize=8)
-            step = 1 if len(layers) <= 12 else 4
+            ax.set_yticks(range(len(poolings)), poolings if j == 0 else [""] * len(poolings), fontsize=8)
             ax.set_xticks(layers[::step], [str(x) for x in layers[::step]], fontsize=8)
-            ax.set_xlabel("layer (hidden_states[l])", fontsize=8)
-            ax.set_title(f"{_short(b['backbone'])}: mean recall, {norm}", fontsize=9)
+            ax.set_xlabel("layer", fontsize=8)
+            ax.set_title(f"{name}: {norm}", fontsize=9)
+        fig.colorbar(image, ax=heat_axes, fraction=0.03, pad=0.02).set_label("mean recall@1", fontsize=8)
         best = _best(rows, oracle=False)
         ax = fig.add_subplot(grid[2 * i + 1, :])
         for t in b["templates"]:
@@ -176,18 +182,17 @@ def render_png(result: dict, path: str | Path) -> None:
         ax.axvline(best["layer"], color="0.5", lw=0.8, ls="--")
         ax.set_ylim(0, 1.02)
         ax.set_xticks(layers[:: 1 if len(layers) <= 12 else 2])
-        ax.set_xlabel("layer", fontsize=8)
+        ax.set_xlabel("layer (hidden_states[l], the input of block l)", fontsize=8)
         ax.set_ylabel("recall@1", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         ax.set_title(
-            f"{_short(b['backbone'])}: per template, {best['pooling']} pooling, {best['norm']} "
-            f"(best without entity pooling: layer {best['layer']}, mean {best['recall']:.2f})",
+            f"{name}, per template: {best['pooling']} pooling, {best['norm']} (best without entity "
+            f"pooling: layer {best['layer']}, mean {best['recall']:.2f})",
             fontsize=9,
         )
-        ax.legend(fontsize=7, ncol=4, loc="lower left")
-    if image is not None:
-        fig.colorbar(image, ax=heat_axes, fraction=0.02, pad=0.02, label="recall")
+        ax.legend(fontsize=7, ncol=len(b["templates"]), loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                  frameon=False, handlelength=1.2, columnspacing=0.8)  # fmt: skip
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)

@@ -20,6 +20,7 @@ Normalisations (``NORMS``), fitted on the originals only:
   bn         proj, centred, each dimension divided by its std over the originals (batch-norm at eval)
   whiten_nc  proj, then the ZCA matrix S = Cov^(-1/2) of the originals' projected queries, not centred
   whiten     S (q - mu): the router's phase-2 whitening (``MoMETuning._whiten_queries``) on that W_q
+  whiten_s   the same with a shrunk covariance, Cov + 0.1 * mean variance * I (not in the router)
 
 Metrics per (layer, pooling, norm, template): ``recall`` (cosine nearest original, recall@1 among N);
 the MoME condition, keys = the originals' normalised queries searched by inner product: ``ip_recall1``,
@@ -59,8 +60,9 @@ TINY = "tiny:llama?hidden=128&layers=4&pretrain_steps=600"
 SMOLLM2 = "smollm2:135m-instruct"
 PROMPT = "Q: {question}\nA:"
 POOLINGS = ("mean", "mean_q", "last", "entity", "max")
-NORMS = ("raw", "centre", "proj", "bn", "whiten_nc", "whiten")
-PROJECTED = ("proj", "bn", "whiten_nc", "whiten")
+NORMS = ("raw", "centre", "proj", "bn", "whiten_nc", "whiten", "whiten_s")
+PROJECTED = ("proj", "bn", "whiten_nc", "whiten", "whiten_s")
+SHRINK = 0.1  # ridge of whiten_s, relative to the mean variance
 METRICS = ("recall", "ip_recall1", "ip_recall8", "expert_overlap", "dist_ratio")
 
 
@@ -214,10 +216,10 @@ def fit_norm(name: str, originals: torch.Tensor, proj: nn.Linear | None, eps: fl
         std = (q.var(0, unbiased=False) + 1e-5).sqrt()
         return lambda z: ((z.double() @ w.T + b - mu) / std).to(z.dtype)
     cov = torch.cov(q.T, correction=0)  # (D, D)
-    ridge = eps * cov.diagonal().mean().clamp_min(1e-30)
+    ridge = (SHRINK if name == "whiten_s" else eps) * cov.diagonal().mean().clamp_min(1e-30)
     evals, evecs = torch.linalg.eigh(cov)
     s = evecs @ torch.diag((evals.clamp_min(0) + ridge).rsqrt()) @ evecs.T  # (D, D)
-    shift = mu if name == "whiten" else torch.zeros_like(mu)  # whiten_nc: not centred
+    shift = torch.zeros_like(mu) if name == "whiten_nc" else mu
     return lambda z: ((z.double() @ w.T + b - shift) @ s.T).to(z.dtype)
 
 
