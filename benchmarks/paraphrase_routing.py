@@ -28,7 +28,8 @@ the MoME condition, keys = the originals' normalised queries searched by inner p
 of ``--experts`` random keys, drawn as the router draws them, that the paraphrase also selects; projected
 norms only); ``dist_ratio`` (median over facts of d(p_i, o_i) / min_{j != i} d(o_i, o_j), cosine distance:
 how far a paraphrase moves relative to the spacing of the facts). Then recall@1 among ``--scale-facts``
-facts for each backbone's best setting and its best whitened one.
+facts for each backbone's best settings (any norm / whitened; with and without entity pooling; with
+the router's mean pooling).
 
     OMP_NUM_THREADS=1 python benchmarks/paraphrase_routing.py
     python benchmarks/paraphrase_routing.py --backbones tiny:llama?hidden=64&layers=2 --facts 20 \\
@@ -382,6 +383,8 @@ def probe_backbone(name: str, args: argparse.Namespace) -> dict:
     rows = measure(feats_o, feats_p, groups, cells, index, proj, keys, args.k, f"{short}: cells")
     del feats_o, feats_p
     chosen = [best_setting(rows, norm, oracle) for oracle in (True, False) for norm in (None, "whiten")]
+    means = [r for r in rows if r["pooling"] == "mean"]  # the router's pooling today
+    chosen += [best_setting(means), best_setting(means, "whiten")]
     settings = list(dict.fromkeys((r["layer"], r["pooling"], r["norm"]) for r in chosen))
     scale = []
     if args.scale_facts:
