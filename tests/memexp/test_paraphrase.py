@@ -1,4 +1,4 @@
-"""Held-out paraphrases (memexp/paraphrase.py) and the paraphrase-routing probe (benchmarks/)."""
+"""Held-out paraphrases (memexp/paraphrase.py) and the paraphrase-routing probe (benchmarks/paraphrase_*)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from memexp_helpers import QUICK_MODEL
 
-from benchmarks.paraphrase_routing import (
+from benchmarks.paraphrase_probe import (
     NORMS,
     cell_metrics,
     collate,
@@ -16,10 +16,10 @@ from benchmarks.paraphrase_routing import (
     expert_keys,
     fit_norm,
     layer_states,
-    main,
     pool,
     query_projection,
 )
+from benchmarks.paraphrase_routing import main
 from memexp.facts import CODE_QUESTION, Fact, random_facts
 from memexp.paraphrase import CODE_TEMPLATES, code_entity, paraphrase_facts, paraphrases, surface_variants
 
