@@ -21,6 +21,7 @@ from decoding.errors import UserError
 from decoding.run_folder import atomic_write_text
 
 ANSWER_ALPHABET = string.ascii_uppercase + string.digits
+CODE_QUESTION = "What is the code of {entity}?"  # the question of every random fact
 
 
 @dataclass(frozen=True)
@@ -148,5 +149,5 @@ def random_facts(n: int, seed: int = 0, min_len: int = 8, max_len: int = 32) -> 
     facts = []
     for i in range(n):
         answer = "".join(rng.choice(ANSWER_ALPHABET) for _ in range(rng.randint(min_len, max_len)))
-        facts.append(Fact(i, f"What is the code of {entity_name(order[i])}?", answer))
+        facts.append(Fact(i, CODE_QUESTION.format(entity=entity_name(order[i])), answer))
     return facts

@@ -1,0 +1,116 @@
+"""Held-out paraphrases of a fact's question: does a memorised fact survive a reworded question?
+
+Random facts ask ``"What is the code of <entity>?"`` (:data:`memexp.facts.CODE_QUESTION`); for them
+:data:`CODE_TEMPLATES` rewrites the whole question around the same entity, one kind of change each::
+
+    code_for      What is the code for the red river?       another preposition
+    contraction   What's the code of the red river?         contraction
+    lowercase     what is the code of the red river?        case
+    no_mark       What is the code of the red river         punctuation
+    tell_me       Tell me the code of the red river.        imperative, reordered
+    possessive    The red river's code is what?             possessive, question word last
+    which_code    Which code does the red river have?       other words, reordered
+
+None of them is ever a training question (training uses the original wording only). A question from a
+user's facts file has no known entity, so only surface variants apply (:func:`surface_variants`):
+``case`` (the first letter's case swapped), ``punctuation`` (the trailing ``?``/``.``/``!`` dropped, or a
+``?`` added) and ``contraction`` ("What is" <-> "What's", "Who is" <-> "Who's"... when the question has
+one). A variant that would leave the text unchanged is left out. Everything here is deterministic (no
+random choice), so the same facts always give the same paraphrases.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from memexp.facts import CODE_QUESTION, Fact
+
+CODE_TEMPLATES: dict[str, str] = {
+    "code_for": "What is the code for {entity}?",
+    "contraction": "What's the code of {entity}?",
+    "lowercase": "what is the code of {entity}?",
+    "no_mark": "What is the code of {entity}",
+    "tell_me": "Tell me the code of {entity}.",
+    "possessive": "{Entity}'s code is what?",
+    "which_code": "Which code does {entity} have?",
+}
+SURFACE_VARIANTS = ("case", "punctuation", "contraction")
+
+_CODE_RE = re.compile("^" + re.escape(CODE_QUESTION).replace(re.escape("{entity}"), "(?P<entity>.+)") + "$")
+_WORDS = ("What", "Who", "Where", "When", "How", "It", "That", "There", "Here")
+_CONTRACTIONS = {f"{w} is": f"{w}'s" for word in _WORDS for w in (word, word.lower())}
+
+
+@dataclass(frozen=True)
+class Paraphrase:
+    """One rewording of a fact's question.
+
+    Attributes:
+        fact_id: the fact it rewords.
+        template: the kind of change (a :data:`CODE_TEMPLATES` or :data:`SURFACE_VARIANTS` name).
+        question: the reworded question.
+        entity: ``(start, end)`` characters of the entity in ``question`` (None when unknown).
+    """
+
+    fact_id: int
+    template: str
+    question: str
+    entity: tuple[int, int] | None
+
+
+def code_entity(question: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the entity in a random fact's question, or None for any other question."""
+    match = _CODE_RE.match(question)
+    return match.span("entity") if match else None
+
+
+def _find(text: str, entity: str) -> tuple[int, int]:
+    start = text.lower().index(entity.lower())
+    return start, start + len(entity)
+
+
+def surface_variants(question: str) -> dict[str, str]:
+    """Case, punctuation and contraction variants of any question (those that change the text).
+
+    Args:
+        question: a question as it appears in a facts file.
+
+    Returns:
+        ``{variant name: reworded question}``, in :data:`SURFACE_VARIANTS` order.
+    """
+    variants = {}
+    first = question[:1]
+    if first.isalpha() and first.swapcase() != first:
+        variants["case"] = first.swapcase() + question[1:]
+    stripped = question.rstrip()
+    variants["punctuation"] = stripped[:-1].rstrip() if stripped[-1:] in "?.!" else stripped + "?"
+    for long, short in _CONTRACTIONS.items():
+        for a, b in ((long, short), (short, long)):
+            if re.search(rf"\b{re.escape(a)}\b", question):
+                variants["contraction"] = re.sub(rf"\b{re.escape(a)}\b", b, question, count=1)
+                break
+        if "contraction" in variants:
+            break
+    return {name: text for name, text in variants.items() if text and text != question}
+
+
+def paraphrases(fact: Fact) -> list[Paraphrase]:
+    """The held-out rewordings of one fact: :data:`CODE_TEMPLATES` for a random fact's question,
+    :func:`surface_variants` for any other."""
+    span = code_entity(fact.question)
+    if span is None:
+        return [
+            Paraphrase(fact.id, name, text, None) for name, text in surface_variants(fact.question).items()
+        ]
+    entity = fact.question[span[0] : span[1]]
+    out = []
+    for name, template in CODE_TEMPLATES.items():
+        text = template.format(entity=entity, Entity=entity[:1].upper() + entity[1:])
+        out.append(Paraphrase(fact.id, name, text, _find(text, entity)))
+    return out
+
+
+def paraphrase_facts(facts: list[Fact]) -> list[Paraphrase]:
+    """:func:`paraphrases` of every fact, fact by fact."""
+    return [p for fact in facts for p in paraphrases(fact)]
