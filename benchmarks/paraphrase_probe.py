@@ -14,7 +14,7 @@ Normalisations (``NORMS``), fitted on the originals only:
   proj       a random query projection ``nn.Linear(H, key_dim)`` (seeded: the router's W_q at init), centred
   bn         proj, centred, each dimension divided by its std over the originals (batch-norm at eval)
   whiten_nc  proj, then the ZCA matrix S = Cov^(-1/2) of the originals' projected queries, not centred
-  whiten     S (q - mu): the router's phase-2 whitening (``MoMETuning._whiten_queries``) on that W_q
+  whiten     S (q - mu): the router's phase-2 whitening (``Router.whiten``) on that W_q
   whiten_s   the same with a shrunk covariance, Cov + 0.1 * mean variance * I (not in the router)
 
 Metrics per (layer, pooling, norm, template): ``recall`` (cosine nearest original, recall@1 among N);
