@@ -9,9 +9,10 @@ candidate search is exact on the live keys; the query-decorrelation loss (``aux_
 batch-norm push distinct facts toward distinct experts.
 
 Phase 2 (from epoch ``phase1_epochs``): the facts' queries are whitened (``whiten_queries``), the router
-is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.gate`), the configured index is
-built once over the frozen keys (its recall@k against exact search is logged), every training fact's
-expert ids and weights are cached, and only the selected expert rows train. A fact leaves training once
+is frozen, each fact gets experts of its own (``balance_keys``: their keys move onto its query), the fact
+gate is fitted when ``mome.gate > 0`` (:mod:`memexp.gate`), the configured index is built once over the
+frozen keys (its recall@k against exact search is logged), every training fact's expert ids and weights
+are cached, and only the selected expert rows train. A fact leaves training once
 its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
 validation finds not recalled exactly comes back.
 
@@ -43,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from decoding.errors import UserError
 from memexp.data import IGNORE_INDEX, collate_examples
 from memexp.ddp_sparse import register_sparse_allreduce_hook
+from memexp.expert_balance import place_keys, random_assignment, usage_report
 from memexp.index import IndexConfig, exact_topk, recall_at_k
 from memexp.module import FactTuning, check_number
 from memexp.mome import MoMEConfig, MoMEModel
@@ -76,6 +78,10 @@ class MoMETuning(FactTuning):
         recall_queries: facts whose queries measure the phase-2 index's recall@k (0 disables).
         whiten_queries: at phase-2 start, fold a whitening of the facts' queries into the frozen query
             projection so distinct facts select distinct experts (see :meth:`_whiten_queries`).
+        balance_keys: at phase-2 start, give each fact (and head) its own experts and move their keys
+            onto its query (:func:`memexp.expert_balance.place_keys`; per-question routing only): no
+            two facts share an expert while the bank has ``heads * k`` experts per fact, and at most
+            ``ceil(facts * heads * k / E)`` share one otherwise.
         dtype: backbone dtype.
         seed: base seed.
     """
@@ -94,6 +100,7 @@ class MoMETuning(FactTuning):
         stop_nll: float = math.log(2),
         recall_queries: int = 256,
         whiten_queries: bool = True,
+        balance_keys: bool = True,
         dtype: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -159,6 +166,12 @@ class MoMETuning(FactTuning):
         self._calibrate_query_norm(examples)
         self._freeze_router()
         keys = mome.router.keys.weight
+        if self.hparams.balance_keys and not mome.config.per_token:
+            queries = [
+                mome.route(b["input_ids"], b["attention_mask"], b["prompt_mask"]).queries
+                for b in self._fact_batches(examples)
+            ]  # (B, heads, d_k) each, exact search on the keys before placement
+            place_keys(torch.cat(queries).reshape(-1, mome.config.key_dim), keys, mome.config.k)
         mome.router.index.config = self.phase2_index
         mome.router.index.build(keys)
         n_ids = max(e.fact_id for e in examples) + 1
@@ -176,9 +189,12 @@ class MoMETuning(FactTuning):
         self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)
         fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
         stats = collision_stats(ids[fact_ids], mome.config.num_experts)
+        random = random_assignment(len(fact_ids), ids.shape[1], mome.config.num_experts)
         metrics = {
             "mome/collision_rate": stats["collision_rate"],
             "mome/distinct_experts": stats["distinct_experts"],
+            "mome/distinct_experts_random": random["distinct_experts"],
+            "mome/sharing_all": usage_report(ids[fact_ids], mome.config.num_experts)["sharing_all"],
             "mome/max_usage": stats["max_usage"],
         }
         q = torch.cat(queries).reshape(-1, mome.config.key_dim)[: self.hparams.recall_queries]
