@@ -23,6 +23,7 @@ from torch import nn
 from decoding.errors import UserError, one_line
 from decoding.run_folder import atomic_write_dir
 from memexp.checkpoint_io import use_checked_checkpoint_io
+from memexp.compact_state import compact_optimizer_states, expand_optimizer_states
 from memexp.recall import answer_stats, head_exact, parse_head_spec
 
 Method = Literal["full", "lora"]
@@ -318,14 +319,17 @@ class FactTuning(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record what wrote the checkpoint; keep only trainable weights when the backbone is frozen (LoRA):
-        it is referenced, not copied."""
+        it is referenced, not copied. Optimizer moments drop their all-zero rows (lossless:
+        :mod:`memexp.compact_state`)."""
         checkpoint["memexp"] = self.checkpoint_identity()
+        compact_optimizer_states(checkpoint)
         if self.hparams.get("method") == "full":
             return
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expand_optimizer_states(checkpoint)  # before Lightning restores the optimizers from it
         trainer = self._trainer
         self.check_checkpoint(checkpoint, trainer.ckpt_path if trainer is not None else None)
 

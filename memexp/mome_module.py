@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
+from memexp.compact_state import compact_optimizer_states
 from memexp.data import IGNORE_INDEX, collate_examples
 from memexp.ddp_sparse import register_sparse_allreduce_hook
 from memexp.expert_balance import place_keys, random_assignment, usage_report
@@ -346,8 +347,9 @@ class MoMETuning(FactTuning):
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record what wrote the checkpoint; keep the MoME weights, buffers and cache (the backbone is
-        referenced, not copied)."""
+        referenced, not copied); SparseAdam moments keep only the rows of experts ever selected."""
         checkpoint["memexp"] = self.checkpoint_identity()
+        compact_optimizer_states(checkpoint)
         keep = ("model.router.", "cached_ids", "cached_weights", "memorised")
         checkpoint["state_dict"] = {
             k: v
