@@ -190,11 +190,11 @@ class MoMETuning(FactTuning):
         self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)
         fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
         stats = collision_stats(ids[fact_ids], mome.config.num_experts)
-        random = random_assignment(len(fact_ids), ids.shape[1], mome.config.num_experts)
+        chance = random_assignment(len(fact_ids), ids.shape[1], mome.config.num_experts)
         metrics = {
             "mome/collision_rate": stats["collision_rate"],
             "mome/distinct_experts": stats["distinct_experts"],
-            "mome/distinct_experts_random": random["distinct_experts"],
+            "mome/distinct_experts_random": chance["distinct_experts"],
             "mome/sharing_all": usage_report(ids[fact_ids], mome.config.num_experts)["sharing_all"],
             "mome/max_usage": stats["max_usage"],
         }
