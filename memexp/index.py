@@ -50,7 +50,8 @@ def keys_fingerprint(keys: torch.Tensor) -> str:
 
 
 _MASK64 = (1 << 64) - 1
-_CHECKSUM_ROWS = 1 << 16  # rows per block: the int32 temporary stays at rows * cols * 4 bytes
+# elements per checksum block: cache-sized on CPU, few kernel launches on GPU
+_CHECKSUM_BLOCK = {"cpu": 1 << 18, "cuda": 1 << 24}
 
 
 def _odd_weights(start: int, n: int, device: torch.device) -> torch.Tensor:
@@ -78,8 +79,9 @@ def keys_checksum(keys: torch.Tensor) -> tuple[tuple[int, ...], str, int]:
     bits = x.view(torch.int32) if size >= 4 else x.view(torch.int16 if size == 2 else torch.int8)  # (E, c)
     cols = ((_odd_weights(0, bits.shape[1], x.device) & 0x7FFFFFFF) | 1).to(torch.int32)  # (c,)
     total = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, bits.shape[0], _CHECKSUM_ROWS):
-        block = bits[start : start + _CHECKSUM_ROWS].to(torch.int32)  # (b, c); products wrap mod 2^32
+    step = max(1, _CHECKSUM_BLOCK.get(x.device.type, 1 << 20) // max(1, bits.shape[1]))  # rows per block
+    for start in range(0, bits.shape[0], step):
+        block = bits[start : start + step].to(torch.int32)  # (b, c); products wrap mod 2^32
         rows = (block * cols).sum(1, dtype=torch.int64)  # (b,) exact sums of int32 values
         total += (rows * _odd_weights(start, rows.shape[0], x.device)).sum()  # wraps mod 2^64
     return tuple(keys.shape), str(keys.dtype), int(total) & _MASK64
