@@ -46,8 +46,8 @@ def usage_report(ids: torch.Tensor, num_experts: int, max_pairs: int = 50_000_00
     Args:
         ids: ``(N, K)`` selected experts per input (repeats within a row count once).
         num_experts: E.
-        max_pairs: ``sharing_all`` compares every two inputs that share an expert (``sum_e usage_e^2``
-            pairs); above this many it is NaN instead.
+        max_pairs: ``sharing_all`` compares each input with the other users of its least used expert;
+            above this many comparisons in all it is NaN instead.
 
     Returns:
         ``distinct_experts``, ``max_usage`` (most inputs on one expert), and the fractions of inputs
@@ -64,13 +64,8 @@ def usage_report(ids: torch.Tensor, num_experts: int, max_pairs: int = 50_000_00
     per_fact = torch.bincount(fact, minlength=n)  # (N,) distinct experts of each input
     shared_slots = torch.bincount(fact, weights=shared.double(), minlength=n)  # (N,)
     sharing_all = float("nan")
-    if int((usage.double() ** 2).sum()) <= max_pairs:
-        # inputs f, g (f != g) and how many experts they share: sparse (N, E) incidence times its transpose
-        inc = torch.sparse_coo_tensor(torch.stack([fact, expert]), torch.ones(len(fact)), (n, num_experts))
-        overlap = torch.sparse.mm(inc, inc.t()).coalesce()  # (N, N), non-zero only where experts are shared
-        f, g = overlap.indices()
-        covered = (f != g) & (overlap.values().round().long() == per_fact[f])  # g holds all of f's experts
-        sharing_all = float(torch.zeros(n, dtype=torch.bool).index_fill_(0, f[covered], True).double().mean())
+    if int(usage[expert].sum()) <= max_pairs:
+        sharing_all = _sharing_all(fact.numpy(), expert.numpy(), usage.numpy(), n)
     return {
         "distinct_experts": int((usage > 0).sum()),
         "max_usage": int(usage.max()),
@@ -78,6 +73,20 @@ def usage_report(ids: torch.Tensor, num_experts: int, max_pairs: int = 50_000_00
         "sharing_all": sharing_all,
         "no_private": float((shared_slots == per_fact).double().mean()),
     }
+
+
+def _sharing_all(fact: np.ndarray, expert: np.ndarray, usage: np.ndarray, n: int) -> float:
+    """Fraction of inputs whose experts one other input also holds (``fact``, ``expert``: sorted pairs)."""
+    sets = np.split(expert, np.flatnonzero(np.diff(fact)) + 1)  # experts of input i (every input has some)
+    order = np.argsort(expert, kind="stable")
+    bounds = np.searchsorted(expert[order], np.arange(len(usage) + 1))  # users of e: order[b[e] : b[e+1]]
+    count = 0
+    for f, mine in enumerate(sets):
+        rarest = mine[np.argmin(usage[mine])]
+        members = set(mine.tolist())
+        others = fact[order[bounds[rarest] : bounds[rarest + 1]]]
+        count += any(g != f and members <= set(sets[g].tolist()) for g in others)
+    return count / n
 
 
 def _log_comb(n: int, r: int) -> float:
