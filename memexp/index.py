@@ -51,7 +51,7 @@ def keys_fingerprint(keys: torch.Tensor) -> str:
 
 _MASK64 = (1 << 64) - 1
 # elements per checksum block: cache-sized on CPU, few kernel launches on GPU
-_CHECKSUM_BLOCK = {"cpu": 1 << 18, "cuda": 1 << 24}
+_CHECKSUM_BLOCK = {"cpu": 1 << 16, "cuda": 1 << 24}
 
 
 def _odd_weights(start: int, n: int, device: torch.device) -> torch.Tensor:
