@@ -12,9 +12,9 @@ Phase 2 (from epoch ``phase1_epochs``): the facts' queries are whitened (``white
 is frozen, each fact gets experts of its own (``balance_keys``: their keys move onto its query), the fact
 gate is fitted when ``mome.gate > 0`` (:mod:`memexp.gate`), the configured index is built once over the
 frozen keys (its recall@k against exact search is logged), every training fact's expert ids and weights
-are cached, and only the selected expert rows train. A fact leaves training once
-its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
-validation finds not recalled exactly comes back.
+are cached, and only the selected expert rows train. A fact leaves training once its summed answer NLL
+falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that validation finds not recalled
+exactly comes back.
 
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
@@ -168,11 +168,11 @@ class MoMETuning(FactTuning):
         self._freeze_router()
         keys = mome.router.keys.weight
         if self.hparams.balance_keys and not mome.config.per_token:
-            queries = [
+            fact_queries = [
                 mome.route(b["input_ids"], b["attention_mask"], b["prompt_mask"]).queries
                 for b in self._fact_batches(examples)
             ]  # (B, heads, d_k) each, exact search on the keys before placement
-            place_keys(torch.cat(queries).reshape(-1, mome.config.key_dim), keys, mome.config.k)
+            place_keys(torch.cat(fact_queries).reshape(-1, mome.config.key_dim), keys, mome.config.k)
         mome.router.index.config = self.phase2_index
         mome.router.index.build(keys)
         n_ids = max(e.fact_id for e in examples) + 1
