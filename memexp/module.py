@@ -28,6 +28,7 @@ from decoding.run_folder import atomic_write_dir
 from memexp.checkpoint_io import use_checked_checkpoint_io
 from memexp.fact_eval import evaluate_batch
 from memexp.model_view import base_state_of, reference_of
+from memexp.compact_state import compact_optimizer_states, expand_optimizer_states
 
 Method = Literal["full", "lora"]
 Optimizer = Literal["adamw", "adafactor", "sgd"]
@@ -328,14 +329,17 @@ class FactTuning(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record what wrote the checkpoint; keep only trainable weights when the backbone is frozen (LoRA):
-        it is referenced, not copied."""
+        it is referenced, not copied. Optimizer moments drop their all-zero rows (lossless:
+        :mod:`memexp.compact_state`)."""
         checkpoint["memexp"] = self.checkpoint_identity()
+        compact_optimizer_states(checkpoint)
         if self.hparams.get("method") == "full":
             return
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expand_optimizer_states(checkpoint)  # before Lightning restores the optimizers from it
         trainer = self._trainer
         self.check_checkpoint(checkpoint, trainer.ckpt_path if trainer is not None else None)
 

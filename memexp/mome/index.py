@@ -16,9 +16,13 @@ and ``ivf`` indexes are moved to the GPU with ``index_cpu_to_gpu`` (temp memory 
 ``gpu_temp_memory``); saving always writes the CPU copy. Without GPU FAISS the search runs on CPU and the
 ids are moved back to the keys' device.
 
-A built index remembers a fingerprint (sha256) of the keys it was built from. :meth:`KeyIndex.search`
-notices in-place changes of the key tensor (its ``_version`` counter) and re-checks the fingerprint; a
-stale index is rebuilt (``on_stale="rebuild"``) or refused (``"error"``), never silently used.
+A built index remembers two fingerprints of the keys it was built from: a sha256 (saved with the index)
+and :func:`keys_checksum`, a 64-bit checksum of the keys' exact bits computed on their own device. Every
+:meth:`KeyIndex.search` given the live keys compares the checksum first, so *every* change of the key
+table is caught: in-place ops, optimizer steps, ``load_state_dict``, a new tensor, and also writes through
+``.data`` or a numpy view, which bypass the tensor's version counter. A stale index is rebuilt
+(``on_stale="rebuild"``) or refused (``"error"``), never silently used. The check reads the table once
+(measured: benchmarks/RESULTS.md, 'index integrity'); ``rebuild_every`` trades it for a bounded lag.
 """
 
 from __future__ import annotations
@@ -43,6 +47,44 @@ def keys_fingerprint(keys: torch.Tensor) -> str:
     h = hashlib.sha256(str(arr.shape).encode())
     h.update(arr.tobytes())
     return h.hexdigest()
+
+
+_MASK64 = (1 << 64) - 1
+# elements per checksum block: cache-sized on CPU, few kernel launches on GPU
+_CHECKSUM_BLOCK = {"cpu": 1 << 16, "cuda": 1 << 24}
+
+
+def _odd_weights(start: int, n: int, device: torch.device) -> torch.Tensor:
+    """``(n,)`` int64 odd pseudo-random weights for positions ``start .. start+n-1`` (wrapping arithmetic)."""
+    i = torch.arange(start, start + n, dtype=torch.int64, device=device)
+    w = i * 6364136223846793005 + 1442695040888963407  # an LCG step; int64 products wrap
+    return (w ^ (w >> 29)) | 1
+
+
+def keys_checksum(keys: torch.Tensor) -> tuple[tuple[int, ...], str, int]:
+    """Shape, dtype and a 64-bit checksum of the exact bits of ``keys``, computed on their device.
+
+    ``sum_i a_i * sum_j b_j * bits_ij`` with odd weights ``a`` (int64, per row) and ``b`` (int32, per
+    column), in wrapping integer arithmetic. A change of any single element always changes it (an odd
+    weight times a non-zero difference is non-zero modulo a power of two); several changes collide only by
+    chance (about 2^-60). One read of the table, no copy to the CPU.
+
+    Args:
+        keys: ``(E, d)`` of any float dtype.
+    """
+    x = keys.detach()
+    x = x if x.is_contiguous() else x.contiguous()
+    x = x.reshape(x.shape[0], -1) if x.dim() != 2 else x
+    size = x.element_size()
+    bits = x.view(torch.int32) if size >= 4 else x.view(torch.int16 if size == 2 else torch.int8)  # (E, c)
+    cols = ((_odd_weights(0, bits.shape[1], x.device) & 0x7FFFFFFF) | 1).to(torch.int32)  # (c,)
+    total = torch.zeros((), dtype=torch.int64, device=x.device)
+    step = max(1, _CHECKSUM_BLOCK.get(x.device.type, 1 << 20) // max(1, bits.shape[1]))  # rows per block
+    for start in range(0, bits.shape[0], step):
+        block = bits[start : start + step].to(torch.int32)  # (b, c); products wrap mod 2^32
+        rows = (block * cols).sum(1, dtype=torch.int64)  # (b,) exact sums of int32 values
+        total += (rows * _odd_weights(start, rows.shape[0], x.device)).sum()  # wraps mod 2^64
+    return tuple(keys.shape), str(keys.dtype), int(total) & _MASK64
 
 
 @torch.no_grad()
@@ -151,7 +193,7 @@ class KeyIndex:
         self.dim: int | None = None
         self.size: int | None = None
         self._keys: torch.Tensor | None = None  # the live tensor searched by ``exact``
-        self._version: int | None = None
+        self._checksum: tuple | None = None  # keys_checksum of the keys it was built from
         self._faiss_index = None
         self._gpu_res = None
         self._searches = 0
@@ -163,7 +205,7 @@ class KeyIndex:
         if keys.dim() != 2:
             raise ValueError(f"keys must be (num_experts, key_dim), got shape {tuple(keys.shape)}")
         self._keys = keys
-        self._version = keys._version
+        self._checksum = keys_checksum(keys)
         self._searches = 0
         self.size, self.dim = keys.shape
         self.fingerprint = keys_fingerprint(keys)
@@ -202,17 +244,24 @@ class KeyIndex:
 
     # ----------------------------------------------------------------------------- staleness
     def is_stale(self, keys: torch.Tensor) -> bool:
-        """True when ``keys`` differ from those the index was built from."""
+        """True when ``keys`` differ in any bit from those the index was built from.
+
+        Compares :func:`keys_checksum` (one pass over the table on its device), not the tensor's version
+        counter, which writes through ``.data`` or numpy views do not bump.
+        """
         if self.fingerprint is None:
             return True
-        if keys is self._keys and keys._version == self._version:
-            return False
         if tuple(keys.shape) != (self.size, self.dim):
             return True
-        stale = keys_fingerprint(keys) != self.fingerprint
-        if not stale:  # same content: remember the new version so the next check is free
-            self._keys, self._version = keys, keys._version
-        return stale
+        checksum = keys_checksum(keys)
+        if self._checksum is None:  # loaded from a file: only the sha256 is known
+            if keys_fingerprint(keys) != self.fingerprint:
+                return True
+            self._checksum = checksum
+        if checksum != self._checksum:
+            return True
+        self._keys = keys  # same content: exact search may read this tensor
+        return False
 
     def ensure_fresh(self, keys: torch.Tensor) -> None:
         """Rebuild or refuse (per ``on_stale``) when the index does not match ``keys``.
@@ -350,6 +399,6 @@ class KeyIndex:
                     f"d={meta['dim']}, n={meta['size']}: rebuild it"
                 )
             index._faiss_index = index._maybe_to_gpu(raw, keys.device)
-        index._keys, index._version = keys, None
+        index._keys, index._checksum = keys, None
         index.ensure_fresh(keys)
         return index

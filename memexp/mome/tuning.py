@@ -9,11 +9,12 @@ candidate search is exact on the live keys; the query-decorrelation loss (``aux_
 batch-norm push distinct facts toward distinct experts.
 
 Phase 2 (from epoch ``phase1_epochs``): the facts' queries are whitened (``whiten_queries``), the router
-is frozen, the fact gate is fitted when ``mome.gate > 0`` (:mod:`memexp.mome.gate`), the configured index is
-built once over the frozen keys (its recall@k against exact search is logged), every training fact's
-expert ids and weights are cached, and only the selected expert rows train. A fact leaves training once
-its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
-validation finds not recalled exactly comes back.
+is frozen, with ``balance_keys`` each fact gets experts of its own (their keys move onto its query), the fact
+gate is fitted when ``mome.gate > 0`` (:mod:`memexp.mome.gate`), the configured index is built once over the
+frozen keys (its recall@k against exact search is logged), every training fact's expert ids and weights
+are cached, and only the selected expert rows train. A fact leaves training once its summed answer NLL
+falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that validation finds not recalled
+exactly comes back.
 
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
@@ -42,6 +43,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
+from memexp.compact_state import compact_optimizer_states
 from memexp.data import IGNORE_INDEX, collate_examples
 from memexp.fact_eval import summed_answer_nll
 from memexp.module import FactTuning, check_number, parse_eval_heads
@@ -53,6 +55,7 @@ from memexp.mome.model import MoMEModel
 from memexp.mome.question import common_question_end
 from memexp.mome.router import collision_stats
 from memexp.mome.usage_plot import ExpertUsagePlot
+from memexp.mome.expert_balance import place_keys, random_assignment, usage_report
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 
@@ -74,6 +77,11 @@ class MoMETuning(FactTuning):
         whiten_queries: at phase-2 start, fold a whitening of the facts' queries into the frozen query
             projection so distinct facts select distinct experts (:meth:`Router.whiten
             <memexp.mome.router.Router.whiten>`).
+        balance_keys: at phase-2 start, give each fact (and head) its own experts and move their keys
+            onto its query (:func:`memexp.mome.expert_balance.place_keys`; per-question routing only): no
+            two facts share an expert while the bank has ``heads * k`` experts per fact, and at most
+            ``ceil(facts * heads * k / E)`` share one otherwise. Off by default until its effect on
+            the time to 0% is measured (docs/memexp.md).
         dtype: backbone dtype.
         seed: base seed.
         eval_heads: extra decoding heads whose hallucination rate is logged as
@@ -95,6 +103,7 @@ class MoMETuning(FactTuning):
         stop_nll: float = math.log(2),
         recall_queries: int = 256,
         whiten_queries: bool = True,
+        balance_keys: bool = False,
         dtype: str | None = None,
         seed: int = 0,
         eval_heads: list[str] | None = None,
@@ -202,6 +211,9 @@ class MoMETuning(FactTuning):
         router.calibrate_norm(features)
         self._freeze_router()
         keys = router.keys.weight
+        if self.hparams.balance_keys and not mome.config.per_token:
+            fact_queries = torch.cat([router.make_queries(f) for f in features])  # (N, heads, d_k)
+            place_keys(fact_queries.reshape(-1, mome.config.key_dim), keys, mome.config.k)
         router.index.config = self.phase2_index
         router.index.build(keys)
         routed = [router.route_features(f) for f in features]  # frozen: what route() gives each fact
@@ -217,9 +229,12 @@ class MoMETuning(FactTuning):
             router.gate.fit(queries, mome.config.gate)
         self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)
         stats = collision_stats(ids[fact_ids], mome.config.num_experts)
+        chance = random_assignment(len(fact_ids), ids.shape[1], mome.config.num_experts)
         metrics = {
             "mome/collision_rate": stats["collision_rate"],
             "mome/distinct_experts": stats["distinct_experts"],
+            "mome/distinct_experts_random": chance["distinct_experts"],
+            "mome/sharing_all": usage_report(ids[fact_ids], mome.config.num_experts)["sharing_all"],
             "mome/max_usage": stats["max_usage"],
         }
         q = queries.reshape(-1, mome.config.key_dim)[: self.hparams.recall_queries]
@@ -324,8 +339,9 @@ class MoMETuning(FactTuning):
     # ---- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record what wrote the checkpoint; keep the MoME weights, buffers and cache (the backbone is
-        referenced, not copied)."""
+        referenced, not copied); SparseAdam moments keep only the rows of experts ever selected."""
         checkpoint["memexp"] = self.checkpoint_identity()
+        compact_optimizer_states(checkpoint)
         keep = ("model.router.", "cached_ids", "cached_weights", "memorised")
         checkpoint["state_dict"] = {
             k: v

@@ -93,11 +93,10 @@ def test_two_phase_training(tiny_llama_dir, tmp_path):
         if not name.endswith((".A.weight", ".B.weight")):
             assert torch.equal(p, fresh[name.replace(".base.", ".")]), name
     # phase 1 moved the router; phase 2 (epochs 2, 3) did not train it (the query projection only
-    # took the whitening folded in at phase-2 start; the keys did not move at all)
+    # took the whitening folded in at phase-2 start, the keys only the placement of balance_keys)
     after1, after2, after3 = snaps.epochs
     assert not torch.equal(initial["query.weight"], after1["router.query.weight"])
     assert not torch.equal(initial["keys.weight"], after1["router.keys.weight"])
-    assert torch.equal(after1["router.keys.weight"], after3["router.keys.weight"])
     for name in ("router.query.weight", "router.query.bias", "router.keys.weight"):
         assert torch.equal(after2[name], after3[name]), name
     # phase 2 changed only the cached experts' rows
