@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from memexp.data import FactsDataModule
-from memexp.mome.expert_balance import random_assignment, simulate_random_assignment, usage_report
 from memexp.mome import MoMEConfig
+from memexp.mome.expert_balance import random_assignment, simulate_random_assignment, usage_report
 from memexp.mome.tuning import MoMETuning
 
 COLUMNS = ("distinct_experts", "sharing_any", "sharing_all", "no_private", "max_usage")

@@ -26,9 +26,9 @@ from decoding.errors import UserError, one_line
 from decoding.head_spec import parse_head_spec
 from decoding.run_folder import atomic_write_dir
 from memexp.checkpoint_io import use_checked_checkpoint_io
+from memexp.compact_state import compact_optimizer_states, expand_optimizer_states
 from memexp.fact_eval import evaluate_batch
 from memexp.model_view import base_state_of, reference_of
-from memexp.compact_state import compact_optimizer_states, expand_optimizer_states
 
 Method = Literal["full", "lora"]
 Optimizer = Literal["adamw", "adafactor", "sgd"]

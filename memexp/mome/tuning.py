@@ -50,12 +50,12 @@ from memexp.module import FactTuning, check_number, parse_eval_heads
 from memexp.mome.checkpoint import save_mome
 from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
+from memexp.mome.expert_balance import place_keys, random_assignment, usage_report
 from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
 from memexp.mome.model import MoMEModel
 from memexp.mome.question import common_question_end
 from memexp.mome.router import collision_stats
 from memexp.mome.usage_plot import ExpertUsagePlot
-from memexp.mome.expert_balance import place_keys, random_assignment, usage_report
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from memexp.mome import MoMEConfig
 from memexp.mome.expert_balance import place_keys, random_assignment, simulate_random_assignment, usage_report
 from memexp.mome.index import exact_topk
-from memexp.mome import MoMEConfig
 
 
 def test_usage_report_by_hand():

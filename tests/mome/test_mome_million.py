@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from decoding.models import load_causal_lm
-from memexp.mome.index import IndexConfig, KeyIndex, exact_topk, faiss_has_gpu, recall_at_k
 from memexp.mome import MoMEConfig, MoMEModel
+from memexp.mome.index import IndexConfig, KeyIndex, exact_topk, faiss_has_gpu, recall_at_k
 
 MILLION = 1_000_000
 
