@@ -18,9 +18,11 @@ hashes the weights of the embedding and the blocks below the cut, the model's co
 token ids (which depend on the facts, the tokenizer and the prompt template), so a stale cache is never
 reused (:meth:`LayerCache.load` returns None on a mismatch).
 
-Only Llama-family HF models (``model.model.{embed_tokens, layers, norm, rotary_emb}`` + ``lm_head``) are
-supported: their decoder layers take ``(hidden, attention_mask, position_embeddings, position_ids)``,
-which :func:`run_layers` reproduces from ``transformers``' own mask and rotary code.
+Only HF Llama models (``model_type`` ``llama``, e.g. SmolLM2: ``model.model.{embed_tokens, layers, norm,
+rotary_emb}`` + ``lm_head``) are supported: their decoder layers take ``(hidden, attention_mask,
+position_embeddings, position_ids)``, which :func:`run_layers` reproduces from ``transformers``' own mask
+and rotary code. Look-alikes are refused rather than guessed at (Gemma scales its embeddings, Qwen2 and
+Mistral may use sliding-window masks).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from torch import nn
 
 from decoding.errors import UserError
 from decoding.run_folder import atomic_file
+
+SUPPORTED = ("llama",)  # model_type values whose forward run_layers reproduces (checked by the tests)
 
 
 @dataclass
@@ -58,10 +62,15 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
     """
     base = getattr(model, "model", None)
     names = ("embed_tokens", "layers", "norm", "rotary_emb")
-    if base is None or not all(hasattr(base, n) for n in names) or not hasattr(model, "lm_head"):
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if (
+        model_type not in SUPPORTED
+        or not all(hasattr(base, n) for n in names)
+        or not hasattr(model, "lm_head")
+    ):
         raise UserError(
-            f"the frozen-layer cache supports Llama-family models (model.model.layers, .norm, .rotary_emb "
-            f"and lm_head); {type(model).__name__} is not one: set cache_frozen_layers false"
+            f"the frozen-layer cache supports Llama-family models ({', '.join(SUPPORTED)}); "
+            f"{type(model).__name__} (model_type {model_type!r}) is not one: set cache_frozen_layers false"
         )
     return DecoderParts(
         base.embed_tokens, base.layers, base.norm, base.rotary_emb, model.lm_head, base.config

@@ -15,6 +15,10 @@ expert ids and weights are cached, and only the selected expert rows train. A fa
 its summed answer NLL falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that
 validation finds not recalled exactly comes back.
 
+With ``cache_frozen_layers`` the blocks below the lowest expert site run once per fact
+(:mod:`memexp.layer_cache`) and every training step runs only the blocks above; the LM head always runs
+at answer positions only (:mod:`memexp.answer_logits`).
+
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
 and the cache; at the end of ``fit`` the experts are also written as a MoME folder
@@ -98,7 +102,7 @@ class MoMETuning(FactTuning):
         stop_nll: float = math.log(2),
         recall_queries: int = 256,
         whiten_queries: bool = True,
-        cache_frozen_layers: bool = False,
+        cache_frozen_layers: bool = True,
         layer_cache_dir: str | None = None,
         dtype: str | None = None,
         seed: int = 0,
@@ -163,6 +167,7 @@ class MoMETuning(FactTuning):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self.layer_cache = None  # built for this fit's facts on first use (another fit may bring others)
         ddp = self.trainer.strategy.model
         if self.model.config.sparse and isinstance(ddp, DistributedDataParallel):
             register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.mome.ddp_sparse

@@ -1,4 +1,4 @@
-"""Frozen-layer cache == the full forward: same logits, same losses, same trained weights; stale caches refused."""
+"""Frozen-layer cache == the full forward: same logits, losses and trained weights; stale caches refused."""
 
 from __future__ import annotations
 
