@@ -44,6 +44,10 @@ def full_summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (token * (targets != IGNORE_INDEX)).sum(1)
 
 
+def upper_logits(parts, upper: torch.Tensor) -> torch.Tensor:
+    return head_at(parts, upper, torch.ones(upper.shape[:2], dtype=torch.bool))
+
+
 def test_upper_layers_from_the_cache_reproduce_the_full_forward():
     model = load_causal_lm(LLAMA4).eval()
     data = facts_data()
@@ -58,6 +62,10 @@ def test_upper_layers_from_the_cache_reproduce_the_full_forward():
             upper = run_layers(parts, hidden, attn, 2, 4)
             real = attn.bool()
             torch.testing.assert_close(head_at(parts, upper, real), full[real], atol=1e-5, rtol=1e-5)
+            n = int(attn[0].sum())  # one fact alone: no padding (HF may skip the mask: is_causal)
+            alone = model(input_ids=batch["input_ids"][:1, :n]).logits[0]  # (n, V)
+            upper = run_layers(parts, cache.lookup(batch["fact_ids"][:1], n), attn[:1, :n], 2, 4)
+            torch.testing.assert_close(upper_logits(parts, upper), alone, atol=1e-5, rtol=1e-5)
 
 
 def test_answer_positions_only_give_the_full_loss():
