@@ -52,11 +52,6 @@ def answer_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return token * mask, mask
 
 
-def summed_answer_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Summed answer NLL per example (nats; differentiable), ``(B,)``: MoME's training loss per fact."""
-    return answer_token_nll(logits, labels)[0].sum(1)
-
-
 @torch.no_grad()
 def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
     """Per-fact fields from one teacher-forced pass.

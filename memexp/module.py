@@ -25,6 +25,7 @@ from torch import nn
 from decoding.errors import UserError, one_line
 from decoding.head_spec import parse_head_spec
 from decoding.run_folder import atomic_write_dir
+from memexp.answer_logits import answer_positions, answer_token_nll
 from memexp.checkpoint_io import use_checked_checkpoint_io
 from memexp.compact_state import compact_optimizer_states, expand_optimizer_states
 from memexp.fact_eval import evaluate_batch
@@ -201,11 +202,13 @@ class FactTuning(L.LightningModule):
         torch.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) % 2**31)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        )
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return out.loss
+        keep = answer_positions(batch["labels"])  # (B, T): the LM head runs at answer positions only
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+        ).logits  # (N, V)
+        loss = answer_token_nll(logits, batch["labels"], keep).mean()  # == HF's causal-LM loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """The optimiser named by ``optimizer`` over ``params``."""

@@ -96,6 +96,7 @@ class MoMEModel(nn.Module):
         layers = find_decoder_layers(backbone)
         site_layers = {name: layer_of(backbone, layers, name) for name in self.sites}
         first = min(site_layers.values())
+        self.first_site_layer = first  # the lowest block with experts: everything below stays frozen
         self.query_layer = first if config.query_layer < 0 else config.query_layer
         if not 0 <= self.query_layer < len(layers):
             raise UserError(

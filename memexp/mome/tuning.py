@@ -16,6 +16,10 @@ are cached, and only the selected expert rows train. A fact leaves training once
 falls below ``stop_nll`` (ln 2 guarantees greedy exact match); a fact that validation finds not recalled
 exactly comes back.
 
+With ``cache_frozen_layers`` the blocks below the lowest expert site run once per fact
+(:mod:`memexp.layer_cache`) and every training step runs only the blocks above; the LM head always runs
+at answer positions only (:mod:`memexp.answer_logits`).
+
 Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
 they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
 and the cache; at the end of ``fit`` the experts are also written as a MoME folder
@@ -43,18 +47,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from decoding.errors import UserError
+from memexp.answer_logits import answer_positions, summed_answer_nll
 from memexp.compact_state import compact_optimizer_states
-from memexp.data import IGNORE_INDEX, collate_examples
-from memexp.fact_eval import summed_answer_nll
+from memexp.data import collate_examples
+from memexp.layer_cache import LayerCache, cache_fingerprint, decoder_parts, head_at, run_layers
 from memexp.module import FactTuning, check_number, parse_eval_heads
 from memexp.mome.checkpoint import save_mome
 from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
 from memexp.mome.expert_balance import place_keys, random_assignment, usage_report
 from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
-from memexp.mome.model import MoMEModel
+from memexp.mome.model import MoMEModel, RoutingPlan
 from memexp.mome.question import common_question_end
-from memexp.mome.router import collision_stats
+from memexp.mome.router import collision_stats, masked_mean
 from memexp.mome.usage_plot import ExpertUsagePlot
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
@@ -82,6 +87,11 @@ class MoMETuning(FactTuning):
             two facts share an expert while the bank has ``heads * k`` experts per fact, and at most
             ``ceil(facts * heads * k / E)`` share one otherwise. Off by default until its effect on
             the time to 0% is measured (docs/memexp.md).
+        cache_frozen_layers: compute the blocks below the lowest expert site once per fact and train
+            only the blocks above (:mod:`memexp.layer_cache`); the router's pooled query features come
+            from the cache too when ``mome.query_layer`` lies below that block. Llama-family backbones.
+        layer_cache_dir: also keep that cache on disk here, one file per fingerprint (backbone prefix +
+            tokenised facts), reused by later runs; memory only when None.
         dtype: backbone dtype.
         seed: base seed.
         eval_heads: extra decoding heads whose hallucination rate is logged as
@@ -104,6 +114,8 @@ class MoMETuning(FactTuning):
         recall_queries: int = 256,
         whiten_queries: bool = True,
         balance_keys: bool = False,
+        cache_frozen_layers: bool = True,
+        layer_cache_dir: str | None = None,
         dtype: str | None = None,
         seed: int = 0,
         eval_heads: list[str] | None = None,
@@ -136,6 +148,9 @@ class MoMETuning(FactTuning):
         self.register_buffer("cached_ids", torch.zeros(0, config.k * config.heads, dtype=torch.long))
         self.register_buffer("cached_weights", torch.zeros(0, config.k * config.heads))
         self.register_buffer("memorised", torch.zeros(0, dtype=torch.bool))
+        self.layer_cache: LayerCache | None = None
+        if cache_frozen_layers:
+            decoder_parts(self.model.backbone)  # refuse other architectures now, not at the first step
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -167,6 +182,7 @@ class MoMETuning(FactTuning):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self.layer_cache = None  # built for this fit's facts on first use (another fit may bring others)
         ddp = self.trainer.strategy.model
         if self.model.config.sparse and isinstance(ddp, DistributedDataParallel):
             register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.mome.ddp_sparse
@@ -273,14 +289,19 @@ class MoMETuning(FactTuning):
             extra = {"expert_ids": self.cached_ids[fact_ids], "expert_weights": self.cached_weights[fact_ids]}
         else:
             weight = 1.0
-        out = self.model(
-            batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            question_mask=batch["prompt_mask"],
-            **extra,
-        )
-        nll = summed_answer_nll(out.logits, batch["labels"])  # (B,)
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().clamp_min(1)
+        keep = answer_positions(batch["labels"])  # (B, T): the LM head runs at answer positions only
+        if self.hparams.cache_frozen_layers:
+            logits = self._cached_forward(batch, extra, keep)
+        else:
+            logits = self.model(
+                batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                question_mask=batch["prompt_mask"],
+                logits_to_keep=keep,
+                **extra,
+            ).logits  # (N, V)
+        nll = summed_answer_nll(logits, batch["labels"], keep)  # (B,)
+        tokens = keep.sum().clamp_min(1)
         loss = weight * nll.sum() / tokens
         if not self.in_phase2 and self.model.last_routing is not None:
             loss = loss + self.model.last_routing.aux_loss
@@ -307,6 +328,59 @@ class MoMETuning(FactTuning):
             self.log("train/active_facts", float((~self.memorised).sum()), batch_size=1)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    def _cached_forward(
+        self, batch: dict[str, torch.Tensor], extra: dict[str, torch.Tensor], keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Answer logits ``(N, V)`` from the cached frozen blocks: only the blocks with experts run."""
+        mome, cache = self.model, self._frozen_cache()
+        parts = decoder_parts(mome.backbone)
+        hidden = cache.lookup(batch["fact_ids"], batch["input_ids"].shape[1])  # (B, T, H)
+        fixed = None
+        if extra:  # phase 2: the cached selection
+            fixed = (extra["expert_ids"], extra["expert_weights"])
+        elif cache.features is not None:  # phase 1, query layer below the cut: route the cached features
+            routing = mome.router.route_features(cache.pooled(batch["fact_ids"]))
+            mome.last_routing = routing
+            fixed = (routing.ids, routing.weights)
+        if fixed is not None:
+            plan = RoutingPlan(fixed=fixed)
+            mome.routing.ids, mome.routing.weights = fixed  # the query layer's hook may not run
+        else:  # the query layer is the cut: its hook routes the cached hidden states
+            plan = mome.plan(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+        with mome._planned(plan):
+            upper = run_layers(parts, hidden, batch["attention_mask"], cache.cut, len(parts.layers))
+        return head_at(parts, upper, keep)
+
+    def _frozen_cache(self) -> LayerCache:
+        """The layer cache of the training facts: built on first use, or read from ``layer_cache_dir``."""
+        if self.layer_cache is not None:
+            return self.layer_cache
+        mome = self.model
+        cut = mome.query_layer if mome.config.per_token else mome.first_site_layer
+        pool_layer = mome.query_layer if mome.query_layer < cut else None
+        examples = self.trainer.datamodule.train_examples
+        fingerprint = cache_fingerprint(
+            mome.backbone, cut, [(e.fact_id, e.prompt_ids + e.answer_ids) for e in examples]
+        )
+        path = None
+        if self.hparams.layer_cache_dir:
+            path = Path(self.hparams.layer_cache_dir) / f"layer_cache-{fingerprint}.pt"
+            self.layer_cache = LayerCache.load(path, fingerprint, device=self.device)
+        if self.layer_cache is None:
+            with mome.experts_off():
+                self.layer_cache = LayerCache.build(
+                    mome.backbone,
+                    self._fact_batches(examples),
+                    cut,
+                    pool_layer,
+                    pool=lambda hidden, batch: masked_mean(hidden, batch["prompt_mask"]),
+                    fingerprint=fingerprint,
+                )
+            if path is not None and self.global_rank == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.layer_cache.save(path)
+        return self.layer_cache
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
