@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from memexp.data import FactsDataModule
-from memexp.module import FactTuning
+from memexp.fact_tuning import FactTuning
 from memexp.mome import MoMEConfig
 from memexp.mome.index import IndexConfig
 from memexp.mome.tuning import MoMETuning

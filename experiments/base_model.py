@@ -46,7 +46,7 @@ def pretrain_base(
     if (out_dir / "config.json").exists():
         return str(out_dir)
     from experiments.cell import GivenFactsDataModule
-    from memexp.module import FactTuning
+    from memexp.fact_tuning import FactTuning
 
     L.seed_everything(seed, verbose=False)
     module = FactTuning(backbone=cfg.backbone, method="full", lr=cfg.pretrain_lr, seed=seed)

@@ -1,6 +1,6 @@
 """Memorisation methods by name: one registry that the studies build their Lightning modules from.
 
-``full`` and ``lora`` are :class:`memexp.module.FactTuning`; ``mome`` is the memory-expert module
+``full`` and ``lora`` are :class:`memexp.fact_tuning.FactTuning`; ``mome`` is the memory-expert module
 (``memexp.mome.MoMETuning``), imported only when asked for.
 A new method is one :func:`register_method` call::
 
@@ -98,7 +98,7 @@ def build_method(
 
 def _fact_tuning(method: str) -> Builder:
     def build(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModule:
-        from memexp.module import FactTuning
+        from memexp.fact_tuning import FactTuning
 
         return FactTuning(backbone=backbone, method=method, seed=seed, **options)
 
@@ -116,7 +116,7 @@ def _mome(backbone: str, seed: int, options: dict[str, Any]) -> L.LightningModul
 
 
 def _fact_tuning_class():
-    from memexp.module import FactTuning
+    from memexp.fact_tuning import FactTuning
 
     return FactTuning
 

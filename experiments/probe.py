@@ -1,7 +1,7 @@
 """Per-fact memorisation records of a cell during training, for every method and decoding head.
 
 :class:`MemorisationProbe` is the Lightning callback that records the learner's own evaluation
-(:class:`memexp.module.FactTuning`'s validation, i.e. :func:`memexp.fact_eval.evaluate_batch`: per-fact
+(:class:`memexp.fact_tuning.FactTuning`'s validation, i.e. :func:`memexp.fact_eval.evaluate_batch`: per-fact
 columns, greedy plus the module's ``eval_heads``) before training and every ``eval_every`` epochs, records
 the mean training loss of each epoch, stops once every fact is recalled, and keeps its records in the
 checkpoint so that a resumed run ends with the same tables. Facts are scored once per evaluation: at an
@@ -41,7 +41,7 @@ def summarise(cols: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
 class MemorisationProbe(L.Callback):
     """Record every fact before training and every ``eval_every`` epochs; stop once all are recalled.
 
-    The module is a :class:`memexp.module.FactTuning` (or subclass): its ``fact_records`` /
+    The module is a :class:`memexp.fact_tuning.FactTuning` (or subclass): its ``fact_records`` /
     ``heldout_records`` after validation, and ``model``, ``eval_heads``, ``reference`` for the
     evaluations the probe runs itself over the datamodule's validation loaders (training facts, held-out).
 

@@ -1,6 +1,6 @@
 """Reading Lightning checkpoints safely: a local, complete torch file, loaded as tensors only.
 
-:class:`FactTuning <memexp.module.FactTuning>` installs :class:`CheckedCheckpointIO` in its ``setup``, so
+:class:`FactTuning <memexp.fact_tuning.FactTuning>` installs :class:`CheckedCheckpointIO` in its ``setup``, so
 the file is checked before anything is restored, and a bad file ends with one line naming it::
 
     checkpoint runs/x/checkpoints/last.ckpt is empty (0 bytes) ...

@@ -18,8 +18,8 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HELP = """\
 usage: memexp [-h] [-c CONFIG] {fit,validate,test,predict} ...
 
-Memorise facts exactly with a frozen HF backbone (full fine-tuning, LoRA, memory experts): a
-LightningCLI over memexp.module.FactTuning / memexp.mome.tuning.MoMETuning and memexp.data.FactsDataModule.
+Memorise facts exactly with a frozen HF backbone (full fine-tuning, LoRA, memory experts): a LightningCLI
+over memexp.fact_tuning.FactTuning / memexp.mome.tuning.MoMETuning and memexp.data.FactsDataModule.
 
 subcommands (memexp <subcommand> --help lists every option):
   fit        train into a run folder (--trainer.default_root_dir): checkpoints/last.ckpt after every

@@ -1,6 +1,6 @@
 """The one fact-evaluation path: per-fact answer NLL and exact recall per decoding head; ``fact_evals.csv``.
 
-Every learner evaluates here (:class:`memexp.module.FactTuning`'s validation, hence
+Every learner evaluates here (:class:`memexp.fact_tuning.FactTuning`'s validation, hence
 :class:`memexp.mome.tuning.MoMETuning`'s, and the experiments' probe)::
 
     cols = evaluate_batch(model, batch, heads={"sled": SLED()}, reference=reference_of(model))

@@ -30,6 +30,7 @@ from decoding.run_folder import RunState, record_run_config
 from memexp.checkpoint_io import read_checkpoint
 from memexp.checkpointing import RunCheckpoint, last_checkpoint
 from memexp.data import FactsDataModule
+from memexp.fact_tuning import FactTuning
 from memexp.fit_folder import (
     CHECKPOINT_DIR,
     CKPT_LAST_FLAG,
@@ -38,7 +39,6 @@ from memexp.fit_folder import (
     open_fit_folder,
     run_settings,
 )
-from memexp.module import FactTuning
 from memexp.results import ResultsWriter
 
 RUN_CHECKPOINT = f"{RunCheckpoint.__module__}.{RunCheckpoint.__name__}"

@@ -20,8 +20,8 @@ With ``cache_frozen_layers`` the blocks below the lowest expert site run once pe
 (:mod:`memexp.layer_cache`) and every training step runs only the blocks above; the LM head always runs
 at answer positions only (:mod:`memexp.answer_logits`).
 
-Evaluation, per-fact records and held-out metrics are the foundation's (:class:`memexp.module.FactTuning`);
-they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
+Evaluation, per-fact records and held-out metrics are the foundation's
+(:class:`memexp.fact_tuning.FactTuning`); they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
 and the cache; at the end of ``fit`` the experts are also written as a MoME folder
 (:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
@@ -50,8 +50,8 @@ from decoding.errors import UserError
 from memexp.answer_logits import answer_positions, summed_answer_nll
 from memexp.compact_state import compact_optimizer_states
 from memexp.data import collate_examples
+from memexp.fact_tuning import FactTuning, check_number, parse_eval_heads
 from memexp.layer_cache import LayerCache, cache_fingerprint, decoder_parts, head_at, run_layers
-from memexp.module import FactTuning, check_number, parse_eval_heads
 from memexp.mome.checkpoint import save_mome
 from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
@@ -95,7 +95,7 @@ class MoMETuning(FactTuning):
         dtype: backbone dtype.
         seed: base seed.
         eval_heads: extra decoding heads whose hallucination rate is logged as
-            ``val/hallucination_rate/<spec>`` (as :class:`~memexp.module.FactTuning`); DeRa's reference
+            ``val/hallucination_rate/<spec>`` (as :class:`~memexp.fact_tuning.FactTuning`); DeRa's reference
             is the backbone with the experts off.
     """
 

@@ -7,7 +7,7 @@ import pytest
 from memexp_helpers import QUICK_MODEL
 
 from memexp.data import FactsDataModule
-from memexp.module import FactTuning
+from memexp.fact_tuning import FactTuning
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from memexp_helpers import QUICK_MODEL
 from decoding.head_spec import parse_head_spec
 from memexp.data import collate_examples, tokenize_fact
 from memexp.fact_eval import evaluate_facts, fact_columns
+from memexp.fact_tuning import FactTuning
 from memexp.facts import random_facts
 from memexp.model_view import reference_of
-from memexp.module import FactTuning
 
 
 def loop_oracle(logits, labels):

@@ -20,8 +20,8 @@ from memexp_helpers import quick_trainer
 from decoding.layers import layer_logits_at, model_info
 from memexp.data import IGNORE_INDEX, FactsDataModule, collate_examples
 from memexp.fact_eval import FACT_COLUMNS, answer_positions, evaluate_facts, fact_eval_rows, write_fact_evals
+from memexp.fact_tuning import FactTuning, parse_eval_heads
 from memexp.model_view import head_model
-from memexp.module import FactTuning, parse_eval_heads
 
 HEADS = ["greedy", "sled", "dola:dola_layers=low", "dera:lam=0.5", "dera:lam=2,head=sled"]
 N_FACTS = 12

@@ -9,7 +9,7 @@ from memexp_helpers import QUICK_MODEL, quick_trainer
 
 from decoding.models import load_causal_lm
 from memexp.fact_eval import fact_columns
-from memexp.module import FactTuning
+from memexp.fact_tuning import FactTuning
 
 
 def test_full_finetuning_reaches_zero_hallucination(small_facts, tmp_path):

@@ -234,8 +234,8 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_the_module_seed_is_the_data_seed(tmp_path):
     """One seed per run (different module and data seeds made Lightning refuse to log hyperparameters)."""
     from memexp.data import FactsDataModule
+    from memexp.fact_tuning import FactTuning
     from memexp.lightning_cli import MemexpCLI
-    from memexp.module import FactTuning
 
     args = ["--config", DEMO, "--model.init_args.seed=3", f"--trainer.default_root_dir={tmp_path}"]
     cli = MemexpCLI(FactTuning, FactsDataModule, subclass_mode_model=True, subclass_mode_data=True,

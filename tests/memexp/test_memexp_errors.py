@@ -50,7 +50,7 @@ def write_checkpoints(folder: Path) -> None:
     torch.save({"state_dict": {}, "epoch": 3}, folder / "foreign.ckpt")
     lightning = {"state_dict": {}, "epoch": 3, "global_step": 9, "pytorch-lightning_version": "2.6.0"}
     torch.save(lightning, folder / "no_record.ckpt")
-    identity = {"module": "memexp.module.FactTuning", "backbone": "tiny:gpt2", "method": "full"}
+    identity = {"module": "memexp.fact_tuning.FactTuning", "backbone": "tiny:gpt2", "method": "full"}
     torch.save({**lightning, "memexp": identity}, folder / "other_run.ckpt")
     torch.save({"state_dict": {}, "obj": Path("x")}, folder / "pickled.ckpt")  # needs unpickling
     data = (folder / "other_run.ckpt").read_bytes()
@@ -58,7 +58,7 @@ def write_checkpoints(folder: Path) -> None:
 
 
 CASES = [  # id, config, extra arguments ({d}: folder with the fact files and checkpoints), expected words
-    # --- the model (memexp.module.FactTuning)
+    # --- the model (memexp.fact_tuning.FactTuning)
     ("lora_r 0", DEMO, [*LORA, "--model.init_args.lora_r=0"], ["lora_r=0", ">= 1"]),
     ("lora_alpha < 0", DEMO, [*LORA, "--model.init_args.lora_alpha=-1"], ["lora_alpha=-1.0", "> 0"]),
     ("lora_dropout 1.5", DEMO, [*LORA, "--model.init_args.lora_dropout=1.5"], ["lora_dropout=1.5", "[0, 1)"]),

@@ -37,7 +37,7 @@ def half_trained(tmp_path_factory):
     import lightning as L
 
     from memexp.data import FactsDataModule
-    from memexp.module import FactTuning
+    from memexp.fact_tuning import FactTuning
 
     L.seed_everything(0, verbose=False)
     model = "tiny:llama?hidden=64&layers=2"
@@ -85,7 +85,7 @@ def test_dera_end_points_are_base_and_adapted_model(half_trained):
 
 def test_dera_needs_a_reference():
     """Full fine-tuning keeps the backbone's weights only for a DeRa eval head; without one, none."""
-    from memexp.module import FactTuning
+    from memexp.fact_tuning import FactTuning
 
     module = FactTuning("tiny:llama?hidden=64&layers=2", method="full", eval_heads=["sled"])
     with pytest.raises(UserError, match="only when eval_heads has a dera head"):

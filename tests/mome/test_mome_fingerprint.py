@@ -68,6 +68,6 @@ def test_lightning_checkpoint_of_another_bank_or_module_is_refused(tiny_llama_di
     bigger = {**mine, "mome": {**mine["mome"], "num_experts": 32}}
     with pytest.raises(UserError, match=r"x\.ckpt belongs to another run \(mome=.*'num_experts': 32"):
         module.check_checkpoint({"memexp": bigger, "state_dict": {}}, "x.ckpt")
-    lora = {"module": "memexp.module.FactTuning", "backbone": tiny_llama_dir, "method": "lora"}
-    with pytest.raises(UserError, match="module='memexp.module.FactTuning' there"):
+    lora = {"module": "memexp.fact_tuning.FactTuning", "backbone": tiny_llama_dir, "method": "lora"}
+    with pytest.raises(UserError, match="module='memexp.fact_tuning.FactTuning' there"):
         module.check_checkpoint({"memexp": lora, "state_dict": {}}, "x.ckpt")
