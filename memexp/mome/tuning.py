@@ -21,8 +21,8 @@ With ``cache_frozen_layers`` the blocks below the lowest expert site run once pe
 at answer positions only (:mod:`memexp.answer_logits`).
 
 Evaluation, per-fact records and held-out metrics are the foundation's
-(:class:`memexp.fact_tuning.FactTuning`); they run the real routed model (router + index), not the cache. Checkpoints hold only the MoME weights
-and the cache; at the end of ``fit`` the experts are also written as a MoME folder
+(:class:`memexp.fact_tuning.FactTuning`); they run the real routed model (router + index), not the cache.
+Checkpoints hold only the MoME weights and the cache; at the end of ``fit`` the experts are also written as a MoME folder
 (:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
 Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
