@@ -22,8 +22,8 @@ at answer positions only (:mod:`memexp.answer_logits`).
 
 Evaluation, per-fact records and held-out metrics are the foundation's
 (:class:`memexp.fact_tuning.FactTuning`); they run the real routed model (router + index), not the cache.
-Checkpoints hold only the MoME weights and the cache; at the end of ``fit`` the experts are also written as a MoME folder
-(:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
+Checkpoints hold only the MoME weights and the cache; at the end of ``fit`` the experts are also written
+as a MoME folder (:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
 Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
 projection; only touched rows move), ``adamw`` or ``adafactor`` (dense gradients: every step touches the
