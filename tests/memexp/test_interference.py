@@ -20,7 +20,7 @@ from memexp.interference import (
     real_text_nll,
     sample_mc_items,
 )
-from memexp.real_text import extract_prose, load_real_text, real_text_chunks
+from memexp.real_text import DATA, extract_prose, load_real_text, real_text_chunks
 
 SMALL = {"chunk_len": 32, "max_chunks": 6, "mc_sample": 4, "max_new_tokens": 6, "batch_size": 4}
 
@@ -43,6 +43,16 @@ def test_shipped_corpus_is_prose():
     assert len(paragraphs) > 200 and len(text) > 80_000  # ~21.8k SmolLM2 tokens
     assert not any(">>>" in p or "::=" in p or p.startswith(" ") for p in paragraphs)
     assert len(load_questions()) >= 50
+
+
+def test_shipped_data_is_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = DATA.parents[1] / "pyproject.toml"
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["memexp"]
+    shipped = list(DATA.iterdir())
+    assert {f.name for f in shipped} >= {"real_text.txt", "real_text_LICENSE.txt", "general_questions.txt"}
+    for file in shipped:
+        assert any(file.relative_to(DATA.parent).match(g) for g in globs), file
 
 
 def test_extract_prose_keeps_paragraphs_and_drops_code_and_headings():
