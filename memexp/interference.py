@@ -205,6 +205,7 @@ def measure(
         "mc_seed": mc_seed,
         "questions": questions,
         "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,  # padding in a generation batch can move a greedy tie
     }
     return Measurement(nll, mc1, mc2, answers, settings, seconds)
 
@@ -252,7 +253,7 @@ def compare(
     Raises:
         UserError: the two measurements used different settings (items, chunks, questions, length).
     """
-    keys = ("chunk_len", "n_chunks", "mc_sample", "mc_seed", "questions", "max_new_tokens")
+    keys = ("chunk_len", "n_chunks", "mc_sample", "mc_seed", "questions", "max_new_tokens", "batch_size")
     diff = [k for k in keys if before.settings.get(k) != after.settings.get(k)]
     if diff:
         raise UserError(f"the two measurements differ in {diff}; measure both with the same settings")
