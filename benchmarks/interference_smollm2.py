@@ -100,8 +100,8 @@ def train_lora(model, tok, args: argparse.Namespace) -> tuple:
     import torch
 
     from memexp.data import collate_examples, tokenize_fact
+    from memexp.fact_tuning import apply_lora
     from memexp.facts import random_facts
-    from memexp.module import apply_lora
 
     torch.manual_seed(args.seed)
     examples = [tokenize_fact(f, tok, "Q: {question}\nA:") for f in random_facts(args.facts, seed=args.seed)]
