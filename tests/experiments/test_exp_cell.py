@@ -51,7 +51,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_records(tmp_path,
 @pytest.mark.parametrize("method", ["full", "mome"])
 def test_a_cell_scores_every_fact_once_per_evaluation(tmp_path, monkeypatch, method):
     """Validation and the probe share evaluations: epochs 0 (probe), 2 (validation), 3 (last: probe)."""
-    from memexp import fact_eval, module
+    from memexp import fact_eval, fact_tuning
 
     scored = []
 
@@ -61,7 +61,7 @@ def test_a_cell_scores_every_fact_once_per_evaluation(tmp_path, monkeypatch, met
 
     evaluate_batch = fact_eval.evaluate_batch
     monkeypatch.setattr(fact_eval, "evaluate_batch", counted)
-    monkeypatch.setattr(module, "evaluate_batch", counted)
+    monkeypatch.setattr(fact_tuning, "evaluate_batch", counted)
     train, heldout, corrupted = facts()
     cfg = tiny_train(max_epochs=3, eval_every=2, heads=["sled", "dera:lam=2"])
     run_cell(tmp_path / "c", method, QUICK_MODEL, train, heldout, corrupted, cfg, 0)
