@@ -32,6 +32,14 @@ def check_number(
         raise UserError(f"{name}={value!r} must be {what} {bound}{hint}")
 
 
+def check_seeds(seeds: Any) -> None:
+    """Refuse anything but a non-empty list of distinct whole numbers >= 0."""
+    ok = isinstance(seeds, list | tuple) and len(seeds) > 0
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds={seeds!r} must be a list of distinct whole numbers >= 0, e.g. [0, 1, 2]")
+
+
 def check_output(output_root: str, run: str) -> None:
     """The run folder can be made: ``run`` is one folder name and ``output_root`` is not a file."""
     if not run or Path(run).name != run or run in (".", ".."):

@@ -11,23 +11,26 @@ tiny LM pretrained on disjoint true facts (:mod:`experiments.base_model`). Recor
 loss and exact-match training accuracy over epochs (on the answers trained on), epochs/steps to 50, 90
 and 100% exact match, and held-out exact match on true answers of unseen pairs before and after.
 Output in ``results/random_labels/<run>/``: ``table.csv``, ``curves.csv``, ``random_labels_curves.png``,
-``random_labels_summary.png``, ``report.md``, ``results.json``; cells in ``cells/``.
+``random_labels_summary.png``, ``report.md``, ``summary.md`` (claims and verdicts), ``results.json``;
+one cell per (p, method, seed) in ``cells/p<p>_<method>_s<seed>`` (each resumable on its own).
+Every table entry is the mean over ``seeds`` with its 95% Student-t interval.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from decoding.errors import UserError, run_cli
-from decoding.run_folder import atomic_savefig
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
-from experiments.checks import check_base, check_image, check_number, check_output, check_train
+from experiments.checks import check_base, check_image, check_number, check_output, check_seeds, check_train
+from experiments.claims import write_summary
 from experiments.code_facts import answer_entropy_nats, check_fraction, code_task, corrupt
 from experiments.image_labels import ImageStudyConfig, run_image_cell
+from experiments.random_labels_report import heldout_claims, plot_study
+from experiments.seed_stats import aggregate, ci_columns
 from experiments.study_cli import config_dict, parse_study_args
 from experiments.study_folder import open_run_dir
 from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, markdown_table, wandb_logger
@@ -43,7 +46,11 @@ class RandomLabelsConfig:
     Attributes:
         output_root: results are written to ``<output_root>/random_labels/<run>``.
         run: name of the run folder.
-        seed: seeds the task, the corruption, the models and the data order.
+        seed: seeds the task (facts, split) and the base model.
+        seeds: one cell per (p, method, seed); a cell seed sets the corrupted facts and their random
+            answers, the initialisation and the data order. Tables give mean and 95% t-interval.
+        unchanged_margin: "held-out answers mostly unchanged" means a held-out exact-match change
+            within +- this margin (the decision boundary of the summary's verdict).
         fractions: corruption fractions p in [0, 1].
         methods: memorisation methods (``full``, ``lora``, ``mome``; see :mod:`experiments.methods`).
         num_train: facts trained on per cell.
@@ -59,6 +66,8 @@ class RandomLabelsConfig:
     output_root: str = "results"
     run: str = "default"
     seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    unchanged_margin: float = 0.05
     fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     methods: list[str] = field(default_factory=lambda: ["full", "lora"])
     num_train: int = 200
@@ -74,6 +83,8 @@ class RandomLabelsConfig:
         """Refuse any bad setting (UserError naming it) before any work starts."""
         check_output(self.output_root, self.run)
         check_number("seed", self.seed, 0, integer=True)
+        check_seeds(self.seeds)
+        check_number("unchanged_margin", self.unchanged_margin, 0.0, example=0.05)
         if not self.fractions:
             raise UserError("fractions is empty; give corruption fractions in [0, 1], e.g. [0, 0.5, 1]")
         for p in self.fractions:
@@ -86,114 +97,114 @@ class RandomLabelsConfig:
         check_image(self.image)
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return (math.nan, math.nan)
-    phat = successes / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return (centre - half, centre + half)
+def final_nll(fact_rows: list[dict[str, float]]) -> float | None:
+    """Mean over trained facts of the evaluated per-fact answer NLL (nats/token) at the last evaluation."""
+    if not fact_rows:
+        return None
+    last_epoch = max(r["epoch"] for r in fact_rows)
+    final = [r["nll"] for r in fact_rows if r["epoch"] == last_epoch]
+    return sum(final) / len(final)
 
 
-def cell_row(p: float, summary: dict[str, Any], fact_rows: list[dict[str, float]] | None) -> dict[str, Any]:
-    """One row of the study table from a cell's summary and its final per-fact records (text cells)."""
+def nll_curve(fact_rows: list[dict[str, float]]) -> dict[int, float]:
+    """Per evaluation (epoch), the mean over trained facts of the evaluated per-fact answer NLL."""
+    sums: dict[int, list[float]] = {}
+    for r in fact_rows:
+        sums.setdefault(int(r["epoch"]), []).append(r["nll"])
+    return {e: sum(v) / len(v) for e, v in sums.items()}
+
+
+def cell_row(
+    p: float, seed: int, summary: dict[str, Any], fact_rows: list[dict[str, float]] | None
+) -> dict[str, Any]:
+    """One row (one seed) of the study table from a cell's summary and its per-fact records (text cells)."""
     clean = noisy = None
     if fact_rows:
         last_epoch = max(r["epoch"] for r in fact_rows)
         final = [r for r in fact_rows if r["epoch"] == last_epoch]
         clean = [r["exact"] for r in final if not r["corrupted"]]
         noisy = [r["exact"] for r in final if r["corrupted"]]
-    n = summary["num_heldout"]
-    lo, hi = wilson_interval(summary["heldout_exact_after"] * n, n) if n else (None, None)
+    before, after = summary["heldout_exact_before"], summary["heldout_exact_after"]
+    fitted = summary["steps_to_100"] is not None
     return {
         "p": p,
         "method": summary["method"],
+        "seed": seed,
         "train_exact": summary["final_train_exact"],
         "exact_true_part": sum(clean) / len(clean) if clean else None,
         "exact_random_part": sum(noisy) / len(noisy) if noisy else None,
-        "final_loss": summary["final_train_loss"],
+        "final_nll": final_nll(fact_rows) if fact_rows else summary["final_train_loss"],
+        "fitted": float(fitted),
         "epochs_to_90": summary["epochs_to_90"],
         "epochs_to_100": summary["epochs_to_100"],
         "steps_to_100": summary["steps_to_100"],
-        "heldout_before": summary["heldout_exact_before"],
-        "heldout_after": summary["heldout_exact_after"],
-        "heldout_after_ci_lo": lo,
-        "heldout_after_ci_hi": hi,
+        "heldout_before": before,
+        "heldout_after": after,
+        "heldout_change": after - before if after is not None and before is not None else None,
         "trainable_params": summary["trainable_params"],
         "wall_time_s": summary["wall_time_s"],
     }
 
 
-def plot_study(
-    rows: list[dict[str, Any]], curves: list[dict[str, Any]], out: Path, prefix: str
-) -> list[Path]:
-    """Training loss / exact match over epochs per method and p; steps to fit and held-out accuracy vs p."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    fractions = sorted({r["p"] for r in rows})
-    cmap = plt.get_cmap("viridis")
-    colour = {p: cmap(i / max(1, len(fractions) - 1)) for i, p in enumerate(fractions)}
-    fig, axes = plt.subplots(2, len(methods), figsize=(4 * len(methods), 6), squeeze=False, sharex="col")
-    for j, method in enumerate(methods):
-        for p in fractions:
-            pts = [c for c in curves if c["method"] == method and c["p"] == p and c["epoch"] > 0]
-            epochs = [c["epoch"] for c in pts]
-            axes[0, j].plot(epochs, [c["train_loss"] for c in pts], color=colour[p], label=f"p={p:g}")
-            axes[1, j].plot(epochs, [c["train/exact"] for c in pts], color=colour[p], label=f"p={p:g}")
-        axes[0, j].set_title(method)
-        axes[0, j].set_yscale("log")
-        axes[0, j].set_ylabel("training loss (nats/answer token)")
-        axes[1, j].set_ylabel("training exact match")
-        axes[1, j].set_xlabel("epoch")
-        axes[1, j].set_ylim(-0.02, 1.02)
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    curves_png = out / f"{prefix}_curves.png"
-    atomic_savefig(fig, curves_png, dpi=80)
-    plt.close(fig)
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for k, method in enumerate(methods):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["p"])
-        ps = [r["p"] for r in mine]
-        steps = [r["steps_to_100"] if r["steps_to_100"] is not None else math.nan for r in mine]
-        ax1.plot(ps, steps, "o-", color=f"C{k}", label=method)
-        ax2.plot(ps, [r["heldout_after"] for r in mine], "o-", color=f"C{k}", label=f"{method} after")
-        lo = [r["heldout_after_ci_lo"] for r in mine]
-        hi = [r["heldout_after_ci_hi"] for r in mine]
-        ax2.fill_between(ps, lo, hi, color=f"C{k}", alpha=0.15)
-    ax2.axhline(rows[0]["heldout_before"], color="k", ls="--", label="before (base)")
-    ax1.set_xlabel("corruption fraction p")
-    ax1.set_ylabel("steps to 100% training exact match")
-    ax2.set_xlabel("corruption fraction p")
-    ax2.set_ylabel("held-out exact match (true answers)")
-    ax2.set_ylim(-0.02, 1.02)
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    summary_png = out / f"{prefix}_summary.png"
-    atomic_savefig(fig, summary_png, dpi=80)
-    plt.close(fig)
-    return [curves_png, summary_png]
-
-
+STAT_KEYS = [
+    "train_exact", "exact_true_part", "exact_random_part", "final_nll", "fitted", "epochs_to_90",
+    "epochs_to_100", "steps_to_100", "heldout_before", "heldout_after", "heldout_change", "wall_time_s",
+]  # fmt: skip
 TABLE_COLUMNS = [
-    "p", "method", "train_exact", "exact_true_part", "exact_random_part", "final_loss",
-    "epochs_to_90", "epochs_to_100", "steps_to_100", "heldout_before", "heldout_after",
+    "p", "method", "n_seeds", "fitted", "train_exact", "exact_true_part", "exact_random_part", "final_nll",
+    "steps_to_100", "heldout_after", "heldout_change",
 ]  # fmt: skip
 IMAGE_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("exact_true_part", "exact_random_part")]
+CI_NOTE = (
+    "Every entry: mean over seeds [95% Student-t interval over seeds]; `fitted` is the fraction of seeds "
+    "that reached 100% training exact match, `steps_to_100` the mean over the seeds that did."
+)
+
+
+def _run_cells(
+    cfg: RandomLabelsConfig, root: Path, backbone: str, study: list, heldout: list
+) -> tuple[list[dict], list[dict]]:
+    """Train (or read back) every text cell, one per (p, method, seed); return per-seed rows and curves."""
+    from tqdm.auto import tqdm
+
+    rows, curves = [], []
+    cells = [(p, m, s) for p in cfg.fractions for m in cfg.methods for s in cfg.seeds]
+    for p, method, seed in tqdm(cells, desc="random-label cells"):
+        facts, corrupted = corrupt(study, p, seed)
+        name = f"p{p:.2f}_{method}_s{seed}"
+        cell_dir = root / "cells" / name
+        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/{name}", NAME)
+        summary = run_cell(cell_dir, method, backbone, facts, heldout, corrupted, cfg.train, seed, logger)
+        finish_wandb(logger)
+        fact_rows = read_rows(cell_dir / "fact_evals.csv")
+        rows.append(cell_row(p, seed, summary, fact_rows))
+        nll = nll_curve(fact_rows)
+        curves += [
+            {"p": p, "method": method, "seed": seed, **c, "nll": nll[int(c["epoch"])]}
+            for c in read_rows(cell_dir / "curve.csv")
+        ]
+    return rows, curves
+
+
+def _run_image_cells(cfg: RandomLabelsConfig, root: Path) -> tuple[list[dict], list[dict]]:
+    """Train (or read back) every image cell, one per (p, method, seed)."""
+    from tqdm.auto import tqdm
+
+    rows, curves = [], []
+    cells = [(p, m, s) for p in cfg.fractions for m in cfg.image.methods for s in cfg.seeds]
+    for p, method, seed in tqdm(cells if cfg.image.enabled else [], desc="image cells"):
+        name = f"p{p:.2f}_{method}_s{seed}"
+        cell_dir = root / "image_cells" / name
+        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/image_{name}", NAME)
+        summary = run_image_cell(cell_dir, method, p, cfg.image, seed, logger)
+        finish_wandb(logger)
+        rows.append(cell_row(p, seed, summary, None))
+        curves += [{"p": p, "method": method, "seed": seed, **c} for c in read_rows(cell_dir / "curve.csv")]
+    return rows, curves
 
 
 def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the study and write its tables, plots and report; return ``results.json``."""
-    from tqdm.auto import tqdm
-
+    """Run (or resume) the study and write its tables, plots, report and summary; return ``results.json``."""
     cfg.validate()
     root = open_run_dir(Path(cfg.output_root) / NAME / cfg.run, config_dict(cfg), resume, overwrite)
     n_pre = cfg.base.pretrain_facts
@@ -204,46 +215,38 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         if n_pre
         else cfg.base.backbone
     )
-
-    rows, curves = [], []
-    cells = [(p, m) for p in cfg.fractions for m in cfg.methods]
-    for p, method in tqdm(cells, desc="random-label cells"):
-        facts, corrupted = corrupt(study, p, cfg.seed)
-        cell_dir = root / "cells" / f"p{p:.2f}_{method}"
-        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/p{p:.2f}_{method}", NAME)
-        summary = run_cell(
-            cell_dir, method, backbone, facts, task.heldout, corrupted, cfg.train, cfg.seed, logger
-        )
-        finish_wandb(logger)
-        rows.append(cell_row(p, summary, read_rows(cell_dir / "fact_evals.csv")))
-        curves += [{"p": p, "method": method, **c} for c in read_rows(cell_dir / "curve.csv")]
-
+    seed_rows, curves = _run_cells(cfg, root, backbone, study, task.heldout)
+    rows = aggregate(seed_rows, ["p", "method"], STAT_KEYS)
+    write_rows(root / "seed_table.csv", seed_rows)
     write_rows(root / "table.csv", rows)
     write_rows(root / "curves.csv", curves)
-    images = plot_study(rows, curves, root, "random_labels")
+    images = plot_study(rows, curves, root, "random_labels", "nll")
 
-    image_rows, image_curves = [], []
-    cells = [(p, m) for p in cfg.fractions for m in cfg.image.methods] if cfg.image.enabled else []
-    for p, method in tqdm(cells, desc="image cells"):
-        cell_dir = root / "image_cells" / f"p{p:.2f}_{method}"
-        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/image_p{p:.2f}_{method}", NAME)
-        summary = run_image_cell(cell_dir, method, p, cfg.image, cfg.seed, logger)
-        finish_wandb(logger)
-        image_rows.append(cell_row(p, summary, None))
-        image_curves += [{"p": p, "method": method, **c} for c in read_rows(cell_dir / "curve.csv")]
+    image_seed_rows, image_curves = _run_image_cells(cfg, root)
+    image_rows = aggregate(image_seed_rows, ["p", "method"], STAT_KEYS)
     if image_rows:
+        write_rows(root / "image_seed_table.csv", image_seed_rows)
         write_rows(root / "image_table.csv", image_rows)
         write_rows(root / "image_curves.csv", image_curves)
-        images += plot_study(image_rows, image_curves, root, "image_labels")
+        images += plot_study(image_rows, image_curves, root, "image_labels", "train_loss")
     entropy = answer_entropy_nats(2 * cfg.code_len)
+    claims = heldout_claims(rows, cfg.unchanged_margin)
+    intro = [
+        f"Run `{cfg.run}`: {cfg.num_train} code-KB facts per cell, methods {cfg.methods}, fractions "
+        f"{cfg.fractions}, seeds {cfg.seeds} (task and base model: seed {cfg.seed}; each cell seed sets "
+        "the corrupted facts, their random answers, the initialisation and the data order).",
+        "Intervals: 95% Student-t over seeds. Held-out: exact match on true answers of unseen pairs.",
+    ]
+    summary_path = write_summary(root, "Random-label study: summary", intro, claims)
     report = [
         f"# Random-label study `{cfg.run}`",
         "",
         f"{cfg.num_train} code-KB facts per cell (answers {2 * cfg.code_len} chars over [A-Z0-9], random "
-        f"answer entropy {entropy:.1f} nats), base `{backbone}`, methods {cfg.methods}, seed {cfg.seed}.",
-        "Held-out: exact match on true answers of unseen pairs (95% Wilson CI in table.csv).",
+        f"answer entropy {entropy:.1f} nats), base `{backbone}`, methods {cfg.methods}, seeds {cfg.seeds}.",
+        CI_NOTE + " `final_nll`: evaluated answer NLL (nats/token), mean over all trained facts. Claims and "
+        f"verdicts: [{summary_path.name}]({summary_path.name}).",
         "",
-        markdown_table(rows, TABLE_COLUMNS),
+        markdown_table(ci_columns(rows, STAT_KEYS), TABLE_COLUMNS),
         "",
         "![curves](random_labels_curves.png)",
         "![summary](random_labels_summary.png)",
@@ -254,15 +257,23 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
             "## Digits with corrupted labels (tiny pretrained ViT of prompt_pool)",
             "",
             f"{cfg.image.num_train or 880} training images, 378 test images (true labels); "
-            "`heldout_before` is the untrained head.",
+            "`heldout_change` is against the untrained head; `final_nll` is the training loss.",
             "",
-            markdown_table(image_rows, IMAGE_COLUMNS),
+            markdown_table(ci_columns(image_rows, STAT_KEYS), IMAGE_COLUMNS),
             "",
             "![image curves](image_labels_curves.png)",
             "![image summary](image_labels_summary.png)",
             "",
         ]
-    results = {"table": rows, "image_table": image_rows, "answer_entropy_nats": entropy, "backbone": backbone}
+    results = {
+        "table": rows,
+        "seed_table": seed_rows,
+        "image_table": image_rows,
+        "image_seed_table": image_seed_rows,
+        "claims": [c.as_dict() for c in claims],
+        "answer_entropy_nats": entropy,
+        "backbone": backbone,
+    }
     tables = {"table": rows, "image": image_rows}
     return finish_study(
         root, report, results, wandb=cfg.wandb, summary_run=f"{cfg.run}/summary", images=images, tables=tables
@@ -272,9 +283,9 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
 def _main(args: list[str] | None) -> None:
     cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0], PROG)
     results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
-    print(markdown_table(results["table"], TABLE_COLUMNS))
+    print(markdown_table(ci_columns(results["table"], STAT_KEYS), TABLE_COLUMNS))
     if results["image_table"]:
-        print(markdown_table(results["image_table"], IMAGE_COLUMNS))
+        print(markdown_table(ci_columns(results["image_table"], STAT_KEYS), IMAGE_COLUMNS))
 
 
 def main(args: list[str] | None = None) -> None:
