@@ -11,7 +11,8 @@ token, worst token) and exact recall are recorded for greedy decoding and for ev
 (DoLa, SLED, a DeRa lambda sweep whose reference is the model with its adaptation off; for full
 fine-tuning the base weights). From these records:
 
-- hallucination rate (1 - exact) against the mean training loss of the epoch, per method and head;
+- hallucination rate (1 - exact) against the evaluated answer NLL (per token, mean over *all* trained
+  facts: the same quantity for every method, not the training batch loss), per method and head;
 - the loss threshold below which facts are recalled (:mod:`experiments.threshold`), on the summed and the
   per-token axis, beside ln 2 (the sufficient bound of docs/algorithms/memorisation.md) and the
   entropy of a random answer;
@@ -19,21 +20,26 @@ fine-tuning the base weights). From these records:
   higher loss.
 
 Output in ``results/hallucination_vs_loss/<run>/``: ``thresholds.csv``, ``curves.csv``, ``binned.csv``,
-``hallucination_vs_loss.png``, ``report.md``, ``results.json``; cells in ``cells/<method>``.
+``hallucination_vs_loss.png``, ``report.md``, ``summary.md`` (claims and verdicts), ``results.json``;
+one cell per (method, seed) in ``cells/<method>_s<seed>`` (each resumable on its own). Every table entry
+is the mean over ``seeds`` with its 95% Student-t interval.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from decoding.errors import run_cli
-from decoding.run_folder import atomic_savefig
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
-from experiments.checks import check_base, check_number, check_output, check_train
+from experiments.checks import check_base, check_number, check_output, check_seeds, check_train
+from experiments.claims import write_summary
 from experiments.code_facts import answer_entropy_nats, code_task, corrupt
+from experiments.hallucination_report import plot_experiment, threshold_claims
+from experiments.seed_stats import aggregate, ci_columns
 from experiments.study_cli import config_dict, parse_study_args
 from experiments.study_folder import open_run_dir
 from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, markdown_table, wandb_logger
@@ -63,7 +69,11 @@ class HallucinationVsLossConfig:
     Attributes:
         output_root: results are written to ``<output_root>/hallucination_vs_loss/<run>``.
         run: name of the run folder.
-        seed: seeds the facts, the models and the data order.
+        seed: seeds the facts (questions) and the base model.
+        seeds: one cell per (method, seed); a cell seed sets the random answers, the initialisation and
+            the data order. Tables give mean and 95% t-interval over seeds.
+        ln2_band: "recall starts near ln 2" means a threshold within [ln 2 / band, ln 2 * band] nats
+            (the decision boundary of the summary's verdict).
         methods: memorisation methods (``full``, ``lora``, ``mome``).
         num_facts: facts memorised (all with random answers).
         code_len: half the answer length in characters (answers: ``2 * code_len`` chars over [A-Z0-9]).
@@ -76,6 +86,8 @@ class HallucinationVsLossConfig:
     output_root: str = "results"
     run: str = "default"
     seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ln2_band: float = 4.0
     methods: list[str] = field(default_factory=lambda: ["full", "lora"])
     num_facts: int = 200
     code_len: int = 16
@@ -88,10 +100,16 @@ class HallucinationVsLossConfig:
         """Refuse any bad setting (UserError naming it) before any work starts."""
         check_output(self.output_root, self.run)
         check_number("seed", self.seed, 0, integer=True)
+        check_seeds(self.seeds)
+        check_number("ln2_band", self.ln2_band, 1.0, example=4)
         check_number("num_facts", self.num_facts, 1, integer=True, example=100)
         layout = check_base(self.base)
         code_task(self.base.pretrain_facts + self.num_facts, 0, self.seed, self.code_len)
         check_train(self.train, self.methods, layout, self.base.backbone)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def head_thresholds(method: str, facts: list[dict[str, float]], entropy: float) -> list[dict[str, Any]]:
@@ -111,14 +129,15 @@ def head_thresholds(method: str, facts: list[dict[str, float]], entropy: float) 
         final_epoch = max(r["epoch"] for r in facts)
         final = [bool(r[key]) for r in facts if r["epoch"] == final_epoch]
         below = [h for x, h in zip(nll_sum, hits) if x < LN2]
+        recalled = any(hits)  # with no recalled record a stump threshold means nothing
         rows.append(
             {
                 "method": method,
                 "head": "greedy" if key == "exact" else key.split("/", 1)[1],
-                "threshold_nll_sum": tau_sum,
-                "threshold_nll_tok": tau_tok,
+                "threshold_nll_sum": tau_sum if recalled else None,
+                "threshold_nll_tok": tau_tok if recalled else None,
                 "stump_accuracy": acc,
-                "safe_nll_sum": safe_threshold(nll_sum, hits),
+                "safe_nll_sum": _finite(safe_threshold(nll_sum, hits)),
                 "exact_below_ln2": sum(below) / len(below) if below else None,
                 "final_hallucination": 1.0 - sum(final) / len(final),
                 "entropy_nats": entropy,
@@ -127,64 +146,25 @@ def head_thresholds(method: str, facts: list[dict[str, float]], entropy: float) 
     return rows
 
 
-def plot_experiment(curves: list[dict], facts: dict[str, list[dict]], rows: list[dict], out: Path) -> Path:
-    """Left: hallucination rate vs training loss (greedy solid, heads dashed) per method.
-    Right: exact match binned by summed answer NLL, with ln 2, the estimated thresholds and the entropy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(facts)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for k, method in enumerate(methods):
-        pts = [c for c in curves if c["method"] == method and c["epoch"] > 0]
-        loss = [c["train_loss"] for c in pts]
-        ax1.plot(
-            loss, [1 - c["train/exact"] for c in pts], "o-", ms=3, color=f"C{k}", label=f"{method} greedy"
-        )
-        for j, key in enumerate(sorted(k2 for k2 in pts[0] if k2.startswith("train/exact/"))):
-            style = ["--", ":", "-.", (0, (1, 3)), (0, (5, 2, 1, 2)), (0, (3, 1))][j % 6]
-            ax1.plot(
-                loss, [1 - c[key] for c in pts], ls=style, color=f"C{k}", lw=1, label=f"{method} {key[12:]}"
-            )
-        records = facts[method]
-        nll = [r["nll_sum"] for r in records]
-        binned = binned_exact(nll, [bool(r["exact"]) for r in records], log_edges(nll))
-        ax2.step(
-            [b["hi"] for b in binned], [b["exact"] for b in binned], where="pre", color=f"C{k}", label=method
-        )
-        tau = next(r["threshold_nll_sum"] for r in rows if r["method"] == method and r["head"] == "greedy")
-        ax2.axvline(tau, color=f"C{k}", ls="--", lw=1, label=f"{method} threshold {tau:.2f}")
-    entropy = rows[0]["entropy_nats"]
-    ax2.axvline(LN2, color="k", ls=":", label="ln 2 (sufficient)")
-    ax2.axvline(entropy, color="grey", ls="-.", label=f"random-answer entropy {entropy:.1f}")
-    ax1.set_xscale("log")
-    ax1.invert_xaxis()
-    ax1.set_xlabel("training loss (nats/answer token, epoch mean), decreasing →")
-    ax1.set_ylabel("hallucination rate (trained facts)")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.legend(fontsize=6, ncol=2)
-    ax2.set_xscale("log")
-    ax2.set_xlabel("summed answer NLL of a fact (nats, greedy model)")
-    ax2.set_ylabel("exact recall (greedy)")
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.legend(fontsize=6)
-    fig.tight_layout()
-    path = out / "hallucination_vs_loss.png"
-    atomic_savefig(fig, path, dpi=80)
-    plt.close(fig)
-    return path
+def nll_curve(curve: list[dict[str, float]], facts: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The curve with ``nll``: per evaluation, the mean over *all* trained facts of the evaluated per-fact
+    answer NLL (nats/token; memexp.fact_eval's ``nll``). The same quantity for every method, unlike the
+    training batch loss (MoME's per-fact early stop leaves recalled facts out of its batches)."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in facts:
+        by_epoch.setdefault(int(r["epoch"]), []).append(r["nll"])
+    return [{**c, "nll": sum(by_epoch[int(c["epoch"])]) / len(by_epoch[int(c["epoch"])])} for c in curve]
 
 
-TABLE_COLUMNS = [
-    "method", "head", "threshold_nll_sum", "threshold_nll_tok", "stump_accuracy", "safe_nll_sum",
-    "exact_below_ln2", "final_hallucination",
+STAT_KEYS = [
+    "threshold_nll_sum", "threshold_nll_tok", "stump_accuracy", "safe_nll_sum", "exact_below_ln2",
+    "final_hallucination",
 ]  # fmt: skip
+TABLE_COLUMNS = ["method", "head", "n_seeds", *STAT_KEYS]
 
 
 def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the experiment and write its tables, plot and report; return ``results.json``."""
+    """Run (or resume) the experiment; write its tables, plot, report and summary; return ``results.json``."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -192,52 +172,73 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
     n_pre = cfg.base.pretrain_facts
     task = code_task(n_pre + cfg.num_facts, 0, cfg.seed, cfg.code_len)
     pretrain = task.train[:n_pre]
-    facts, corrupted = corrupt(task.train[n_pre:], 1.0, cfg.seed)
     backbone = cfg.base.backbone
     if n_pre:
         backbone = pretrain_base(root / "base", cfg.base, pretrain, cfg.seed, cfg.train.accelerator)
 
     entropy = answer_entropy_nats(2 * cfg.code_len)
-    curves, fact_records, rows, binned = [], {}, [], []
-    for method in tqdm(cfg.methods, desc="memorisation runs"):
-        cell_dir = root / "cells" / method
-        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{method}", NAME)
-        run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, cfg.seed, logger)
+    curves, seed_rows, binned, tokens = [], [], [], []
+    cells = [(m, s) for m in cfg.methods for s in cfg.seeds]
+    for method, seed in tqdm(cells, desc="memorisation runs"):
+        facts, corrupted = corrupt(task.train[n_pre:], 1.0, seed)
+        name = f"{method}_s{seed}"
+        cell_dir = root / "cells" / name
+        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{name}", NAME)
+        run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, seed, logger)
         finish_wandb(logger)
         records = read_rows(cell_dir / "fact_evals.csv")
-        fact_records[method] = records
-        curves += [{"method": method, **c} for c in read_rows(cell_dir / "curve.csv")]
-        rows += head_thresholds(method, records, entropy)
-        nll = [r["nll_sum"] for r in records]
-        binned += [
-            {"method": method, **b}
-            for b in binned_exact(nll, [bool(r["exact"]) for r in records], log_edges(nll))
+        curves += [
+            {"method": method, "seed": seed, **c}
+            for c in nll_curve(read_rows(cell_dir / "curve.csv"), records)
         ]
+        seed_rows += [{**r, "seed": seed} for r in head_thresholds(method, records, entropy)]
+        nll = [r["nll_sum"] for r in records]
+        hits = [bool(r["exact"]) for r in records]
+        binned += [{"method": method, "seed": seed, **b} for b in binned_exact(nll, hits, log_edges(nll))]
+        tokens.append(sum(r["num_tokens"] for r in records) / len(records))
 
+    rows = aggregate(seed_rows, ["method", "head"], STAT_KEYS)
+    for row in rows:
+        row["entropy_nats"] = entropy
+    write_rows(root / "seed_thresholds.csv", seed_rows)
     write_rows(root / "thresholds.csv", rows)
     write_rows(root / "curves.csv", curves)
     write_rows(root / "binned.csv", binned)
-    image = plot_experiment(curves, fact_records, rows, root)
-    tokens = sum(r["num_tokens"] for r in next(iter(fact_records.values()))) / cfg.num_facts
-    tokens /= len({r["epoch"] for r in next(iter(fact_records.values()))})
+    image = plot_experiment(curves, binned, rows, root)
+    tokens_per_fact = sum(tokens) / len(tokens)
+    claims = threshold_claims(rows, entropy, cfg.ln2_band)
+    intro = [
+        f"Run `{cfg.run}`: {cfg.num_facts} facts with random {2 * cfg.code_len}-char answers (entropy "
+        f"H = {entropy:.1f} nats, {tokens_per_fact:.1f} scored tokens per fact), methods {cfg.methods}, "
+        f"seeds {cfg.seeds} (facts and base model: seed {cfg.seed}; each cell seed sets the random answers, "
+        "the initialisation and the data order).",
+        "The loss is the evaluated per-fact answer NLL (the same quantity for every method); thresholds "
+        "are decision stumps on the greedy model's summed answer NLL; intervals: 95% Student-t over seeds.",
+    ]
+    summary_path = write_summary(root, "Hallucination vs loss: summary", intro, claims)
     report = [
         f"# Hallucination vs loss `{cfg.run}`",
         "",
         f"{cfg.num_facts} facts with random answers of {2 * cfg.code_len} chars over [A-Z0-9]: entropy "
-        f"H = {entropy:.1f} nats per answer, {tokens:.1f} scored tokens per fact (answer + EOS), "
-        f"so H/token = "
-        f"{entropy / tokens:.2f} nats. Sufficient bound for greedy recall: summed NLL < ln 2 = {LN2:.3f}.",
-        f"Base `{backbone}`; thresholds are decision stumps on the greedy model's NLL (see threshold.py).",
+        f"H = {entropy:.1f} nats per answer, {tokens_per_fact:.1f} scored tokens per fact (answer + EOS), "
+        f"so H/token = {entropy / tokens_per_fact:.2f} nats. Sufficient bound for greedy recall: summed "
+        f"NLL < ln 2 = {LN2:.3f}.",
+        f"Base `{backbone}`, seeds {cfg.seeds}; thresholds are decision stumps on the greedy model's NLL "
+        "(see threshold.py). Every entry: mean over seeds [95% Student-t interval]; `safe_nll_sum` leaves "
+        f"out seeds where every record was recalled (infinite). Claims and verdicts: "
+        f"[{summary_path.name}]({summary_path.name}).",
         "",
-        markdown_table(rows, TABLE_COLUMNS),
+        markdown_table(ci_columns(rows, STAT_KEYS), TABLE_COLUMNS),
         "",
         "![hallucination vs loss](hallucination_vs_loss.png)",
         "",
     ]
     results = {
         "thresholds": rows,
+        "seed_thresholds": seed_rows,
+        "claims": [c.as_dict() for c in claims],
         "answer_entropy_nats": entropy,
-        "answer_tokens_per_fact": tokens,
+        "answer_tokens_per_fact": tokens_per_fact,
         "ln2": LN2,
         "backbone": backbone,
     }
@@ -251,7 +252,7 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
 def _main(args: list[str] | None) -> None:
     cfg, flags = parse_study_args(HallucinationVsLossConfig, args, __doc__.splitlines()[0], PROG)
     results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
-    print(markdown_table(results["thresholds"], TABLE_COLUMNS))
+    print(markdown_table(ci_columns(results["thresholds"], STAT_KEYS), TABLE_COLUMNS))
 
 
 def main(args: list[str] | None = None) -> None:
