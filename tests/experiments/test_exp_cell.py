@@ -95,6 +95,7 @@ def tiny_study(root) -> RandomLabelsConfig:
         base=tiny_base(),
         train=tiny_train(max_epochs=2),
         wandb=False,
+        seeds=[0],
     )
     cfg.image.enabled = False
     return cfg
@@ -114,8 +115,8 @@ def test_an_interrupted_sweep_resumes_from_its_finished_cells(tmp_path):
         run(tiny_study(tmp_path))
     # interrupted: the summary and the second cell are gone, the first cell is finished
     (root / "results.json").unlink()
-    shutil.rmtree(root / "cells" / "p1.00_full")
-    kept = root / "cells" / "p0.00_full" / "cell.json"
+    shutil.rmtree(root / "cells" / "p1.00_full_s0")
+    kept = root / "cells" / "p0.00_full_s0" / "cell.json"
     stamp = kept.stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="unfinished run"):
         run(tiny_study(tmp_path))

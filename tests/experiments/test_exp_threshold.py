@@ -55,14 +55,6 @@ def test_binned_exact_counts_by_hand():
     assert edges[0] == 0 and edges[-1] > 7.0 and all(a < b for a, b in zip(edges, edges[1:]))
 
 
-def test_wilson_interval_matches_the_textbook_value():
-    from experiments.random_labels import wilson_interval
-
-    lo, hi = wilson_interval(7, 10)  # textbook: 0.3968 .. 0.8922
-    assert (lo, hi) == (pytest.approx(0.3968, abs=1e-4), pytest.approx(0.8922, abs=1e-4))
-    assert wilson_interval(0, 20)[0] == pytest.approx(0.0, abs=1e-12)
-
-
 def test_head_thresholds_put_every_head_on_the_greedy_nll_axis():
     from experiments.hallucination_vs_loss import head_thresholds
 
@@ -78,3 +70,16 @@ def test_head_thresholds_put_every_head_on_the_greedy_nll_axis():
     assert rows["greedy"]["safe_nll_sum"] == 3.0 and rows["sled"]["safe_nll_sum"] == 5.0
     assert rows["greedy"]["exact_below_ln2"] == 1.0  # the 0.5-nat record
     assert rows["greedy"]["final_hallucination"] == 0.0 and rows["sled"]["stump_accuracy"] == 1.0
+
+
+def test_no_recalled_record_gives_no_threshold_and_the_nll_axis_covers_all_facts():
+    from experiments.hallucination_vs_loss import head_thresholds, nll_curve
+
+    records = [
+        {"epoch": 1, "nll_sum": 5.0, "nll": 1.0, "exact": 0},
+        {"epoch": 1, "nll_sum": 3.0, "nll": 0.6, "exact": 0},
+    ]
+    (row,) = head_thresholds("mome", records, entropy=20.0)
+    assert row["threshold_nll_sum"] is None and row["safe_nll_sum"] == 3.0
+    curve = nll_curve([{"epoch": 1, "step": 4, "train_loss": 9.0}], records)
+    assert curve[0]["nll"] == pytest.approx(0.8)  # mean over every fact, not the training batch loss
