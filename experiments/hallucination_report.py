@@ -73,8 +73,15 @@ def plot_experiment(
         ax.set_ylim(-0.02, 1.02)
     for ax in axes[:, 0]:
         ax.set_ylabel("hallucination rate\n(fraction of trained facts)", fontsize=8)
-    for ax in flat[: len(heads)]:
-        ax.set_xlabel(NLL_LABEL + ", decreasing →", fontsize=6)
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    for ax in flat[: len(heads)]:  # plain labels at 1, 2, 5 x 10^k: readable over any range
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_locator(LogLocator(subs="auto"))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
+        ax.tick_params(axis="x", labelsize=7)
+    fig.supxlabel(f"x (head panels): {NLL_LABEL}, decreasing →", fontsize=8)
     flat[0].legend(fontsize=7)
 
     ax = flat[len(heads)]
@@ -103,7 +110,7 @@ def plot_experiment(
     for extra in flat[len(heads) + 1 :]:
         extra.axis("off")
     fig.suptitle("mean over seeds per evaluation, band: 95% t-interval", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = out / "hallucination_vs_loss.png"
     atomic_savefig(fig, path, dpi=80)
     plt.close(fig)

@@ -61,7 +61,7 @@ def plot_study(
     axes[1, 0].set_ylabel("training exact match (fraction of facts)", fontsize=8)
     axes[0, -1].legend(fontsize=7, title="corruption p", title_fontsize=7)
     fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     curves_png = out / f"{prefix}_curves.png"
     atomic_savefig(fig, curves_png, dpi=80)
     plt.close(fig)
@@ -70,18 +70,20 @@ def plot_study(
     fit_rows = [r for r in rows if r["steps_to_100"] is not None]
     top = max([r["steps_to_100_hi"] or r["steps_to_100"] for r in fit_rows] or [0])
     top = top * 1.15 if top else 1.0
-    for method in methods:
+    dodge = 0.02 * (max(fractions) - min(fractions) or 1.0)  # methods side by side, not on top
+    for k, method in enumerate(methods):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["p"])
         c = method_colour(method)
-        errorbar(ax1, [r["p"] for r in mine], mine, "steps_to_100", c, method)
-        failed = [r for r in mine if (r["fitted"] or 0.0) < 1.0]
+        xs = [r["p"] + (k - (len(methods) - 1) / 2) * dodge for r in mine]
+        errorbar(ax1, xs, mine, "steps_to_100", c, method)
+        failed = [(x, r) for x, r in zip(xs, mine) if (r["fitted"] or 0.0) < 1.0]
         if failed:
-            ax1.plot([r["p"] for r in failed], [top] * len(failed), color=c, **FAILED_MARKER)
-            for r in failed:
+            ax1.plot([x for x, _ in failed], [top] * len(failed), color=c, **FAILED_MARKER)
+            for x, r in failed:
                 missed = r["n_seeds"] * (1.0 - (r["fitted"] or 0.0))
-                ax1.annotate(f"{round(missed)}/{r['n_seeds']}", (r["p"], top), fontsize=7, color=c,
-                             textcoords="offset points", xytext=(4, -10))  # fmt: skip
-        errorbar(ax2, [r["p"] for r in mine], mine, "heldout_after", c, f"{method} after")
+                ax1.annotate(f"{round(missed)}/{r['n_seeds']}", (x, top), fontsize=7, color=c,
+                             textcoords="offset points", xytext=(-6, -14 - 8 * k))  # fmt: skip
+        errorbar(ax2, xs, mine, "heldout_after", c, f"{method} after")
     if rows[0].get("heldout_before") is not None:
         ax2.axhline(rows[0]["heldout_before"], color="k", ls="--", lw=1, label="before (base)")
     ax1.plot([], [], color="grey", **FAILED_MARKER, label="seeds not fit (count)")
@@ -94,7 +96,7 @@ def plot_study(
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     fig.suptitle("mean over seeds, error bars: 95% t-interval", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     summary_png = out / f"{prefix}_summary.png"
     atomic_savefig(fig, summary_png, dpi=80)
     plt.close(fig)
