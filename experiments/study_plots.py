@@ -25,8 +25,13 @@ def pyplot():
     return plt
 
 
-def seed_band(ax: Any, series: list[list[dict[str, float]]], x: str, y: str, colour: str, label: str) -> None:
-    """Mean of ``y`` over seeds against ``x`` as a line, its 95% interval as a band."""
+def seed_band(
+    ax: Any, series: list[list[dict[str, float]]], x: str, y: str, colour: str, label: str, log: bool = False
+) -> None:
+    """Mean of ``y`` over seeds against ``x`` as a line, its 95% interval as a band.
+
+    With ``log`` (a log-scaled y axis) the band's lower edge is clipped at a tenth of the mean.
+    """
     band = band_over_seeds(series, x, y)
     if not band:
         return
@@ -34,6 +39,8 @@ def seed_band(ax: Any, series: list[list[dict[str, float]]], x: str, y: str, col
     ax.plot(xs, [b[1] for b in band], color=colour, lw=1.5, label=label)
     lo = [b[2] if not math.isnan(b[2]) else b[1] for b in band]
     hi = [b[3] if not math.isnan(b[3]) else b[1] for b in band]
+    if log:
+        lo = [max(v, b[1] / 10) for v, b in zip(lo, band)]
     ax.fill_between(xs, lo, hi, color=colour, alpha=0.2, lw=0)
 
 
