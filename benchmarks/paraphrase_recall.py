@@ -59,6 +59,23 @@ def answer_nll(model, examples, pad_id: int, batch: int = 25) -> float:
     return total / count
 
 
+def routing_stats(mome, originals, rewordings) -> dict[str, float]:
+    """How the rewordings route: ``overlap``, the mean fraction of the own fact's selected experts that a
+    rewording also selects; ``nearest``, the fraction whose query is nearest (L2) its own fact's query."""
+
+    def route(examples):
+        out = [mome.route(torch.tensor([e.prompt_ids])) for e in examples]
+        return torch.cat([r.ids for r in out]), torch.cat([r.queries.flatten(1) for r in out])
+
+    ids_o, q_o = route(originals)  # (F, heads*k), (F, D)
+    row = {e.fact_id: i for i, e in enumerate(originals)}
+    own = torch.tensor([row[e.fact_id] for e in rewordings])
+    ids_p, q_p = route(rewordings)
+    shared = (ids_p[:, :, None] == ids_o[own][:, None, :]).any(-1).float().mean(1)  # (P,)
+    nearest = (torch.cdist(q_p, q_o).argmin(1) == own).float().mean()
+    return {"overlap": shared.mean().item(), "nearest": nearest.item()}
+
+
 def gate_set(mome, on: bool, radius: torch.Tensor) -> None:
     mome.router.gate.radius = radius.clone() if on else torch.zeros_like(radius)
 
@@ -78,6 +95,7 @@ def evaluate(name: str, folder: str, dm, base_nll: float) -> dict:
     radius = mome.router.gate.radius.clone()
     result = {"name": name, "folder": folder, "gate_radius": float(radius), "recall": {}, "heldout_nll": {}}
     with torch.no_grad():
+        result["routing"] = {k: routing_stats(mome, sets["original"], exs) for k, exs in sets.items()}
         for gate in ("on", "off"):
             gate_set(mome, gate == "on", radius)
             result["recall"][gate] = {
@@ -92,6 +110,17 @@ def evaluate(name: str, folder: str, dm, base_nll: float) -> dict:
             para = [v for k, v in result["recall"][gate].items() if k != "original"]
             result["recall"][gate]["paraphrase_mean"] = sum(para) / len(para)
     return result
+
+
+def routing_markdown(results: list[dict]) -> str:
+    cols = ["original", *CODE_TEMPLATES]
+    lines = ["| setting | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in results:
+        cells = " | ".join(
+            f"{r['routing'][c]['overlap']:.2f} / {r['routing'][c]['nearest']:.2f}" for c in cols
+        )
+        lines.append(f"| {r['name']} | {cells} |")
+    return "\n".join(lines)
 
 
 def markdown(results: list[dict]) -> str:
@@ -127,6 +156,8 @@ def main() -> None:
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
         atomic_write_json(Path(args.out) / f"{name}.json", results[-1])
     print(markdown(results))
+    print("expert overlap with the own fact / query nearest its own fact:")
+    print(routing_markdown(results))
     print(json.dumps({r["name"]: r["heldout_nll"] for r in results}, indent=1))
 
 
