@@ -19,6 +19,7 @@ returns ``(B, T, heads*k)`` ids for :func:`memexp.mome.layer.expert_delta_per_to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -213,7 +214,7 @@ class Router(nn.Module):
         return torch.cat([self.query(f.to(self.query.weight.dtype)).float() for f in batches])
 
     @torch.no_grad()
-    def whiten(self, batches: Sequence[torch.Tensor], eps: float = 1e-6) -> None:
+    def whiten(self, batches: Sequence[torch.Tensor], eps: float = 1e-6, shrink: float = 0.0) -> None:
         """Fold a ZCA whitening of the facts' queries into the query projection.
 
         Batch-norm scales each query dimension but leaves them correlated: the pooled questions of
@@ -224,13 +225,22 @@ class Router(nn.Module):
 
         Args:
             batches: the facts' pooled question features (:attr:`Routing.features`), ``(B_i, H)`` each.
-            eps: ridge relative to the mean query variance.
+            eps: ridge relative to the mean query variance (numerical safety only).
+            shrink: a larger ridge, relative to the mean query variance, that replaces ``eps`` when > 0:
+                ``S = (Cov + shrink * mean variance * I)^(-1/2)`` whitens the strong directions that
+                separate facts but leaves the weak ones (where paraphrases of one fact differ) near a
+                common scale instead of blowing them up. 0 (the default) is the plain whitening.
         """
+        if not (math.isfinite(shrink) and shrink >= 0):
+            raise UserError(
+                f"whiten shrink={shrink!r} must be a finite number >= 0 (0 = plain whitening, e.g. 0.1)"
+            )
         q = self._pre_norm_queries(batches)  # (N, D)
         w, b = self.query.weight.float(), self.query.bias.float()
         mu = q.mean(0)
         cov = torch.cov(q.T, correction=0).double()  # (D, D)
-        ridge = eps * cov.diagonal().mean().clamp_min(1e-30)  # relative: query scales vary by backbone
+        scale = cov.diagonal().mean().clamp_min(1e-30)  # ridges are relative: query scales vary by backbone
+        ridge = (shrink if shrink > 0 else eps) * scale
         evals, evecs = torch.linalg.eigh(cov)
         s = (evecs @ torch.diag((evals.clamp_min(0) + ridge).rsqrt()) @ evecs.T).float()  # (D, D)
         self.query.weight.copy_((s @ w).to(self.query.weight.dtype))

@@ -82,6 +82,9 @@ class MoMETuning(FactTuning):
         whiten_queries: at phase-2 start, fold a whitening of the facts' queries into the frozen query
             projection so distinct facts select distinct experts (:meth:`Router.whiten
             <memexp.mome.router.Router.whiten>`).
+        whiten_shrink: ridge of that whitening relative to the mean query variance (0 = the plain
+            whitening, eps 1e-6); e.g. 0.1 keeps a reworded question nearer its own fact's query
+            (docs/algorithms/mome.md, "Routing under paraphrase"). Only used with ``whiten_queries``.
         balance_keys: at phase-2 start, give each fact (and head) its own experts and move their keys
             onto its query (:func:`memexp.mome.expert_balance.place_keys`; per-question routing only): no
             two facts share an expert while the bank has ``heads * k`` experts per fact, and at most
@@ -113,6 +116,7 @@ class MoMETuning(FactTuning):
         stop_nll: float = math.log(2),
         recall_queries: int = 256,
         whiten_queries: bool = True,
+        whiten_shrink: float = 0.0,
         balance_keys: bool = False,
         cache_frozen_layers: bool = True,
         layer_cache_dir: str | None = None,
@@ -127,6 +131,7 @@ class MoMETuning(FactTuning):
         if phase1_epochs < 0:
             raise UserError(f"phase1_epochs={phase1_epochs} must be >= 0 (0 skips the router phase)")
         check_number("router_lr", router_lr, fix="the router's learning rate, e.g. 1e-3")
+        check_number("whiten_shrink", whiten_shrink, strict=False, fix="0 = plain whitening, e.g. 0.1")
         check_number("stop_nll", stop_nll, low=-math.inf, fix="use ln 2 = 0.693, or 0 to keep every fact")
         if recall_queries < 0:
             raise UserError(f"recall_queries={recall_queries} must be >= 0 (0 skips the index recall)")
@@ -223,7 +228,7 @@ class MoMETuning(FactTuning):
             for batch in self._fact_batches(examples)
         ]
         if self.hparams.whiten_queries:
-            router.whiten(features)
+            router.whiten(features, shrink=self.hparams.whiten_shrink)
         router.calibrate_norm(features)
         self._freeze_router()
         keys = router.keys.weight
