@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoding.run_folder import atomic_write_text
-from memexp.data import IGNORE_INDEX
+from memexp.answer_logits import answer_positions
 from memexp.model_view import Reference, head_model
 
 FACT_EVALS = "fact_evals.csv"
@@ -36,8 +36,9 @@ FACT_EVALS = "fact_evals.csv"
 FACT_COLUMNS = ("fact_id", "nll", "nll_sum", "max_tok_nll", "min_tok_p", "exact", "num_tokens")
 
 
-def answer_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token answer NLL (nats; differentiable) and the mask of answer tokens.
+def dense_answer_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token answer NLL (nats; differentiable) and the mask of answer tokens, from logits at every
+    position (training keeps only the answer positions: :func:`memexp.answer_logits.answer_token_nll`).
 
     Args:
         logits: (B, T, V), position t predicts token t + 1.
@@ -47,7 +48,7 @@ def answer_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         ``(token_nll (B, T-1), 0 off the answer; mask (B, T-1))``.
     """
     logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (B, T-1, V), (B, T-1)
-    mask = targets != IGNORE_INDEX
+    mask = answer_positions(labels)[:, :-1]  # (B, T-1)
     token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # (B, T-1)
     return token * mask, mask
 
@@ -65,7 +66,7 @@ def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         ``max_tok_nll`` (worst token), ``min_tok_p`` = exp(-max_tok_nll), ``exact`` (greedy decoding
         reproduces answer + eos) and ``num_tokens``.
     """
-    token_nll, mask = answer_token_nll(logits, labels)  # (B, T-1) each
+    token_nll, mask = dense_answer_token_nll(logits, labels)  # (B, T-1) each
     num_tokens = mask.sum(1)
     nll_sum = token_nll.sum(1)
     max_tok = token_nll.max(1).values
@@ -80,8 +81,8 @@ def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
     }
 
 
-def answer_positions(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Positions whose next token is an answer token.
+def answer_position_index(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Positions whose next token is an answer token, as a padded index (the heads read logits there).
 
     Args:
         labels: (B, T) with ``-100`` outside answer + eos.
@@ -90,7 +91,7 @@ def answer_positions(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         index (B, P) positions t (predicting token t + 1), targets (B, P), mask (B, P) of real entries;
         P is the longest answer in the batch, shorter rows are padded with position 0 and mask False.
     """
-    scored = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+    scored = answer_positions(labels)[:, :-1]  # (B, T-1)
     counts = scored.sum(1)
     P = int(counts.max())
     order = torch.argsort((~scored).to(torch.int8), dim=1, stable=True)[:, :P]  # scored positions first
@@ -164,7 +165,7 @@ def evaluate_batch(
     layers = _union_layers(heads.values(), n, tied)
     out = _pass(view, batch, layers)
     cols = {"fact_id": batch["fact_ids"], **fact_columns(out.logits, batch["labels"])}
-    index, targets, mask = answer_positions(batch["labels"])
+    index, targets, mask = answer_position_index(batch["labels"])
     x = _at_answers(view, out, index, layers, n, tied)
     del out
     ref = None

@@ -19,7 +19,13 @@ from memexp_helpers import quick_trainer
 
 from decoding.layers import layer_logits_at, model_info
 from memexp.data import IGNORE_INDEX, FactsDataModule, collate_examples
-from memexp.fact_eval import FACT_COLUMNS, answer_positions, evaluate_facts, fact_eval_rows, write_fact_evals
+from memexp.fact_eval import (
+    FACT_COLUMNS,
+    answer_position_index,
+    evaluate_facts,
+    fact_eval_rows,
+    write_fact_evals,
+)
 from memexp.fact_tuning import FactTuning, parse_eval_heads
 from memexp.model_view import head_model
 
@@ -110,7 +116,7 @@ def old_columns(model, batch: dict, heads: dict, reference) -> dict[str, torch.T
         "num_tokens": num_tokens,
     }
     n, tied = model_info(view)
-    index, answer, real = answer_positions(labels)
+    index, answer, real = answer_position_index(labels)
     for spec, head in heads.items():
         args = (batch["input_ids"], batch["attention_mask"], index, head.required_layers(n, tied))
         x = layer_logits_at(view, *args)

@@ -10,12 +10,12 @@ from decoding.errors import UserError
 from decoding.generate import generate
 from decoding.head_spec import parse_head_spec
 from decoding.sled import SLED
-from memexp.fact_eval import answer_positions, evaluate_batch, fact_columns
+from memexp.fact_eval import answer_position_index, evaluate_batch, fact_columns
 
 
 def test_answer_positions_by_hand():
     labels = torch.tensor([[-100, -100, 7, 8, 2, -100], [-100, 5, 2, -100, -100, -100]])
-    index, targets, mask = answer_positions(labels)
+    index, targets, mask = answer_position_index(labels)
     assert index.tolist() == [[1, 2, 3], [0, 1, 0]]
     assert targets.tolist() == [[7, 8, 2], [5, 2, 0]]
     assert mask.tolist() == [[True, True, True], [True, True, False]]
