@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from decoding.errors import UserError, one_line
+from prompt_pool.partial_block import block_rows
 
 HeadType = Literal["prompt", "cls"]
 
@@ -202,11 +203,13 @@ class ViTBackbone(nn.Module):
     @torch.no_grad()
     def query(self, x: Tensor) -> Tensor:
         """L2P query q(x): [CLS] after the final norm, no prompts, eval mode, no grad.  -> (B, D)."""
-        was_training = self.vit.training
+        if not self.vit.training:  # a frozen backbone: no mode switch (it walks every module)
+            return self.pooled_features(x, None, "cls")[-1]
         self.vit.eval()
-        h = self.vit.norm(self.vit.blocks(self.embed(x)))  # (B, 1+L, D)
-        self.vit.train(was_training)
-        return h[:, 0]
+        try:
+            return self.pooled_features(x, None, "cls")[-1]
+        finally:
+            self.vit.train(True)
 
     def encode(self, x: Tensor, prompts: Tensor | None = None, all_layers: bool = False) -> list[Tensor]:
         """Run the (prompted) encoder.
@@ -235,19 +238,66 @@ class ViTBackbone(nn.Module):
     @staticmethod
     def pool(h: Tensor, num_prompt_tokens: int, head_type: HeadType = "prompt") -> Tensor:
         """Pool encoder output (B, P+1+L, D) -> (B, D): prompt-token mean or the CLS token."""
+        start, stop = ViTBackbone.pooled_rows(num_prompt_tokens, head_type)
+        return ViTBackbone.reduce_rows(h[:, start:stop], head_type)
+
+    @staticmethod
+    def reduce_rows(rows: Tensor, head_type: HeadType) -> Tensor:
+        """The pooled rows (B, R, D) -> (B, D): their mean ('prompt') or the one [CLS] row ('cls')."""
+        return rows.mean(dim=1) if head_type == "prompt" else rows[:, 0]
+
+    def pooled_features(
+        self,
+        x: Tensor,
+        prompts: Tensor | None = None,
+        head_type: HeadType = "prompt",
+        all_layers: bool = False,
+    ) -> list[Tensor]:
+        """Pooled features of the (prompted) encoder, the last block run for the pooled rows only.
+
+        Equal to ``[pool(h, P, head_type) for h in encode(x, prompts, all_layers)]`` up to float rounding
+        (:mod:`prompt_pool.partial_block`); the last entry is computed by the same operations either way.
+
+        Args:
+            x: images (B, C, H, W).
+            prompts: (B, P, D) tokens prepended after the position embedding, or None.
+            head_type: ``prompt`` (mean of the P prompt rows) or ``cls`` (the [CLS] row, row P).
+            all_layers: one feature per hidden state 0..N (a "logit lens"), else the last one only.
+
+        Returns:
+            [(B, D)] * (N + 1) if ``all_layers``, else [(B, D)].
+        """
+        p = 0 if prompts is None else prompts.shape[1]
+        start, stop = self.pooled_rows(p, head_type)
+        tok = self.embed(x)  # (B, 1+L, D)
+        h = tok if prompts is None else torch.cat([prompts.to(tok.dtype), tok], dim=1)  # (B, P+1+L, D)
+        *early, last = self.vit.blocks
+        feats = []
+        if all_layers:
+            feats.append(self.pool(self.vit.norm(h), p, head_type))
+        for blk in early:
+            h = blk(h)
+            if all_layers:
+                feats.append(self.pool(self.vit.norm(h), p, head_type))
+        rows = self.vit.norm(block_rows(last, h, start, stop))  # (B, R, D)
+        feats.append(self.reduce_rows(rows, head_type))
+        return feats
+
+    @staticmethod
+    def pooled_rows(num_prompt_tokens: int, head_type: HeadType) -> tuple[int, int]:
+        """The rows [start, stop) a head pools from: the prompt rows, or the [CLS] row after them."""
         if head_type == "prompt":
             if num_prompt_tokens == 0:
                 raise ValueError(
                     "head_type='prompt' needs prompt tokens; use head_type='cls' without prompts."
                 )
-            return h[:, :num_prompt_tokens].mean(dim=1)
+            return 0, num_prompt_tokens
         if head_type == "cls":
-            return h[:, num_prompt_tokens]
+            return num_prompt_tokens, num_prompt_tokens + 1
         raise ValueError(f"unknown head_type {head_type!r}; use 'prompt' or 'cls'.")
 
     def layer_features(
         self, x: Tensor, prompts: Tensor | None = None, head_type: HeadType = "prompt"
     ) -> Tensor:
-        """Per-layer pooled features (hidden states 0..N, see :meth:`encode`).  -> (N + 1, B, D)."""
-        p = 0 if prompts is None else prompts.shape[1]
-        return torch.stack([self.pool(h, p, head_type) for h in self.encode(x, prompts, all_layers=True)])
+        """Per-layer pooled features (hidden states 0..N, see :meth:`pooled_features`).  -> (N + 1, B, D)."""
+        return torch.stack(self.pooled_features(x, prompts, head_type, all_layers=True))

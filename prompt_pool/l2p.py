@@ -93,8 +93,7 @@ class L2P(ContinualLearner):
         """Pooled features of the prompted forward (one (B, D) per layer if ``all_layers``) and aux."""
         q = self.query(x, uid) if query is None else query  # (B, D)
         sel = self.pool(q)
-        hs = self.backbone.encode(x, sel.prompts, all_layers=all_layers)  # [(B, N*Lp+1+L, D)]
-        feats = [self.backbone.pool(h, self.pool.num_prompt_tokens, self.head_type) for h in hs]
+        feats = self.backbone.pooled_features(x, sel.prompts, self.head_type, all_layers)  # [(B, D)]
         return feats, {"pull": sel.pull, "ids": sel.ids, "query": q}
 
     def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:

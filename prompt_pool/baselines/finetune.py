@@ -39,7 +39,7 @@ class FineTune(ContinualLearner):
             if self.cache_features and uid is not None:
                 return self.feature_cache.get(uid, x, self.backbone.query)
             return self.backbone.query(x)
-        return self.backbone.pool(self.backbone.encode(x)[0], 0, "cls")
+        return self.backbone.pooled_features(x, None, "cls")[-1]
 
     def logits(self, x: Tensor, uid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         return self.head(self.features(x, uid)), {}

@@ -110,7 +110,7 @@ class LegacyLwF(LegacyFineTune):
             return logits.new_zeros(())
         with torch.no_grad():
             self.old.eval()
-            feats = self.old["backbone"].pool(self.old["backbone"].encode(x)[0], 0, "cls")
+            feats = self.old["backbone"].pooled_features(x, None, "cls")[-1]  # as the LwF add-on does
             old_logits = self.old["head"](feats)[:, self.old_classes]
         t = self.temperature
         new = F.log_softmax(logits[:, self.old_classes] / t, dim=-1)
