@@ -131,7 +131,9 @@ def gate_set(mome, on: bool, radius: torch.Tensor) -> None:
     mome.router.gate.radius = radius.clone() if on else torch.zeros_like(radius)
 
 
-def evaluate(name: str, folder: str, dm, base_nll: float, backbone: str, snaps: list[float]) -> dict:
+def evaluate(
+    name: str, folder: str, dm, base_nll: float, backbone: str, snaps: list[float], gates: list[str]
+) -> dict:
     """Recall of every question set and held-out NLL change, per gate on/off and snap radius."""
     tok = dm.tokenizer
     mome = load_mome(backbone, Path(folder) / "mome").eval()
@@ -159,7 +161,7 @@ def evaluate(name: str, folder: str, dm, base_nll: float, backbone: str, snaps: 
     }
     with torch.no_grad():
         result["routing"] = {k: routing_stats(mome, sets["original"], exs) for k, exs in sets.items()}
-        for on in (True, False):
+        for on in [g == "on" for g in gates]:
             for snap in snaps:
                 key = setting_key(on, snap)
                 start = time.time()
@@ -220,6 +222,9 @@ def main() -> None:
     p.add_argument(
         "--snap", type=float, nargs="+", default=[0.0], help="relative snap radii to measure (0 = off, inf)"
     )
+    p.add_argument(
+        "--gates", nargs="+", choices=("on", "off"), default=["on", "off"], help="gate settings to measure"
+    )
     args = p.parse_args()
     dm = FactsDataModule(
         tokenizer=args.backbone, num_random_facts=args.facts, num_heldout=args.heldout, batch_size=16
@@ -233,7 +238,7 @@ def main() -> None:
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         start = time.time()
-        results.append(evaluate(name, folder, dm, base_nll, args.backbone, args.snap))
+        results.append(evaluate(name, folder, dm, base_nll, args.backbone, args.snap, args.gates))
         results[-1]["provenance"] = provenance(args.backbone)
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
         atomic_write_json(Path(args.out) / f"{name}.json", results[-1])
