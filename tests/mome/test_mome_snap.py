@@ -8,11 +8,12 @@ from test_mome_module import fit, make_config, make_data, make_module
 
 from decoding.errors import UserError
 from memexp.data import collate_examples
+from memexp.facts import CODE_QUESTION, Fact
 from memexp.mome import MoMEConfig
 from memexp.mome.checkpoint import load_mome, save_mome
 from memexp.mome.gate import FactGate, nearest
 from memexp.mome.router import Router
-from memexp.paraphrase import CODE_TEMPLATES, TRAIN_TEMPLATES
+from memexp.paraphrase import CODE_TEMPLATES, TRAIN_TEMPLATES, training_rewordings
 
 
 def make_router(seed: int = 0) -> Router:
@@ -130,3 +131,11 @@ def test_tuning_with_snap_and_training_rewordings_round_trips(tiny_llama_dir, tm
     assert again.config.snap == float("inf")
     assert torch.equal(again.router.gate.snap_radius, gate.snap_radius)
     assert torch.equal(again.route(b["input_ids"], b["attention_mask"], b["prompt_mask"]).ids, routing.ids)
+
+
+def test_training_rewordings_ids_and_other_questions():
+    facts = [Fact(0, CODE_QUESTION.format(entity="the red river"), "AB12"), Fact(1, "Who wrote it?", "X")]
+    out = training_rewordings(facts, first_id=10)
+    assert [source for source, _ in out] == [0] * len(TRAIN_TEMPLATES)  # a user's question: no entity
+    assert [f.id for _, f in out] == [10 + 2 * j for j in range(len(TRAIN_TEMPLATES))]
+    assert out[0][1] == Fact(10, "Give me the code of the red river.", "AB12")
