@@ -11,10 +11,22 @@ Interference: mean held-out answer NLL per token (the 50 held-out facts), MoME v
         --trainer.max_epochs=200
     OMP_NUM_THREADS=1 python benchmarks/paraphrase_recall.py today=runs/para/today \\
         --out benchmarks/results/paraphrase_recall
+
+Other backbones and snap routing (``MoMEConfig.snap``): ``--backbone``, ``--facts`` and ``--heldout``
+must repeat the run's model and data settings; ``--snap 0 inf`` measures every gate setting with snapping
+off and with a snap radius of ``inf`` (every question takes its nearest fact's experts). The snap radius is
+set on the trained model (its gate stores the facts' queries when it was trained with ``gate`` or ``snap``
+> 0). The SmolLM2 runs (``configs/memexp/mome_smollm2_para.yaml``; RESULTS.md)::
+
+    memexp fit --config configs/memexp/mome_smollm2_para.yaml --trainer.default_root_dir=runs/sm/plain
+    OMP_NUM_THREADS=1 python benchmarks/paraphrase_recall.py plain=runs/sm/plain \\
+        --backbone smollm2:135m-instruct --facts 50 --heldout 50 --snap 0 inf --out runs/sm/results
 """
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -31,18 +43,31 @@ BACKBONE = "tiny:llama?hidden=128&layers=4&pretrain_steps=600"  # the demo's (co
 TEMPLATE = "Q: {question}\nA:"  # FactsDataModule's default prompt template
 
 
-def recalled(mome, tok, ex) -> bool:
-    """Greedy generation (KV cache) of one prompt gives exactly the answer and its eos."""
-    prompt = torch.tensor([ex.prompt_ids])  # (1, P)
-    out = mome.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        max_new_tokens=len(ex.answer_ids),
-        do_sample=False,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return out[0, prompt.shape[1] :].tolist() == ex.answer_ids
+def recall(mome, tok, examples, batch: int = 32) -> float:
+    """Fraction of ``examples`` whose greedy generation (KV cache) gives exactly the answer and its eos.
+
+    Prompts of one length are generated together (no padding, so each row is what it would be alone);
+    a row counts when its first ``len(answer_ids)`` generated tokens are the answer and eos.
+    """
+    groups: dict[int, list] = {}
+    for ex in examples:
+        groups.setdefault(len(ex.prompt_ids), []).append(ex)
+    hits = 0
+    for length, group in groups.items():
+        for i in range(0, len(group), batch):
+            chunk = group[i : i + batch]
+            prompt = torch.tensor([ex.prompt_ids for ex in chunk])  # (B, P)
+            out = mome.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=max(len(ex.answer_ids) for ex in chunk),
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            for row, ex in zip(out[:, length:].tolist(), chunk):
+                hits += row[: len(ex.answer_ids)] == ex.answer_ids
+    return hits / len(examples)
 
 
 def answer_nll(model, examples, pad_id: int, batch: int = 25) -> float:
@@ -60,30 +85,62 @@ def answer_nll(model, examples, pad_id: int, batch: int = 25) -> float:
 
 
 def routing_stats(mome, originals, rewordings) -> dict[str, float]:
-    """How the rewordings route: ``overlap``, the mean fraction of the own fact's selected experts that a
-    rewording also selects; ``nearest``, the fraction whose query is nearest (L2) its own fact's query."""
+    """How the rewordings route (snapping off): ``overlap``, the mean fraction of the own fact's selected
+    experts that a rewording also selects; ``nearest``, the fraction whose query is nearest (L2) its own
+    fact's query; ``dist_ratio``, the median of d(rewording, own fact) / (the facts' spacing), the
+    relative snap radius a rewording needs."""
+    gate = mome.router.gate
+    snap = gate.snap_radius.clone()
+    gate.snap_radius = torch.zeros_like(snap)
 
     def route(examples):
         out = [mome.route(torch.tensor([e.prompt_ids])) for e in examples]
         return torch.cat([r.ids for r in out]), torch.cat([r.queries.flatten(1) for r in out])
 
     ids_o, q_o = route(originals)  # (F, heads*k), (F, D)
+    gate.snap_radius = snap
     row = {e.fact_id: i for i, e in enumerate(originals)}
     own = torch.tensor([row[e.fact_id] for e in rewordings])
-    ids_p, q_p = route(rewordings)
+    ids_p, q_p = route(rewordings) if rewordings is not originals else (ids_o, q_o)
     shared = (ids_p[:, :, None] == ids_o[own][:, None, :]).any(-1).float().mean(1)  # (P,)
-    nearest = (torch.cdist(q_p, q_o).argmin(1) == own).float().mean()
-    return {"overlap": shared.mean().item(), "nearest": nearest.item()}
+    dist = torch.cdist(q_p, q_o)  # (P, F)
+    nearest = (dist.argmin(1) == own).float().mean()
+    spacing = torch.cdist(q_o, q_o).fill_diagonal_(float("inf")).min(1).values.median()
+    ratio = (dist[torch.arange(len(own)), own] / spacing).median()
+    return {"overlap": shared.mean().item(), "nearest": nearest.item(), "dist_ratio": ratio.item()}
+
+
+def provenance(backbone: str) -> dict:
+    """Versions, thread count, the command line and (for a GGUF backbone) the GGUF's sha256."""
+    from decoding.models import resolve_model_path
+    from decoding.provenance import environment
+
+    source = Path(resolve_model_path(backbone)) / "gguf_source.json"
+    gguf = json.loads(source.read_text()) if source.exists() else {}
+    return {
+        "environment": environment(),
+        "threads": torch.get_num_threads(),
+        "backbone": backbone,
+        "gguf_sha256": gguf.get("sha256"),
+        "command": "python " + shlex.join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def gate_set(mome, on: bool, radius: torch.Tensor) -> None:
     mome.router.gate.radius = radius.clone() if on else torch.zeros_like(radius)
 
 
-def evaluate(name: str, folder: str, dm, base_nll: float) -> dict:
+def evaluate(
+    name: str, folder: str, dm, base_nll: float, backbone: str, snaps: list[float], gates: list[str]
+) -> dict:
+    """Recall of every question set and held-out NLL change, per gate on/off and snap radius."""
     tok = dm.tokenizer
-    mome = load_mome(BACKBONE, Path(folder) / "mome").eval()
-    sets = {"original": dm.train_examples}
+    mome = load_mome(backbone, Path(folder) / "mome").eval()
+    gate = mome.router.gate
+    if any(snaps) and gate.queries.shape[0] == 0:
+        raise SystemExit(f"{folder}: no stored fact queries (trained with gate 0 and snap 0): drop --snap")
+    sets = {"original": [e for e in dm.train_examples if e.source_id is None]}
     for template in CODE_TEMPLATES:
         facts = [
             Fact(f.id, p.question, f.answer)
@@ -92,24 +149,41 @@ def evaluate(name: str, folder: str, dm, base_nll: float) -> dict:
             if p.template == template
         ]
         sets[template] = [tokenize_fact(f, tok, TEMPLATE) for f in facts]
-    radius = mome.router.gate.radius.clone()
-    result = {"name": name, "folder": folder, "gate_radius": float(radius), "recall": {}, "heldout_nll": {}}
+    radius = gate.radius.clone()
+    result = {
+        "name": name,
+        "folder": folder,
+        "gate_radius": float(radius),
+        "trained_snap": mome.config.snap,
+        "recall": {},
+        "heldout_nll": {},
+        "seconds": {},
+    }
     with torch.no_grad():
         result["routing"] = {k: routing_stats(mome, sets["original"], exs) for k, exs in sets.items()}
-        for gate in ("on", "off"):
-            gate_set(mome, gate == "on", radius)
-            result["recall"][gate] = {
-                k: sum(recalled(mome, tok, e) for e in exs) / len(exs) for k, exs in sets.items()
-            }
-            nll = answer_nll(mome, dm.heldout_examples, tok.pad_token_id)
-            result["heldout_nll"][gate] = {
-                "mome": nll,
-                "backbone": base_nll,
-                "rel_change": nll / base_nll - 1,
-            }
-            para = [v for k, v in result["recall"][gate].items() if k != "original"]
-            result["recall"][gate]["paraphrase_mean"] = sum(para) / len(para)
+        for on in [g == "on" for g in gates]:
+            for snap in snaps:
+                key = setting_key(on, snap)
+                start = time.time()
+                gate_set(mome, on, radius)
+                gate.set_snap(snap)
+                result["recall"][key] = {k: recall(mome, tok, exs) for k, exs in sets.items()}
+                nll = answer_nll(mome, dm.heldout_examples, tok.pad_token_id)
+                result["heldout_nll"][key] = {
+                    "mome": nll,
+                    "backbone": base_nll,
+                    "rel_change": nll / base_nll - 1,
+                }
+                para = [v for k, v in result["recall"][key].items() if k != "original"]
+                result["recall"][key]["paraphrase_mean"] = sum(para) / len(para)
+                result["seconds"][key] = time.time() - start
+                print(f"  {name} {key}: {time.time() - start:.0f} s", flush=True)
     return result
+
+
+def setting_key(gate_on: bool, snap: float) -> str:
+    """``on`` / ``off`` (snapping off: the tiny-backbone results' keys), else with the snap radius."""
+    return ("on" if gate_on else "off") + (f", snap {snap:g}" if snap > 0 else "")
 
 
 def routing_markdown(results: list[dict]) -> str:
@@ -117,7 +191,7 @@ def routing_markdown(results: list[dict]) -> str:
     lines = ["| setting | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in results:
         cells = " | ".join(
-            f"{r['routing'][c]['overlap']:.2f} / {r['routing'][c]['nearest']:.2f}" for c in cols
+            "{overlap:.2f} / {nearest:.2f} / {dist_ratio:.2f}".format(**r["routing"][c]) for c in cols
         )
         lines.append(f"| {r['name']} | {cells} |")
     return "\n".join(lines)
@@ -130,11 +204,10 @@ def markdown(results: list[dict]) -> str:
         "|---|---|" + "---|" * len(cols) + "---|",
     ]
     for r in results:
-        for gate in ("on", "off"):
-            rec = r["recall"][gate]
+        for key, rec in r["recall"].items():
             cells = " | ".join(f"{rec[c]:.2f}" for c in cols)
             lines.append(
-                f"| {r['name']} | {gate} | {cells} | {100 * r['heldout_nll'][gate]['rel_change']:+.2f}% |"
+                f"| {r['name']} | {key} | {cells} | {100 * r['heldout_nll'][key]['rel_change']:+.2f}% |"
             )
     return "\n".join(lines)
 
@@ -143,16 +216,30 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="NAME=RUN_FOLDER (the run's default_root_dir, holding mome/)")
     p.add_argument("--out", default="benchmarks/results/paraphrase_recall", help="folder of the JSON results")
+    p.add_argument("--backbone", default=BACKBONE, help="the runs' backbone (default: the demo's tiny Llama)")
+    p.add_argument("--facts", type=int, default=200, help="the runs' num_random_facts")
+    p.add_argument("--heldout", type=int, default=50, help="the runs' num_heldout")
+    p.add_argument(
+        "--snap", type=float, nargs="+", default=[0.0], help="relative snap radii to measure (0 = off, inf)"
+    )
+    p.add_argument(
+        "--gates", nargs="+", choices=("on", "off"), default=["on", "off"], help="gate settings to measure"
+    )
     args = p.parse_args()
-    dm = FactsDataModule(tokenizer=BACKBONE, num_random_facts=200, num_heldout=50, batch_size=16)
+    dm = FactsDataModule(
+        tokenizer=args.backbone, num_random_facts=args.facts, num_heldout=args.heldout, batch_size=16
+    )
     dm.setup()
     with torch.no_grad():
-        base_nll = answer_nll(load_causal_lm(BACKBONE).eval(), dm.heldout_examples, dm.tokenizer.pad_token_id)
+        base = load_causal_lm(args.backbone).eval()
+        base_nll = answer_nll(base, dm.heldout_examples, dm.tokenizer.pad_token_id)
+    del base
     results = []
     for spec in args.runs:
         name, _, folder = spec.partition("=")
         start = time.time()
-        results.append(evaluate(name, folder, dm, base_nll))
+        results.append(evaluate(name, folder, dm, base_nll, args.backbone, args.snap, args.gates))
+        results[-1]["provenance"] = provenance(args.backbone)
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
         atomic_write_json(Path(args.out) / f"{name}.json", results[-1])
     print(markdown(results))

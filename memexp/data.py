@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightning as L
 import torch
@@ -68,6 +68,7 @@ class Example:
     fact_id: int
     prompt_ids: list[int]
     answer_ids: list[int]  # answer tokens followed by eos
+    source_id: int | None = None  # a training rewording of this fact id (None: the fact's own question)
 
 
 def tokenize_fact(fact: Fact, tokenizer, template: str) -> Example:
@@ -146,6 +147,11 @@ class FactsDataModule(L.LightningDataModule):
         eval_batch_size: evaluation batch size.
         seed: seed for fact generation and the held-out split.
         num_workers: DataLoader workers.
+        train_paraphrases: also train every fact's question reworded by
+            :data:`memexp.paraphrase.TRAIN_TEMPLATES` (random facts' questions only; disjoint from the
+            held-out :data:`~memexp.paraphrase.CODE_TEMPLATES`). Each rewording is an extra training
+            example with an id after every fact's and ``source_id`` = its fact, whose experts it shares
+            (:class:`memexp.mome.MoMETuning`); ``facts`` keeps the facts only.
     """
 
     def __init__(
@@ -161,6 +167,7 @@ class FactsDataModule(L.LightningDataModule):
         eval_batch_size: int = 128,
         seed: int = 0,
         num_workers: int = 0,
+        train_paraphrases: bool = False,
     ) -> None:
         super().__init__()
         check_template(template)
@@ -215,6 +222,13 @@ class FactsDataModule(L.LightningDataModule):
         self.heldout_facts = [facts[i] for i in sorted(order[split:])]
         self.train_examples = [tokenize_fact(f, self.tokenizer, hp.template) for f in self.facts]
         self.heldout_examples = [tokenize_fact(f, self.tokenizer, hp.template) for f in self.heldout_facts]
+        if hp.train_paraphrases:
+            from memexp.paraphrase import training_rewordings
+
+            first = max(f.id for f in facts) + 1
+            for source, fact in training_rewordings(self.facts, first):
+                example = tokenize_fact(fact, self.tokenizer, hp.template)
+                self.train_examples.append(replace(example, source_id=source))
 
     def _loader(self, examples: list, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

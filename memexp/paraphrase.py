@@ -11,7 +11,17 @@ Random facts ask ``"What is the code of <entity>?"`` (:data:`memexp.facts.CODE_Q
     possessive    The red river's code is what?             possessive, question word last
     which_code    Which code does the red river have?       other words, reordered
 
-None of them is ever a training question (training uses the original wording only). A question from a
+None of them is ever a training question. Training uses the original wording only, unless
+``FactsDataModule(train_paraphrases=True)`` adds the rewordings of :data:`TRAIN_TEMPLATES`, a separate
+set that shares no template with the held-out ones::
+
+    give_me       Give me the code of the red river.        imperative (another verb)
+    whose         What is the red river's code?             possessive, question word first
+    do_you_know   Do you know the code of the red river?    yes/no question
+    belongs_to    What code belongs to the red river?       other words
+
+They teach a fact's experts more than one wording (:class:`memexp.mome.MoMETuning` gives each rewording
+its fact's experts); the 7 held-out templates then measure wordings never trained on. A question from a
 user's facts file has no known entity, so only surface variants apply (:func:`surface_variants`):
 ``case`` (the first letter's case swapped), ``punctuation`` (the trailing ``?``/``.``/``!`` dropped, or a
 ``?`` added) and ``contraction`` ("What is" <-> "What's", "Who is" <-> "Who's"... when the question has
@@ -36,6 +46,15 @@ CODE_TEMPLATES: dict[str, str] = {
     "which_code": "Which code does {entity} have?",
 }
 SURFACE_VARIANTS = ("case", "punctuation", "contraction")
+
+# training rewordings only: never a held-out template (checked below and by the tests)
+TRAIN_TEMPLATES: dict[str, str] = {
+    "give_me": "Give me the code of {entity}.",
+    "whose": "What is {entity}'s code?",
+    "do_you_know": "Do you know the code of {entity}?",
+    "belongs_to": "What code belongs to {entity}?",
+}
+assert not set(TRAIN_TEMPLATES.values()) & set(CODE_TEMPLATES.values())
 
 _CODE_RE = re.compile("^" + re.escape(CODE_QUESTION).replace(re.escape("{entity}"), "(?P<entity>.+)") + "$")
 _WORDS = ("What", "Who", "Where", "When", "How", "It", "That", "There", "Here")
@@ -114,3 +133,27 @@ def paraphrases(fact: Fact) -> list[Paraphrase]:
 def paraphrase_facts(facts: list[Fact]) -> list[Paraphrase]:
     """:func:`paraphrases` of every fact, fact by fact."""
     return [p for fact in facts for p in paraphrases(fact)]
+
+
+def training_rewordings(facts: list[Fact], first_id: int) -> list[tuple[int, Fact]]:
+    """:data:`TRAIN_TEMPLATES` rewordings of the random facts' questions, as new facts to train.
+
+    Args:
+        facts: the facts to train; questions that are not a random fact's are skipped.
+        first_id: the first free fact id; rewording ``j`` of the ``i``-th fact gets
+            ``first_id + j * len(facts) + i``.
+
+    Returns:
+        ``(source fact id, reworded fact)`` pairs, template by template.
+    """
+    out = []
+    for j, template in enumerate(TRAIN_TEMPLATES.values()):
+        for i, fact in enumerate(facts):
+            span = code_entity(fact.question)
+            if span is None:
+                continue
+            entity = fact.question[span[0] : span[1]]
+            out.append(
+                (fact.id, Fact(first_id + j * len(facts) + i, template.format(entity=entity), fact.answer))
+            )
+    return out

@@ -36,6 +36,13 @@ class MoMEConfig:
         gate: fact gate radius relative to the spacing of the memorised facts' queries (0 = off): at
             phase-2 start the experts are restricted to questions near a memorised one, so any other
             input gets exactly the backbone (:mod:`memexp.mome.gate`; per-question routing only).
+        snap: snap radius relative to the same spacing (0 = off, the default): a question whose query lies
+            within it of a memorised fact's query selects exactly that fact's experts and weights instead
+            of its own top-k, so a reworded question gets its fact's whole expert set
+            (:mod:`memexp.mome.gate`; per-question routing only; the facts' queries are stored at phase-2
+            start whenever ``gate`` or ``snap`` is > 0; ``inf`` snaps every question to its nearest fact).
+            Independent of ``gate``: with the gate on, a question outside the gate radius still gets no
+            experts.
         question_end: token ids that end every trained question (the prompt template's tail, e.g. the
             ids of ``"\nA:"``); :class:`~memexp.mome.tuning.MoMETuning` records them from its facts. A
             forward without ``question_mask`` routes on the tokens up to and including their first
@@ -58,6 +65,7 @@ class MoMEConfig:
     dtype: str = "float32"
     index: IndexConfig = field(default_factory=IndexConfig)
     gate: float = 0.0
+    snap: float = 0.0
     question_end: list[int] | None = None
 
     def __post_init__(self) -> None:
@@ -102,10 +110,16 @@ class MoMEConfig:
                 )
         if not (math.isfinite(self.gate) and self.gate >= 0):
             raise UserError(f"gate={self.gate} must be >= 0 (0 = off, 0.5 = half the typical fact spacing)")
-        if self.gate > 0 and self.per_token:
+        if not self.snap >= 0:  # also refuses nan; inf snaps every question to its nearest fact
             raise UserError(
-                f"mome.gate={self.gate} works with per-question routing only; set per_token false or gate 0"
+                f"snap={self.snap} must be >= 0 (0 = off, 0.5 = half the typical fact spacing, inf = always)"
             )
+        for name in ("gate", "snap"):
+            if getattr(self, name) > 0 and self.per_token:
+                raise UserError(
+                    f"mome.{name}={getattr(self, name)} works with per-question routing only; set per_token "
+                    f"false or {name} 0"
+                )
 
 
 # hparams of MoME checkpoints hold these configs; they are loaded with torch.load(weights_only=True).

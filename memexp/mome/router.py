@@ -41,7 +41,8 @@ class Routing:
         ids: ``(B, heads*k)`` (or ``(B, T, heads*k)`` per token) expert ids.
         weights: same shape; softmax weights divided by ``heads`` (they sum to 1 per input).
         aux_loss: the balancing loss (zero when disabled).
-        queries: ``(B, heads, d_k)`` normalised queries (for diagnostics and index recall).
+        queries: ``(B, heads, d_k)`` normalised queries (for diagnostics and index recall); the
+            question's own, also when snap routing selected with a memorised fact's query.
         features: ``(B, H)`` the pooled hidden states the queries were made from (``(B*T, H)`` per
             token); :meth:`Router.route_features` routes them again without the backbone.
     """
@@ -198,9 +199,17 @@ class Router(nn.Module):
         return self.route_features(masked_mean(hidden, mask))
 
     def route_features(self, features: torch.Tensor) -> Routing:
-        """Route pooled features ``(N, H)`` (one row per question, or per token when ``per_token``)."""
+        """Route pooled features ``(N, H)`` (one row per question, or per token when ``per_token``).
+
+        With snap routing on (:meth:`FactGate.snap <memexp.mome.gate.FactGate.snap>`), a query inside the
+        snap radius of a memorised fact's query selects with that query instead; the gate decides on the
+        question's own query.
+        """
         q = self.make_queries(features)  # (N, heads, d_k)
-        ids, weights = self.select(q)
+        chosen = q
+        if self.gate.snapping and not self.per_token:  # near a memorised fact: exactly that fact's experts
+            chosen = self.gate.snap(q.reshape(q.shape[0], -1))[0].view_as(q)
+        ids, weights = self.select(chosen)
         if self.gate.active and not self.per_token:  # questions far from every memorised fact: no experts
             weights = weights * self.gate.open(q.reshape(q.shape[0], -1))[:, None].to(weights.dtype)
         aux = q.sum() * 0.0

@@ -227,28 +227,38 @@ class MoMETuning(FactTuning):
             mome.route(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"]).features
             for batch in self._fact_batches(examples)
         ]
+        # rewordings of a fact (Example.source_id, memexp.paraphrase.TRAIN_TEMPLATES) share its experts:
+        # the router is fitted on the facts' own questions only and a rewording caches its fact's selection
+        row = {e.fact_id: i for i, e in enumerate(examples)}
+        source = torch.tensor([row[e.fact_id if e.source_id is None else e.source_id] for e in examples])
+        own = source == torch.arange(len(examples))  # (N,) the facts' own questions
+        own_features = [torch.cat(features)[own.to(features[0].device)]] if not own.all() else features
         if self.hparams.whiten_queries:
-            router.whiten(features, shrink=self.hparams.whiten_shrink)
-        router.calibrate_norm(features)
+            router.whiten(own_features, shrink=self.hparams.whiten_shrink)
+        router.calibrate_norm(own_features)
         self._freeze_router()
         keys = router.keys.weight
         if self.hparams.balance_keys and not mome.config.per_token:
-            fact_queries = torch.cat([router.make_queries(f) for f in features])  # (N, heads, d_k)
+            fact_queries = torch.cat([router.make_queries(f) for f in own_features])  # (F, heads, d_k)
             place_keys(fact_queries.reshape(-1, mome.config.key_dim), keys, mome.config.k)
         router.index.config = self.phase2_index
         router.index.build(keys)
+        gate = router.gate
+        gate.fit(gate.queries[:0], 0.0)  # no snapping while the facts' own selection is computed
         routed = [router.route_features(f) for f in features]  # frozen: what route() gives each fact
-        routing_ids = torch.cat([r.ids for r in routed])  # (N, heads * k)
+        source = source.to(self.device)
+        routing_ids = torch.cat([r.ids for r in routed])[source]  # (N, heads * k)
         queries = torch.cat([r.queries for r in routed]).flatten(1)  # (N, heads * d_k)
         fact_ids = torch.tensor([e.fact_id for e in examples], device=self.device)
         n_ids = int(fact_ids.max()) + 1
         ids = torch.zeros(n_ids, self.cached_ids.shape[1], dtype=torch.long, device=self.device)
         weights = torch.zeros(n_ids, self.cached_ids.shape[1], device=self.device)
-        ids[fact_ids], weights[fact_ids] = routing_ids, torch.cat([r.weights for r in routed])
+        ids[fact_ids], weights[fact_ids] = routing_ids, torch.cat([r.weights for r in routed])[source]
         self.cached_ids, self.cached_weights = ids, weights
-        if mome.config.gate > 0 and not mome.config.per_token:
-            router.gate.fit(queries, mome.config.gate)
+        if (mome.config.gate > 0 or mome.config.snap > 0) and not mome.config.per_token:
+            gate.fit(queries[own.to(queries.device)], mome.config.gate, mome.config.snap)
         self.memorised = torch.zeros(n_ids, dtype=torch.bool, device=self.device)
+        fact_ids = fact_ids[own.to(self.device)]  # usage of the facts' own selections
         stats = collision_stats(ids[fact_ids], mome.config.num_experts)
         chance = random_assignment(len(fact_ids), ids.shape[1], mome.config.num_experts)
         metrics = {
