@@ -97,7 +97,7 @@ class PromptRoutedLM(RoutedLM):
         self.routing: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("past_key_values", kwargs.get("cache"))  # the name depends on transformers
         if self.routing is None or _cached_tokens(past) == 0:
             routing = self.inner.route(
                 input_ids, attention_mask, self.inner.prompt_question(input_ids, attention_mask)
@@ -126,7 +126,7 @@ def gate_off(mome: MoMEModel) -> Iterator[None]:
 
 
 def settings_of(args: argparse.Namespace, stage: str) -> dict:
-    """What a stage's result depends on; a rerun refuses a stored file whose settings differ."""
+    """What a stage depends on (stored as ``stage_settings``); a rerun refuses a file whose own differ."""
     shared = {"model": args.model, **measure_kwargs(args), "questions": args.questions}
     if stage == "base":
         return shared
@@ -149,7 +149,7 @@ def stored(path: Path, settings: dict) -> dict | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    changed = differing_settings(data.get("settings", {}), settings)
+    changed = differing_settings(data.get("stage_settings", {}), settings)
     if changed:
         raise UserError(
             f"{path} was written with other settings ({', '.join(changed[:6])}); delete it to redo this "
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
             questions=questions(args),
             **measure_kwargs(args),
         )
-        data = {**m.to_dict(), "settings": settings_of(args, "base"), "provenance": provenance(args)}
+        data = {**m.to_dict(), "stage_settings": settings_of(args, "base"), "provenance": provenance(args)}
         atomic_write_json(base_file, data)
     else:
         print(f"[base] {base_file} exists: reused", flush=True)
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         t0 = time.perf_counter()
         result = run_method(method, args, base, tok)
-        result |= {"method": method, "settings": settings, "stage_s": time.perf_counter() - t0}
+        result |= {"method": method, "stage_settings": settings, "stage_s": time.perf_counter() - t0}
         atomic_write_json(path, {**result, "provenance": provenance(args)})
         print(f"[{method}] written to {path} ({result['stage_s']:.0f} s)", flush=True)
     table = assemble(args.out)

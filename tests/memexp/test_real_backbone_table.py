@@ -18,6 +18,7 @@ from benchmarks.real_backbone_table import (
     stored,
 )
 from decoding.errors import UserError
+from decoding.models import cache_kwargs, output_cache
 
 TINY_MOME = """
 model:
@@ -119,7 +120,7 @@ def test_assemble_orders_rows_and_relates_times_to_lora(tmp_path):
 def test_stored_refuses_other_settings(tmp_path):
     path = tmp_path / "lora.json"
     assert stored(path, {"lr": 1e-3}) is None
-    path.write_text(json.dumps({"settings": {"lr": 1e-3, "facts": 10}, "rows": {}}))
+    path.write_text(json.dumps({"stage_settings": {"lr": 1e-3, "facts": 10}, "rows": {}}))
     assert stored(path, {"lr": 1e-3, "facts": 10})["rows"] == {}
     with pytest.raises(UserError, match="facts"):
         stored(path, {"lr": 1e-3, "facts": 20})
@@ -132,7 +133,7 @@ def test_tiny_end_to_end_resumes_per_method_and_never_overwrites(tmp_path, capsy
     for name in ("base", "mome", "lora", "table"):
         assert (out / f"{name}.json").exists()
     mome = json.loads((out / "mome.json").read_text())
-    assert mome["settings"]["mome_config"]["mome"]["gate"] == 0.5
+    assert mome["stage_settings"]["mome_config"]["mome"]["gate"] == 0.5
     for r in mome["rows"].values():
         assert set(r["compare"]) == {"real_text_nll", "mc1", "mc2", "identical_answers"}
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
@@ -171,9 +172,9 @@ def test_prompt_routed_view_routes_each_full_call_and_keeps_it_under_a_cache(tin
             assert not torch.allclose(mome(ids).logits, whole)
         prefix = mome.route(ids[:1, :4], question_mask=torch.ones(1, 4, dtype=torch.bool))
         step = view(ids[:1, :4], use_cache=True)  # a shared prefix, then a batch of continuations
-        cache = step.past_key_values
+        cache = output_cache(step)
         cache.batch_repeat_interleave(2)
-        cached = view(ids[:, 4:5], past_key_values=cache).logits[:, -1]  # (2, V)
+        cached = view(ids[:, 4:5], **cache_kwargs(cache)).logits[:, -1]  # (2, V)
         inputs = torch.cat([ids[:1, :4].repeat(2, 1), ids[:, 4:5]], 1)  # (2, 5)
         fixed = {"expert_ids": prefix.ids.repeat(2, 1), "expert_weights": prefix.weights.repeat(2, 1)}
         assert torch.allclose(cached, mome(inputs, **fixed).logits[:, -1], atol=1e-5)
