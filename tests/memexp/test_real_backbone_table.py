@@ -189,3 +189,32 @@ def test_gate_off_opens_the_gate_and_restores_it(tiny_mome):
     with gate_off(tiny_mome):
         assert gate.open(far).all()
     assert not gate.open(far).any() and float(gate.radius) == radius > 0
+
+
+def test_train_clock_excludes_validation_and_counts_the_epoch_that_reached_zero(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import mome_memorisation
+
+    now = [0.0]
+    monkeypatch.setattr(mome_memorisation, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    clock = mome_memorisation.TrainClock()
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), sanity_checking=False, current_epoch=0)
+    for epoch, rate in enumerate((1.0, 0.0)):  # each epoch: 10 s training, 5 s validation, 0.5 s after it
+        trainer.current_epoch, trainer.callback_metrics = (
+            epoch,
+            {"val/hallucination_rate": torch.tensor(rate)},
+        )
+        clock.on_train_epoch_start(trainer, None)
+        now[0] += 10
+        clock.on_validation_start(trainer, None)
+        now[0] += 5
+        clock.on_validation_end(trainer, None)
+        now[0] += 0.5
+        clock.on_train_epoch_end(trainer, None)
+    assert clock.to_zero_s == pytest.approx(20.5) and clock.zero_epoch == 1
+    assert clock.train_s == pytest.approx(21.0)
+    trainer.state.fn = "validate"  # a validation outside fit neither stops the clock nor records
+    clock.on_validation_start(trainer, None)
+    clock.on_validation_end(trainer, None)
+    assert clock.train_s == pytest.approx(21.0)
