@@ -308,7 +308,7 @@ def assemble(out: Path) -> dict:
                 "time_vs_lora": time_ratio,
                 "compare": row["compare"],
             }
-            entry["lamini"] = lamini(row, time_ratio)
+            entry["lamini"] = lamini(row, None if method == "lora" else time_ratio)  # LoRA: the reference
             table["rows"][name] = entry
     atomic_write_json(out / "table.json", table)
     atomic_write_text(out / "table.md", markdown(table))

@@ -111,6 +111,7 @@ def test_assemble_orders_rows_and_relates_times_to_lora(tmp_path):
     assert table["rows"]["mome_gate_on"]["time_vs_lora"] == pytest.approx(0.25)
     assert table["rows"]["mome_gate_on"]["lamini"]["time_ratio_ok"] is True
     assert table["rows"]["full"]["lamini"]["time_ratio_ok"] is False
+    assert table["rows"]["lora"]["lamini"]["time_ratio_ok"] is None  # the reference itself
     header = (tmp_path / "table.md").read_text().splitlines()[0]
     order = [LABELS[n] for n in ("mome_gate_off", "mome_gate_on", "lora", "full")]
     assert header == "| metric | " + " | ".join(order) + " |"
