@@ -34,26 +34,64 @@ from memexp.mome.tuning import MoMETuning
 
 
 class TrainClock(L.Callback):
-    """Training wall time (validation excluded) until validation first reports 0% hallucination."""
+    """Training wall time (validation excluded) until validation first reports 0% hallucination.
+
+    Lightning runs an epoch's validation before ``on_train_epoch_end``, so the clock stops at each
+    validation of ``fit`` and restarts after it; the time to 0% includes the epoch that reached it.
+    """
 
     def __init__(self) -> None:
         self.train_s, self.to_zero_s, self.zero_epoch, self._t0 = 0.0, None, None, 0.0
+
+    def _lap(self) -> None:
+        now = time.perf_counter()
+        self.train_s += now - self._t0
+        self._t0 = now
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        self.train_s += time.perf_counter() - self._t0
+        self._lap()
+
+    def on_validation_start(self, trainer, module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._lap()
 
     def on_validation_end(self, trainer, module) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        self._t0 = time.perf_counter()  # the validation just run is not training time
         rate = trainer.callback_metrics.get("val/hallucination_rate")
-        if rate is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
-            print(
-                f"  epoch {trainer.current_epoch} train {self.train_s:.0f}s hallucination {float(rate):.3f}",
-                flush=True,
-            )
-        if not trainer.sanity_checking and rate is not None and float(rate) == 0.0 and self.to_zero_s is None:
+        if rate is None:
+            return
+        print(
+            f"  epoch {trainer.current_epoch} train {self.train_s:.0f}s hallucination {float(rate):.3f}",
+            flush=True,
+        )
+        if float(rate) == 0.0 and self.to_zero_s is None:
             self.to_zero_s, self.zero_epoch = self.train_s, trainer.current_epoch
+
+
+def stop_at_zero_trainer(args, clock: TrainClock, root: str) -> L.Trainer:
+    """The benchmarks' shared stop rule: a CPU Trainer that stops at the first evaluation with 0%
+    hallucination, or at ``args.max_epochs`` / ``args.max_minutes``, validating every ``args.val_every``
+    epochs, timed by ``clock``; nothing is logged or checkpointed (``root`` is a scratch folder)."""
+    stop = EarlyStopping("val/hallucination_rate", mode="min", stopping_threshold=1e-6, patience=10_000)
+    return L.Trainer(
+        max_epochs=args.max_epochs,
+        max_time={"minutes": args.max_minutes},
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=args.val_every,
+        callbacks=[clock, stop],
+        default_root_dir=root,
+    )
 
 
 def run(module: L.LightningModule, args, label: str) -> dict:
@@ -66,24 +104,8 @@ def run(module: L.LightningModule, args, label: str) -> dict:
         seed=0,
     )
     clock = TrainClock()
-    stop = EarlyStopping(
-        monitor="val/hallucination_rate", mode="min", stopping_threshold=1e-6, patience=10_000  # stop at 0%
-    )
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            max_epochs=args.max_epochs,
-            max_time={"minutes": args.max_minutes},
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=args.val_every,
-            callbacks=[clock, stop],
-            default_root_dir=tmp,
-        )
+        trainer = stop_at_zero_trainer(args, clock, tmp)
         before = trainer.validate(module, data, verbose=False)[0]
         trainer.fit(module, data)
         after = {k: float(v) for k, v in trainer.callback_metrics.items()}
