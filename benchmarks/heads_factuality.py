@@ -26,7 +26,6 @@ provenance, per-item scores, texts, summaries), ``results.md`` (tables) and ``he
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shlex
 import subprocess
@@ -302,10 +301,10 @@ def run_open(model, tok, args) -> dict:
 
 def provenance(model_name: str, model_path: Path, data_files: list[Path]) -> dict:
     """Versions, CPU path, threads, weights' sha256s and what the weights are, data sha256s, git commit."""
+    from decoding.gguf import read_source
     from decoding.provenance import environment, file_sha256
 
-    source = model_path / "gguf_source.json"
-    gguf = json.loads(source.read_text()) if source.exists() else None
+    gguf = read_source(model_path)
     weights = model_path / "model.safetensors"
     if gguf is not None:
         quant = "4-bit (Q4_1)" if "Q4_1" in gguf.get("gguf_file", "") else "quantised"

@@ -50,11 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def provenance(args: argparse.Namespace) -> dict:
     """Versions, threads, the GGUF's sha256 and the command line."""
+    from decoding.gguf import read_source
     from decoding.models import resolve_model_path
     from decoding.provenance import environment
 
-    source = Path(resolve_model_path(args.model)) / "gguf_source.json"
-    gguf = json.loads(source.read_text()) if source.exists() else {}
+    gguf = read_source(Path(resolve_model_path(args.model))) or {}
     return {
         "environment": environment(),
         "model": args.model,

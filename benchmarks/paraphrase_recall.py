@@ -112,11 +112,11 @@ def routing_stats(mome, originals, rewordings) -> dict[str, float]:
 
 def provenance(backbone: str) -> dict:
     """Versions, thread count, the command line and (for a GGUF backbone) the GGUF's sha256."""
+    from decoding.gguf import read_source
     from decoding.models import resolve_model_path
     from decoding.provenance import environment
 
-    source = Path(resolve_model_path(backbone)) / "gguf_source.json"
-    gguf = json.loads(source.read_text()) if source.exists() else {}
+    gguf = read_source(Path(resolve_model_path(backbone))) or {}
     return {
         "environment": environment(),
         "threads": torch.get_num_threads(),

@@ -112,14 +112,12 @@ def best_setting(rows: list[dict], norm: str | None = None, oracle: bool = True)
 
 def backbone_provenance(name: str) -> dict:
     """What the backbone is: its folder, the safetensors' sha256, the GGUF's sha256 when converted."""
-    import json
-
+    from decoding.gguf import read_source
     from decoding.models import resolve_model_path
     from decoding.provenance import file_sha256
 
     path = Path(resolve_model_path(name))
-    source = path / "gguf_source.json"
-    gguf = json.loads(source.read_text()) if source.exists() else {}
+    gguf = read_source(path) or {}
     weights = path / "model.safetensors"
     return {
         "name": name,

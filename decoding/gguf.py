@@ -166,6 +166,13 @@ def convert_gguf(gguf_path: Path, out: Path, source: dict) -> Path:
     return out
 
 
+def read_source(model_dir: Path) -> dict | None:
+    """What a converted model folder was made from (its ``gguf_source.json``: ``gguf_file``, ``sha256``...),
+    or None for a folder that is not a converted GGUF."""
+    source = Path(model_dir) / SOURCE_FILE
+    return json.loads(source.read_text()) if source.exists() else None
+
+
 def ensure_local_gguf(name: str) -> Path:
     """The converted folder of ``gguf:PATH`` (converted on first use, keyed by the file's sha256)."""
     path = parse_gguf_path(name)
