@@ -84,6 +84,21 @@ def code_entity(question: str) -> tuple[int, int] | None:
     return match.span("entity") if match else None
 
 
+def code_rewordings(question: str, templates: dict[str, str]) -> dict[str, str] | None:
+    """``{template name: the question reworded}`` for a random fact's question, None for any other.
+
+    Args:
+        question: a fact's question.
+        templates: ``{name: template}`` with ``{entity}`` (and ``{Entity}``, capitalised) placeholders.
+    """
+    span = code_entity(question)
+    if span is None:
+        return None
+    entity = question[span[0] : span[1]]
+    capital = entity[:1].upper() + entity[1:]
+    return {name: t.format(entity=entity, Entity=capital) for name, t in templates.items()}
+
+
 def _find(text: str, entity: str) -> tuple[int, int]:
     start = text.lower().index(entity.lower())
     return start, start + len(entity)
@@ -117,17 +132,13 @@ def surface_variants(question: str) -> dict[str, str]:
 def paraphrases(fact: Fact) -> list[Paraphrase]:
     """The held-out rewordings of one fact: :data:`CODE_TEMPLATES` for a random fact's question,
     :func:`surface_variants` for any other."""
-    span = code_entity(fact.question)
-    if span is None:
+    reworded = code_rewordings(fact.question, CODE_TEMPLATES)
+    if reworded is None:
         return [
             Paraphrase(fact.id, name, text, None) for name, text in surface_variants(fact.question).items()
         ]
-    entity = fact.question[span[0] : span[1]]
-    out = []
-    for name, template in CODE_TEMPLATES.items():
-        text = template.format(entity=entity, Entity=entity[:1].upper() + entity[1:])
-        out.append(Paraphrase(fact.id, name, text, _find(text, entity)))
-    return out
+    entity = fact.question[slice(*code_entity(fact.question))]
+    return [Paraphrase(fact.id, name, text, _find(text, entity)) for name, text in reworded.items()]
 
 
 def paraphrase_facts(facts: list[Fact]) -> list[Paraphrase]:
@@ -146,14 +157,10 @@ def training_rewordings(facts: list[Fact], first_id: int) -> list[tuple[int, Fac
     Returns:
         ``(source fact id, reworded fact)`` pairs, template by template.
     """
-    out = []
-    for j, template in enumerate(TRAIN_TEMPLATES.values()):
-        for i, fact in enumerate(facts):
-            span = code_entity(fact.question)
-            if span is None:
-                continue
-            entity = fact.question[span[0] : span[1]]
-            out.append(
-                (fact.id, Fact(first_id + j * len(facts) + i, template.format(entity=entity), fact.answer))
-            )
-    return out
+    reworded = [code_rewordings(fact.question, TRAIN_TEMPLATES) for fact in facts]  # one parse per fact
+    return [
+        (fact.id, Fact(first_id + j * len(facts) + i, texts[name], fact.answer))
+        for j, name in enumerate(TRAIN_TEMPLATES)
+        for i, (fact, texts) in enumerate(zip(facts, reworded))
+        if texts is not None
+    ]
