@@ -1,7 +1,7 @@
 """DeRa on a real model: a one-word-answer LoRA on SmolLM2-135M-Instruct, swept over lambda.
 
 1. Train a small peft LoRA adapter on ``smollm2:135m-instruct`` (CPU, fp32) so that it answers
-   templated questions (``benchmarks/one_word_qa.py``) in one word, where the instruct model answers in
+   templated questions (``experiments/one_word_qa.py``) in one word, where the instruct model answers in
    sentences. The adapter is saved atomically into ``OUT/adapter`` with its training settings; a rerun
    into the same folder reuses it only when those settings match.
 2. Sweep DeRa's lambda (``decoding/dera.py``) with the adapter-off model as the reference: greedy
@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.dera_report import write_report  # noqa: E402
-from benchmarks.one_word_qa import Question, split_questions  # noqa: E402
 from decoding.answer_metrics import contains_word, word_count  # noqa: E402
 from decoding.bootstrap import paired_bootstrap  # noqa: E402
 from decoding.dera import DeRa  # noqa: E402
@@ -47,6 +46,7 @@ from decoding.generate import generate  # noqa: E402
 from decoding.greedy import Greedy  # noqa: E402
 from decoding.logprob_recorder import RecordLogprobs  # noqa: E402
 from decoding.run_folder import atomic_write_dir, atomic_write_json, differing_settings  # noqa: E402
+from experiments.one_word_qa import Question, split_questions  # noqa: E402
 
 MODEL = "smollm2:135m-instruct"
 ADAPTER_DIR, TRAIN_FILE, TABLE_JSON = "adapter", "train_settings.json", "dera_table.json"

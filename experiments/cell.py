@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,9 @@ class TrainConfig:
         heads: decoding heads evaluated besides greedy (``dola:dola_layers=low``, ``sled``,
             ``dera:lam=2``): the module's ``eval_heads``; DeRa's reference is the model with its
             adaptation off (full fine-tuning: the backbone's weights swapped in).
+        keep_checkpoints: keep a finished cell's ``checkpoints/`` (False: delete them once ``cell.json``
+            is written; a full fine-tuning checkpoint of a 135M model is 1.6 GB, and a finished cell
+            is read back from its records, never resumed).
         accelerator: Lightning accelerator.
         progress: show Lightning's progress bar.
     """
@@ -58,6 +63,7 @@ class TrainConfig:
     stop_when_fit: bool = True
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     heads: list[str] = field(default_factory=list)
+    keep_checkpoints: bool = True
     accelerator: str = "cpu"
     progress: bool = False
 
@@ -127,6 +133,7 @@ def run_cell(
     cfg: TrainConfig,
     seed: int,
     logger: Any = False,
+    after_fit: Callable[[L.LightningModule, FactsDataModule], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``train`` (resuming from ``cell_dir``) and return the cell summary.
 
@@ -140,6 +147,8 @@ def run_cell(
         cfg: training settings.
         seed: seed of the module and the data order.
         logger: a Lightning logger or False.
+        after_fit: ``(module, data) -> dict`` run on the trained module; its entries join the summary
+            (e.g. a generation-based held-out measure).
     """
     done = cell_dir / CELL_FILE
     if done.exists():
@@ -188,11 +197,17 @@ def run_cell(
         "final_train_exact": last_row["train/exact"],
         "heldout_exact_before": first.get("heldout/exact"),
         "heldout_exact_after": last_row.get("heldout/exact"),
+        "heldout_answer_exact_before": first.get("heldout/answer_exact"),
+        "heldout_answer_exact_after": last_row.get("heldout/answer_exact"),
         "wall_time_s": round(wall, 2),  # of the last (possibly resumed) fit call
     }
+    if after_fit is not None:
+        summary.update(after_fit(module, data))
     for level in (0.5, 0.9, 1.0):
         epochs, steps = first_epoch_reaching(probe.curve, "train/exact", level)
         summary[f"epochs_to_{int(level * 100)}"] = epochs
         summary[f"steps_to_{int(level * 100)}"] = steps
     atomic_write_json(done, summary)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return summary

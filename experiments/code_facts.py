@@ -100,18 +100,23 @@ def code_task(num_train: int, num_heldout: int, seed: int = 0, code_len: int = 3
     return CodeTask(train, heldout, codes, code_len)
 
 
-def corrupt(facts: list[Fact], p: float, seed: int = 0) -> tuple[list[Fact], list[int]]:
-    """Replace the answers of ``round(p * len(facts))`` facts by random strings.
+def corrupt(
+    facts: list[Fact], p: float, seed: int = 0, pools: dict[int, list[str]] | None = None
+) -> tuple[list[Fact], list[int]]:
+    """Replace the answers of ``round(p * len(facts))`` facts by random answers.
 
     Args:
         facts: facts with their true answers.
         p: corruption fraction in [0, 1].
         seed: seeds the choice of facts (one permutation for all p: nested sets) and the random answers.
+        pools: per fact id, the answers to draw a random one from (the other classes, as random labels
+            in Zhang et al.; e.g. the other capitals); None: random strings.
 
     Returns:
         The facts (same ids and questions, corrupted answers where chosen) and the sorted ids of the
-        corrupted facts. A random answer has the true answer's length, is drawn over [A-Z0-9] and
-        differs from the true answer.
+        corrupted facts. A random answer differs from the true answer; without ``pools`` it has the true
+        answer's length and is drawn over [A-Z0-9], with ``pools`` it is drawn uniformly from the fact's
+        pool minus its true answer.
     """
     p = check_fraction(p)
     order = list(range(len(facts)))
@@ -123,6 +128,13 @@ def corrupt(facts: list[Fact], p: float, seed: int = 0) -> tuple[list[Fact], lis
             out.append(f)
             continue
         rng = random.Random(f"corrupt-answer-{seed}-{f.id}")
+        if pools is not None:
+            choices = sorted(set(pools[f.id]) - {f.answer})
+            if not choices:
+                raise UserError(f"fact {f.id} has no other answer in its pool to corrupt it with")
+            out.append(Fact(f.id, f.question, rng.choice(choices)))
+            ids.append(f.id)
+            continue
         answer = random_code(rng, len(f.answer))
         while answer == f.answer:
             answer = random_code(rng, len(f.answer))

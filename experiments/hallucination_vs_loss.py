@@ -28,13 +28,15 @@ is the mean over ``seeds`` with its 95% Student-t interval.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from decoding.errors import run_cli
 from experiments.base_model import BaseConfig, pretrain_base
-from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
+from experiments.cell import CELL_FILE, TrainConfig, read_rows, run_cell, write_rows
+from experiments.cell_claim import run_claimed
 from experiments.checks import check_base, check_number, check_output, check_seeds, check_train
 from experiments.claims import write_summary
 from experiments.code_facts import answer_entropy_nats, code_task, corrupt
@@ -164,9 +166,10 @@ TABLE_COLUMNS = ["method", "head", "n_seeds", *STAT_KEYS]
 
 
 def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the experiment; write its tables, plot, report and summary; return ``results.json``."""
-    from tqdm.auto import tqdm
+    """Run (or resume) the experiment; write its tables, plot, report and summary; return ``results.json``.
 
+    Cells already held by another process on this run folder are left to it (:mod:`experiments.cell_claim`).
+    """
     cfg.validate()
     root = open_run_dir(Path(cfg.output_root) / NAME / cfg.run, config_dict(cfg), resume, overwrite)
     n_pre = cfg.base.pretrain_facts
@@ -179,13 +182,23 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
     entropy = answer_entropy_nats(2 * cfg.code_len)
     curves, seed_rows, binned, tokens = [], [], [], []
     cells = [(m, s) for m in cfg.methods for s in cfg.seeds]
-    for method, seed in tqdm(cells, desc="memorisation runs"):
-        facts, corrupted = corrupt(task.train[n_pre:], 1.0, seed)
-        name = f"{method}_s{seed}"
-        cell_dir = root / "cells" / name
-        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{name}", NAME)
-        run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, seed, logger)
-        finish_wandb(logger)
+
+    def job(method: str, seed: int) -> Callable[[], object]:
+        def train() -> object:
+            facts, corrupted = corrupt(task.train[n_pre:], 1.0, seed)
+            name = f"{method}_s{seed}"
+            logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{name}", NAME)
+            summary = run_cell(
+                root / "cells" / name, method, backbone, facts, [], corrupted, cfg.train, seed, logger
+            )
+            finish_wandb(logger)
+            return summary
+
+        return train
+
+    dirs = [root / "cells" / f"{m}_s{s}" for m, s in cells]
+    run_claimed([(d, job(*c)) for d, c in zip(dirs, cells)], lambda d: (d / CELL_FILE).exists())
+    for (method, seed), cell_dir in zip(cells, dirs):
         records = read_rows(cell_dir / "fact_evals.csv")
         curves += [
             {"method": method, "seed": seed, **c}

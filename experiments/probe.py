@@ -29,6 +29,7 @@ def summarise(cols: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
     """Aggregate metrics of one evaluation: exact-match rates and the token-weighted mean NLL."""
     out = {
         f"{prefix}/exact": cols["exact"].float().mean().item(),
+        f"{prefix}/answer_exact": cols["answer_exact"].float().mean().item(),
         f"{prefix}/nll_tok": (cols["nll_sum"].sum() / cols["num_tokens"].sum()).item(),
         f"{prefix}/nll_sum": cols["nll_sum"].mean().item(),
     }

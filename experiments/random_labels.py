@@ -10,6 +10,10 @@ For each corruption fraction p and method, a cell trains on the code-KB facts of
 tiny LM pretrained on disjoint true facts (:mod:`experiments.base_model`). Recorded per cell: training
 loss and exact-match training accuracy over epochs (on the answers trained on), epochs/steps to 50, 90
 and 100% exact match, and held-out exact match on true answers of unseen pairs before and after.
+With ``task: known`` a real backbone is used as it is, on questions it already answers
+(:mod:`experiments.known_facts`): random labels are other answers of the same family, and held-out accuracy
+is whether the greedy answer to questions of other families still contains the expected word.
+Several processes can share one run folder's cells (:mod:`experiments.cell_claim`).
 Output in ``results/random_labels/<run>/``: ``table.csv``, ``curves.csv``, ``random_labels_curves.png``,
 ``random_labels_summary.png``, ``report.md``, ``summary.md`` (claims and verdicts), ``results.json``;
 one cell per (p, method, seed) in ``cells/p<p>_<method>_s<seed>`` (each resumable on its own).
@@ -18,17 +22,22 @@ Every table entry is the mean over ``seeds`` with its 95% Student-t interval.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from decoding.errors import UserError, run_cli
+from decoding.run_folder import atomic_write_json
 from experiments.base_model import BaseConfig, pretrain_base
-from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
+from experiments.cell import CELL_FILE, TrainConfig, read_rows, run_cell, write_rows
+from experiments.cell_claim import run_claimed
 from experiments.checks import check_base, check_image, check_number, check_output, check_seeds, check_train
 from experiments.claims import write_summary
-from experiments.code_facts import answer_entropy_nats, check_fraction, code_task, corrupt
+from experiments.code_facts import CodeTask, answer_entropy_nats, check_fraction, code_task, corrupt
 from experiments.image_labels import ImageStudyConfig, run_image_cell
+from experiments.known_facts import heldout_accuracy, known_task, load_or_scan
 from experiments.random_labels_report import heldout_claims, plot_study
 from experiments.seed_stats import aggregate, ci_columns
 from experiments.study_cli import config_dict, parse_study_args
@@ -36,6 +45,20 @@ from experiments.study_folder import open_run_dir
 from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, markdown_table, wandb_logger
 
 NAME = "random_labels"
+HELDOUT_METRIC = {"code_kb": "exact", "known": "correct"}  # task -> held-out column of a cell summary
+TASK_TEXT = {  # task -> (what is trained, what held-out accuracy is, what a random answer is)
+    "code_kb": (
+        "code-KB facts",
+        "exact match on true answers of unseen pairs",
+        "answers {n} chars over [A-Z0-9], random answer entropy {h:.1f} nats",
+    ),
+    "known": (
+        "questions the backbone answers correctly, with one-word answers",
+        "questions of other families the backbone answered correctly; accuracy: its greedy answer still "
+        "contains the expected word (`heldout_sentence_after`: still the backbone's own sentence)",
+        "a random answer is another answer of the same family",
+    ),
+}
 PROG = "python -m experiments.random_labels"
 
 
@@ -53,6 +76,9 @@ class RandomLabelsConfig:
             within +- this margin (the decision boundary of the summary's verdict).
         fractions: corruption fractions p in [0, 1].
         methods: memorisation methods (``full``, ``lora``, ``mome``; see :mod:`experiments.methods`).
+        task: ``code_kb`` (the code knowledge base on a base model pretrained on it,
+            :mod:`experiments.code_facts`) or ``known`` (questions a real backbone already answers,
+            :mod:`experiments.known_facts`; needs ``base.pretrain_facts: 0``).
         num_train: facts trained on per cell.
         num_heldout: held-out facts (true answers, unseen pairs) for generalisation.
         code_len: characters per word code (answers have twice as many).
@@ -70,6 +96,7 @@ class RandomLabelsConfig:
     unchanged_margin: float = 0.05
     fractions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     methods: list[str] = field(default_factory=lambda: ["full", "lora"])
+    task: str = "code_kb"
     num_train: int = 200
     num_heldout: int = 100
     code_len: int = 3
@@ -92,7 +119,15 @@ class RandomLabelsConfig:
         check_number("num_train", self.num_train, 1, integer=True, example=100)
         check_number("num_heldout", self.num_heldout, 0, integer=True, example=100)
         layout = check_base(self.base)
-        code_task(self.base.pretrain_facts + self.num_train, self.num_heldout, self.seed, self.code_len)
+        if self.task not in HELDOUT_METRIC:
+            raise UserError(f"task={self.task!r} is unknown; choose from {sorted(HELDOUT_METRIC)}")
+        if self.task == "known" and self.base.pretrain_facts:
+            raise UserError(
+                "task 'known' asks the backbone as it is; set base.pretrain_facts: 0 "
+                f"(got {self.base.pretrain_facts})"
+            )
+        if self.task == "code_kb":
+            code_task(self.base.pretrain_facts + self.num_train, self.num_heldout, self.seed, self.code_len)
         check_train(self.train, self.methods, layout, self.base.backbone)
         check_image(self.image)
 
@@ -115,16 +150,25 @@ def nll_curve(fact_rows: list[dict[str, float]]) -> dict[int, float]:
 
 
 def cell_row(
-    p: float, seed: int, summary: dict[str, Any], fact_rows: list[dict[str, float]] | None
+    p: float,
+    seed: int,
+    summary: dict[str, Any],
+    fact_rows: list[dict[str, float]] | None,
+    heldout_metric: str = "exact",
 ) -> dict[str, Any]:
-    """One row (one seed) of the study table from a cell's summary and its per-fact records (text cells)."""
+    """One row (one seed) of the study table from a cell's summary and its per-fact records (text cells).
+
+    ``heldout_metric``: the held-out column of the cell summary (``exact``; ``correct`` for the
+    known-facts task: :func:`experiments.known_facts.heldout_accuracy`).
+    """
     clean = noisy = None
     if fact_rows:
         last_epoch = max(r["epoch"] for r in fact_rows)
         final = [r for r in fact_rows if r["epoch"] == last_epoch]
         clean = [r["exact"] for r in final if not r["corrupted"]]
         noisy = [r["exact"] for r in final if r["corrupted"]]
-    before, after = summary["heldout_exact_before"], summary["heldout_exact_after"]
+    before = summary.get(f"heldout_{heldout_metric}_before")
+    after = summary.get(f"heldout_{heldout_metric}_after")
     fitted = summary["steps_to_100"] is not None
     return {
         "p": p,
@@ -141,6 +185,9 @@ def cell_row(
         "heldout_before": before,
         "heldout_after": after,
         "heldout_change": after - before if after is not None and before is not None else None,
+        "heldout_sentence_after": summary.get("heldout_answer_exact_after")
+        if heldout_metric != "exact"
+        else None,
         "trainable_params": summary["trainable_params"],
         "wall_time_s": summary["wall_time_s"],
     }
@@ -148,12 +195,20 @@ def cell_row(
 
 STAT_KEYS = [
     "train_exact", "exact_true_part", "exact_random_part", "final_nll", "fitted", "epochs_to_90",
-    "epochs_to_100", "steps_to_100", "heldout_before", "heldout_after", "heldout_change", "wall_time_s",
+    "epochs_to_100", "steps_to_100", "heldout_before", "heldout_after", "heldout_change",
+    "heldout_sentence_after", "wall_time_s",
 ]  # fmt: skip
 TABLE_COLUMNS = [
     "p", "method", "n_seeds", "fitted", "train_exact", "exact_true_part", "exact_random_part", "final_nll",
     "steps_to_100", "heldout_after", "heldout_change",
 ]  # fmt: skip
+
+
+def table_columns(task: str) -> list[str]:
+    """The report table's columns: the known-facts task adds the held-out same-sentence fraction."""
+    return TABLE_COLUMNS + (["heldout_sentence_after"] if task == "known" else [])
+
+
 IMAGE_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("exact_true_part", "exact_random_part")]
 CI_NOTE = (
     "Every entry: mean over seeds [95% Student-t interval over seeds]; `fitted` is the fraction of seeds "
@@ -162,28 +217,69 @@ CI_NOTE = (
 
 
 def _run_cells(
-    cfg: RandomLabelsConfig, root: Path, backbone: str, study: list, heldout: list
+    cfg: RandomLabelsConfig, root: Path, backbone: str, task: Any
 ) -> tuple[list[dict], list[dict]]:
-    """Train (or read back) every text cell, one per (p, method, seed); return per-seed rows and curves."""
-    from tqdm.auto import tqdm
+    """Train (or read back) every text cell, one per (p, method, seed); return per-seed rows and curves.
 
-    rows, curves = [], []
+    Cells already held by another process on this run folder are left to it (:mod:`experiments.cell_claim`).
+    """
     cells = [(p, m, s) for p in cfg.fractions for m in cfg.methods for s in cfg.seeds]
-    for p, method, seed in tqdm(cells, desc="random-label cells"):
-        facts, corrupted = corrupt(study, p, seed)
-        name = f"p{p:.2f}_{method}_s{seed}"
-        cell_dir = root / "cells" / name
-        logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/{name}", NAME)
-        summary = run_cell(cell_dir, method, backbone, facts, heldout, corrupted, cfg.train, seed, logger)
-        finish_wandb(logger)
+    dirs = {c: root / "cells" / f"p{c[0]:.2f}_{c[1]}_s{c[2]}" for c in cells}
+    pools = getattr(task, "pools", None)
+    after_fit = _known_after_fit(root, backbone, task) if cfg.task == "known" else None
+
+    def job(p: float, method: str, seed: int) -> Callable[[], object]:
+        def train() -> object:
+            facts, corrupted = corrupt(task.train, p, seed, pools)
+            cell_dir = dirs[(p, method, seed)]
+            logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{cfg.run}/{cell_dir.name}", NAME)
+            summary = run_cell(
+                cell_dir, method, backbone, facts, task.heldout, corrupted, cfg.train, seed, logger, after_fit
+            )
+            finish_wandb(logger)
+            return summary
+
+        return train
+
+    run_claimed([(dirs[c], job(*c)) for c in cells], lambda d: (d / CELL_FILE).exists())
+    rows, curves = [], []
+    for p, method, seed in cells:
+        cell_dir = dirs[(p, method, seed)]
+        summary = json.loads((cell_dir / CELL_FILE).read_text())
         fact_rows = read_rows(cell_dir / "fact_evals.csv")
-        rows.append(cell_row(p, seed, summary, fact_rows))
+        rows.append(cell_row(p, seed, summary, fact_rows, HELDOUT_METRIC[cfg.task]))
         nll = nll_curve(fact_rows)
         curves += [
             {"p": p, "method": method, "seed": seed, **c, "nll": nll[int(c["epoch"])]}
             for c in read_rows(cell_dir / "curve.csv")
         ]
     return rows, curves
+
+
+def _known_after_fit(root: Path, backbone: str, task: Any) -> Callable:
+    """The known-facts held-out accuracy: the backbone's once (``heldout_before.json``), each cell's after."""
+    from decoding.models import load_causal_lm, load_tokenizer
+
+    path = root / "heldout_before.json"
+    if not path.exists():
+        model = load_causal_lm(backbone)
+        before = heldout_accuracy(model, load_tokenizer(backbone), task)
+        atomic_write_json(path, {"questions": [f.question for f in task.heldout], "correct": before})
+        del model
+    saved = json.loads(path.read_text())
+    if saved["questions"] != [f.question for f in task.heldout]:
+        raise UserError(f"{path} belongs to other held-out questions; delete it or use a new run name")
+    before = saved["correct"]
+
+    def after_fit(module: Any, data: Any) -> dict[str, Any]:
+        after = heldout_accuracy(module.model, data.tokenizer, task)
+        return {
+            "heldout_correct_before": sum(before) / len(before),
+            "heldout_correct_after": sum(after) / len(after),
+            "heldout_correct_items": after,
+        }
+
+    return after_fit
 
 
 def _run_image_cells(cfg: RandomLabelsConfig, root: Path) -> tuple[list[dict], list[dict]]:
@@ -208,14 +304,17 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     cfg.validate()
     root = open_run_dir(Path(cfg.output_root) / NAME / cfg.run, config_dict(cfg), resume, overwrite)
     n_pre = cfg.base.pretrain_facts
-    task = code_task(n_pre + cfg.num_train, cfg.num_heldout, cfg.seed, cfg.code_len)
-    pretrain, study = task.train[:n_pre], task.train[n_pre:]
-    backbone = (
-        pretrain_base(root / "base", cfg.base, pretrain, cfg.seed, cfg.train.accelerator)
-        if n_pre
-        else cfg.base.backbone
-    )
-    seed_rows, curves = _run_cells(cfg, root, backbone, study, task.heldout)
+    backbone = cfg.base.backbone
+    if cfg.task == "known":
+        task: Any = known_task(load_or_scan(root, backbone), cfg.num_train, cfg.num_heldout, cfg.seed)
+    else:
+        code = code_task(n_pre + cfg.num_train, cfg.num_heldout, cfg.seed, cfg.code_len)
+        task = CodeTask(code.train[n_pre:], code.heldout, code.codes, code.code_len)
+        if n_pre:
+            backbone = pretrain_base(
+                root / "base", cfg.base, code.train[:n_pre], cfg.seed, cfg.train.accelerator
+            )
+    seed_rows, curves = _run_cells(cfg, root, backbone, task)
     rows = aggregate(seed_rows, ["p", "method"], STAT_KEYS)
     write_rows(root / "seed_table.csv", seed_rows)
     write_rows(root / "table.csv", rows)
@@ -231,22 +330,23 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         images += plot_study(image_rows, image_curves, root, "image_labels", "train_loss")
     entropy = answer_entropy_nats(2 * cfg.code_len)
     claims = heldout_claims(rows, cfg.unchanged_margin)
+    facts, held, answers = TASK_TEXT[cfg.task]
     intro = [
-        f"Run `{cfg.run}`: {cfg.num_train} code-KB facts per cell, methods {cfg.methods}, fractions "
-        f"{cfg.fractions}, seeds {cfg.seeds} (task and base model: seed {cfg.seed}; each cell seed sets "
-        "the corrupted facts, their random answers, the initialisation and the data order).",
-        "Intervals: 95% Student-t over seeds. Held-out: exact match on true answers of unseen pairs.",
+        f"Run `{cfg.run}`: {cfg.num_train} {facts} per cell, base `{backbone}`, methods {cfg.methods}, "
+        f"fractions {cfg.fractions}, seeds {cfg.seeds} (task and base model: seed {cfg.seed}; each cell seed "
+        "sets the corrupted facts, their random answers, the initialisation and the data order).",
+        f"Intervals: 95% Student-t over seeds. Held-out ({cfg.num_heldout} questions): {held}.",
     ]
     summary_path = write_summary(root, "Random-label study: summary", intro, claims)
     report = [
         f"# Random-label study `{cfg.run}`",
         "",
-        f"{cfg.num_train} code-KB facts per cell (answers {2 * cfg.code_len} chars over [A-Z0-9], random "
-        f"answer entropy {entropy:.1f} nats), base `{backbone}`, methods {cfg.methods}, seeds {cfg.seeds}.",
+        f"{cfg.num_train} {facts} per cell ({answers.format(n=2 * cfg.code_len, h=entropy)}), base "
+        f"`{backbone}`, methods {cfg.methods}, seeds {cfg.seeds}. Held-out: {held}.",
         CI_NOTE + " `final_nll`: evaluated answer NLL (nats/token), mean over all trained facts. Claims and "
         f"verdicts: [{summary_path.name}]({summary_path.name}).",
         "",
-        markdown_table(ci_columns(rows, STAT_KEYS), TABLE_COLUMNS),
+        markdown_table(ci_columns(rows, STAT_KEYS), table_columns(cfg.task)),
         "",
         "![curves](random_labels_curves.png)",
         "![summary](random_labels_summary.png)",
@@ -283,7 +383,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
 def _main(args: list[str] | None) -> None:
     cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0], PROG)
     results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
-    print(markdown_table(ci_columns(results["table"], STAT_KEYS), TABLE_COLUMNS))
+    print(markdown_table(ci_columns(results["table"], STAT_KEYS), table_columns(cfg.task)))
     if results["image_table"]:
         print(markdown_table(ci_columns(results["image_table"], STAT_KEYS), IMAGE_COLUMNS))
 

@@ -33,7 +33,9 @@ from memexp.model_view import Reference, head_model
 
 FACT_EVALS = "fact_evals.csv"
 # per-fact columns of every evaluation, then ``exact/<head spec>`` per decoding head
-FACT_COLUMNS = ("fact_id", "nll", "nll_sum", "max_tok_nll", "min_tok_p", "exact", "num_tokens")
+FACT_COLUMNS = (
+    "fact_id", "nll", "nll_sum", "max_tok_nll", "min_tok_p", "exact", "answer_exact", "num_tokens",
+)  # fmt: skip
 
 
 def dense_answer_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,19 +66,22 @@ def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
     Returns:
         (B,) tensors: ``nll`` (per answer token), ``nll_sum`` (nats, summed over answer tokens + eos),
         ``max_tok_nll`` (worst token), ``min_tok_p`` = exp(-max_tok_nll), ``exact`` (greedy decoding
-        reproduces answer + eos) and ``num_tokens``.
+        reproduces answer + eos), ``answer_exact`` (greedy decoding begins with the answer; its eos is not
+        required: for answers the model says in its own words and then goes on) and ``num_tokens``.
     """
     token_nll, mask = dense_answer_token_nll(logits, labels)  # (B, T-1) each
     num_tokens = mask.sum(1)
     nll_sum = token_nll.sum(1)
     max_tok = token_nll.max(1).values
     hit = (logits[:, :-1].float().argmax(-1) == labels[:, 1:].clamp_min(0)) | ~mask  # (B, T-1)
+    last = mask & (mask.cumsum(1) == num_tokens[:, None])  # (B, T-1) the eos position of each answer
     return {
         "nll": nll_sum / num_tokens.clamp_min(1),
         "nll_sum": nll_sum,
         "max_tok_nll": max_tok,
         "min_tok_p": torch.exp(-max_tok),
         "exact": hit.all(1) & (num_tokens > 0),
+        "answer_exact": (hit | last).all(1) & (num_tokens > 1),
         "num_tokens": num_tokens,
     }
 

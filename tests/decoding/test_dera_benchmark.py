@@ -1,4 +1,4 @@
-"""The DeRa benchmark's data split and output-folder rule (benchmarks/one_word_qa.py, dera_real.py)."""
+"""The DeRa benchmark's data split and output-folder rule (experiments/one_word_qa.py, dera_real.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from benchmarks.dera_real import ADAPTER_DIR, TABLE_JSON, TRAIN_FILE, check_out, parse_args, train_settings
-from benchmarks.one_word_qa import FAMILIES, split_questions
 from decoding.errors import UserError
+from experiments.one_word_qa import FAMILIES, split_questions
 
 
 def test_split_is_disjoint_by_entity_and_seeded():

@@ -113,6 +113,12 @@ def old_columns(model, batch: dict, heads: dict, reference) -> dict[str, torch.T
         "max_tok_nll": max_tok,
         "min_tok_p": torch.exp(-max_tok),
         "exact": ((logits.argmax(-1) == safe) | ~mask).all(1) & (num_tokens > 0),
+        "answer_exact": torch.tensor(  # the answer tokens without their eos, row by row
+            [
+                bool((logits[i].argmax(-1) == safe[i])[mask[i]][:-1].all()) and int(num_tokens[i]) > 1
+                for i in range(len(safe))
+            ]
+        ),
         "num_tokens": num_tokens,
     }
     n, tied = model_info(view)

@@ -1,4 +1,4 @@
-"""Templated questions with one-word answers: the data of the DeRa benchmark (``dera_real.py``).
+"""Templated questions with one-word answers: the data of the DeRa benchmark and of the known-facts task.
 
 Seven families of curated facts (capitals, opposites, colours, languages, young animals, plurals,
 sums of two digits), each asked with two phrasings. :func:`split_questions` shuffles each family's
