@@ -2,9 +2,10 @@
 
 A process claims a cell by creating ``<cell>/claim.pid`` exclusively (``O_EXCL``) with its process id, and
 removes it when the cell ends. A claim whose process no longer runs (killed) is stale and is taken over:
-the cell resumes from its checkpoint. Start the same study command twice with ``--resume true`` (one per
-core) and both work through the cells; each then waits for the cells the other holds, and both end with
-the same tables. Claims are checked by process id, so the processes must run on one machine.
+the cell resumes from its checkpoint. Start a study, then (once its run folder exists) the same command with
+``--resume true`` (one process per core): both work through the cells, each then waits for the cells the
+other holds, and both end with the same tables. Claims are checked by process id, so the processes must
+run on one machine.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Memorisation methods by name: one registry that the studies build their Lightning modules from.
 
 ``full`` and ``lora`` are :class:`memexp.fact_tuning.FactTuning`; ``mome`` is the memory-expert module
-(``memexp.mome.MoMETuning``), imported only when asked for.
+(``memexp.mome.MoMETuning``), imported only when asked for; ``mome_gate`` is the same module under its own
+name, so that a study can run it beside ``mome`` with other options (the fact gate on: ``mome.gate``).
 A new method is one :func:`register_method` call::
 
     register_method("mome", lambda backbone, seed, options: MoMETuning(backbone, seed=seed, **options))
@@ -70,7 +71,7 @@ def check_method_options(name: str, options: dict[str, Any]) -> None:
     rank = options.get("lora_r")
     if rank is not None and not (isinstance(rank, int) and rank >= 1):
         raise UserError(f"train.method_options.{name}.lora_r={rank!r} must be a whole number >= 1, e.g. 8")
-    if name == "mome" and isinstance(options.get("mome"), dict):
+    if name.startswith("mome") and isinstance(options.get("mome"), dict):
         from memexp.mome import MoMEConfig
 
         try:
@@ -130,3 +131,4 @@ def _mome_class():
 register_method("full", _fact_tuning("full"), _fact_tuning_class)
 register_method("lora", _fact_tuning("lora"), _fact_tuning_class)
 register_method("mome", _mome, _mome_class)
+register_method("mome_gate", _mome, _mome_class)

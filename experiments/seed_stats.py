@@ -18,7 +18,7 @@ from scipy import stats as _stats
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 # one colour per method in every plot of every study (matplotlib's tab10 colours)
-METHOD_COLOURS = {"full": "#1f77b4", "lora": "#ff7f0e", "mome": "#2ca02c"}
+METHOD_COLOURS = {"full": "#1f77b4", "lora": "#ff7f0e", "mome": "#2ca02c", "mome_gate": "#9467bd"}
 
 
 def method_colour(method: str) -> str:
