@@ -10,13 +10,19 @@ from decoding.head_spec import parse_head_spec
 from decoding.models import load_tokenizer
 from experiments.cell import read_rows, run_cell
 from experiments.code_facts import code_task, corrupt
-from experiments.methods import available_methods, build_method, check_method, register_method
+from experiments.methods import (
+    available_methods,
+    build_method,
+    check_method,
+    check_method_options,
+    register_method,
+)
 from memexp.data import collate_examples, tokenize_fact
 from memexp.fact_eval import evaluate_facts, fact_columns
 
 
 def test_unknown_method_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match=r"unknown method 'ewc'.*\['full', 'lora', 'mome'\]"):
+    with pytest.raises(ValueError, match=r"unknown method 'ewc'.*\['full', 'lora', 'mome', 'mome_gate'\]"):
         check_method("ewc")
 
 
@@ -60,3 +66,14 @@ def test_mome_heads_use_the_routed_model_and_dera_lambda0_is_the_experts_off_bac
         off = fact_columns(module(batch), batch["labels"])
     assert torch.equal(cols["exact/d0"], off["exact"])
     assert not torch.allclose(off["nll_sum"], cols["nll_sum"])  # the experts do change the model
+
+
+def test_mome_gate_is_memory_experts_under_its_own_name_with_its_own_options():
+    from memexp.mome.tuning import MoMETuning
+
+    options = {"mome": {"num_experts": 64, "k": 2, "rank": 2, "gate": 0.5}}
+    check_method_options("mome_gate", options)
+    with pytest.raises(ValueError, match="gate"):
+        check_method_options("mome_gate", {"mome": {"gate": -1.0}})
+    module = build_method("mome_gate", QUICK_MODEL, 0, options)
+    assert isinstance(module, MoMETuning) and module.model.config.gate == 0.5
