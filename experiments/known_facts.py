@@ -153,8 +153,11 @@ def known_task(items: list[dict], num_train: int, num_heldout: int, seed: int = 
     return KnownTask(train, heldout, pools, [it["expected"] for it in held])
 
 
-def heldout_accuracy(model, tokenizer, task: KnownTask, template: str = TEMPLATE) -> list[float]:
-    """Per held-out question: 1.0 when ``model``'s greedy answer (one question at a time) contains the word.
+def heldout_accuracy(
+    model, tokenizer, task: KnownTask, template: str = TEMPLATE
+) -> tuple[list[float], list[str]]:
+    """Per held-out question: 1.0 when ``model``'s greedy answer (one question at a time) contains the word,
+    and the answer's first line.
 
     ``model``: an HF causal LM, a peft model or a :class:`memexp.mome.MoMEModel` (it routes on the question
     up to ``"\nA:"``); it is put in eval mode and back.
@@ -166,4 +169,4 @@ def heldout_accuracy(model, tokenizer, task: KnownTask, template: str = TEMPLATE
         said = greedy_lines(model, tokenizer, prompts, batch=1)
     finally:
         model.train(was_training)
-    return [float(says(word, line)) for word, line in zip(task.expected, said)]
+    return [float(says(word, line)) for word, line in zip(task.expected, said)], said

@@ -263,8 +263,9 @@ def _known_after_fit(root: Path, backbone: str, task: Any) -> Callable:
     path = root / "heldout_before.json"
     if not path.exists():
         model = load_causal_lm(backbone)
-        before = heldout_accuracy(model, load_tokenizer(backbone), task)
-        atomic_write_json(path, {"questions": [f.question for f in task.heldout], "correct": before})
+        before, said = heldout_accuracy(model, load_tokenizer(backbone), task)
+        questions = [f.question for f in task.heldout]
+        atomic_write_json(path, {"questions": questions, "correct": before, "said": said})
         del model
     saved = json.loads(path.read_text())
     if saved["questions"] != [f.question for f in task.heldout]:
@@ -272,11 +273,12 @@ def _known_after_fit(root: Path, backbone: str, task: Any) -> Callable:
     before = saved["correct"]
 
     def after_fit(module: Any, data: Any) -> dict[str, Any]:
-        after = heldout_accuracy(module.model, data.tokenizer, task)
+        after, said = heldout_accuracy(module.model, data.tokenizer, task)
         return {
             "heldout_correct_before": sum(before) / len(before),
             "heldout_correct_after": sum(after) / len(after),
             "heldout_correct_items": after,
+            "heldout_said": said,
         }
 
     return after_fit
