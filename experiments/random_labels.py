@@ -46,6 +46,10 @@ from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, 
 
 NAME = "random_labels"
 HELDOUT_METRIC = {"code_kb": "exact", "known": "correct"}  # task -> held-out column of a cell summary
+HELDOUT_LABEL = {  # task -> (the held-out measure in sentences, the y label of its plot)
+    "code_kb": ("exact-match", "held-out exact match (fraction, true answers)"),
+    "known": ("accuracy", "held-out accuracy (fraction whose\ngreedy answer has the right word)"),
+}
 TASK_TEXT = {  # task -> (what is trained, what held-out accuracy is, what a random answer is)
     "code_kb": (
         "code-KB facts",
@@ -321,7 +325,8 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     write_rows(root / "seed_table.csv", seed_rows)
     write_rows(root / "table.csv", rows)
     write_rows(root / "curves.csv", curves)
-    images = plot_study(rows, curves, root, "random_labels", "nll")
+    measure, label = HELDOUT_LABEL[cfg.task]
+    images = plot_study(rows, curves, root, "random_labels", "nll", label)
 
     image_seed_rows, image_curves = _run_image_cells(cfg, root)
     image_rows = aggregate(image_seed_rows, ["p", "method"], STAT_KEYS)
@@ -331,7 +336,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         write_rows(root / "image_curves.csv", image_curves)
         images += plot_study(image_rows, image_curves, root, "image_labels", "train_loss")
     entropy = answer_entropy_nats(2 * cfg.code_len)
-    claims = heldout_claims(rows, cfg.unchanged_margin)
+    claims = heldout_claims(rows, cfg.unchanged_margin, measure)
     facts, held, answers = TASK_TEXT[cfg.task]
     intro = [
         f"Run `{cfg.run}`: {cfg.num_train} {facts} per cell, base `{backbone}`, methods {cfg.methods}, "

@@ -30,7 +30,12 @@ LOSS_LABELS = {
 
 
 def plot_study(
-    rows: list[dict[str, Any]], curves: list[dict[str, Any]], out: Path, prefix: str, loss_key: str
+    rows: list[dict[str, Any]],
+    curves: list[dict[str, Any]],
+    out: Path,
+    prefix: str,
+    loss_key: str,
+    heldout: str = "held-out exact match (fraction, true answers)",
 ) -> list[Path]:
     """Write ``<prefix>_curves.png`` and ``<prefix>_summary.png``; return their paths.
 
@@ -40,6 +45,7 @@ def plot_study(
         out: folder of the PNGs.
         prefix: file-name prefix.
         loss_key: the curves' loss column (``nll``: evaluated over all trained facts; ``train_loss``).
+        heldout: the y label of the held-out panel (what held-out accuracy measures).
     """
     plt = pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -91,7 +97,7 @@ def plot_study(
     ax1.set_xlabel("corruption fraction p")
     ax1.set_ylabel("optimiser steps to 100% training\nexact match (bars clipped at the top)", fontsize=8)
     ax2.set_xlabel("corruption fraction p")
-    ax2.set_ylabel("held-out exact match (fraction, true answers)")
+    ax2.set_ylabel(heldout)
     ax2.set_ylim(-0.02, 1.02)
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
@@ -103,12 +109,14 @@ def plot_study(
     return [curves_png, summary_png]
 
 
-def heldout_claims(rows: list[dict[str, Any]], margin: float) -> list[Claim]:
+def heldout_claims(rows: list[dict[str, Any]], margin: float, measure: str = "exact-match") -> list[Claim]:
     """Per method, the verdict on :data:`HELDOUT_CLAIM` at the largest corruption fraction.
 
     The measured quantity is the held-out exact-match change (after - before) over seeds; the claim is
     supported when its interval lies within +- ``margin``, not supported when it lies entirely outside.
     The sentence on separation compares held-out exact match at the largest p with p = 0 (true answers).
+    ``measure`` names the held-out quantity in the sentences (``exact-match``; ``accuracy`` for the
+    known-facts task).
     """
     p_max = max(r["p"] for r in rows)
     claims = []
@@ -119,7 +127,7 @@ def heldout_claims(rows: list[dict[str, Any]], margin: float) -> list[Claim]:
         result = verdict(lo, hi, lambda v: abs(v) <= margin)
         after = fmt_ci(hi_row["heldout_after"], hi_row["heldout_after_lo"], hi_row["heldout_after_hi"])
         measured = (
-            f"held-out exact-match change at p = {p_max:g}: {fmt_ci(mean, lo, hi)} over {hi_row['n_seeds']} "
+            f"held-out {measure} change at p = {p_max:g}: {fmt_ci(mean, lo, hi)} over {hi_row['n_seeds']} "
             f"seeds (after {after}, before {_num(hi_row['heldout_before'])})"
         )
         base = next((r for r in rows if r["method"] == method and r["p"] == 0.0), None)
@@ -133,7 +141,7 @@ def heldout_claims(rows: list[dict[str, Any]], margin: float) -> list[Claim]:
                 f"Its held-out interval and the true-answer (p = 0) one "
                 f"{fmt_ci(base['heldout_after'], *b)} {word}."
             )
-        boundary = f"|change| <= {margin:g} (exact-match fraction of the held-out facts)"
+        boundary = f"|change| <= {margin:g} ({measure} fraction of the held-out facts)"
         claims.append(Claim(HELDOUT_CLAIM, method, measured, boundary, result, separation))
     return claims
 
