@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.interference_smollm2 import measure_kwargs, provenance  # noqa: E402
 from decoding.errors import UserError, run_cli  # noqa: E402
 from decoding.run_folder import atomic_write_json, atomic_write_text, differing_settings  # noqa: E402
-from memexp.model_view import RoutedLM  # noqa: E402
-from memexp.mome.model import MoMEModel, _cached_tokens  # noqa: E402
+from memexp.model_view import PromptRoutedLM  # noqa: E402
+from memexp.mome.model import MoMEModel  # noqa: E402
 
 METHODS = ("mome", "lora", "full")
 ROWS = {"mome": ("mome_gate_off", "mome_gate_on"), "lora": ("lora",), "full": ("full",)}
@@ -85,32 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="rows per NLL forward / generation batch")
     p.add_argument("--n-boot", type=int, default=10_000)
     return p.parse_args(argv)
-
-
-class PromptRoutedLM(RoutedLM):
-    """A MoME model as a plain causal LM for any input: calls without a KV cache route on their question
-    (:meth:`~memexp.mome.MoMEModel.prompt_question`); calls with one keep the routing of the call that
-    filled it, repeated over a batch of continuations (multiple-choice scoring)."""
-
-    def __init__(self, mome_model: MoMEModel) -> None:
-        super().__init__(mome_model)
-        self.routing: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        past = kwargs.get("past_key_values", kwargs.get("cache"))  # the name depends on transformers
-        if self.routing is None or _cached_tokens(past) == 0:
-            routing = self.inner.route(
-                input_ids, attention_mask, self.inner.prompt_question(input_ids, attention_mask)
-            )
-            self.routing = (routing.ids, routing.weights)
-        ids, weights = self.routing
-        if ids.shape[0] != input_ids.shape[0]:
-            ids, weights = (
-                t.repeat_interleave(input_ids.shape[0] // ids.shape[0], 0) for t in (ids, weights)
-            )
-        return self.inner(
-            input_ids, attention_mask=attention_mask, expert_ids=ids, expert_weights=weights, **kwargs
-        )
 
 
 @contextlib.contextmanager

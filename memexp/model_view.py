@@ -3,7 +3,8 @@
 The decoding heads (:mod:`decoding.layers`) read per-layer logits from an HF causal LM (``config``,
 ``get_output_embeddings``, ``forward(..., output_hidden_states=True)``). Full fine-tuning and peft LoRA
 models are that already; a memory-expert model (:class:`memexp.mome.MoMEModel`) routes on the question
-tokens, which a plain HF call cannot pass, so :class:`RoutedLM` forwards every call with them.
+tokens, which a plain HF call cannot pass, so :class:`RoutedLM` forwards every call with them
+(:class:`PromptRoutedLM`: the opt-in view for inputs with no question, routed on the whole input).
 
 DeRa's reference is the same model without its adaptation (:func:`reference_of`)::
 
@@ -65,6 +66,42 @@ class RoutedLM(nn.Module):
             mask = None  # a decode step after the prompt: the routing of the prompt is kept
         # without a mask MoMEModel finds the question itself (its recorded question end), or refuses
         return self.inner(input_ids, attention_mask=attention_mask, question_mask=mask, **kwargs)
+
+
+class PromptRoutedLM(RoutedLM):
+    """A MoME model as a plain causal LM for *any* input, an explicit opt-in for scoring general text.
+
+    Calls without a KV cache route on their question as generation does
+    (:meth:`~memexp.mome.MoMEModel.prompt_question`: up to the trained question end when the input holds
+    one, else **the whole input**); calls with a cache keep the routing of the call that filled it,
+    repeated over a batch of continuations that share that prefix (multiple-choice scoring). The plain
+    :class:`RoutedLM` (and ``MoMEModel.forward``) refuse an input whose question cannot be found instead:
+    on a fact prompt scored with its answer, routing on the whole input is silently wrong. Use this view
+    where the input has no question by nature (real text, multiple choice without ``"\nA:"``), as
+    :mod:`memexp.interference` measurements of a memory-expert model do.
+    """
+
+    def __init__(self, mome_model: nn.Module) -> None:
+        super().__init__(mome_model)
+        self.routing: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        from memexp.mome.model import _cached_tokens
+
+        past = kwargs.get("past_key_values", kwargs.get("cache"))  # the name depends on transformers
+        if self.routing is None or _cached_tokens(past) == 0:
+            routing = self.inner.route(
+                input_ids, attention_mask, self.inner.prompt_question(input_ids, attention_mask)
+            )
+            self.routing = (routing.ids, routing.weights)
+        ids, weights = self.routing
+        if ids.shape[0] != input_ids.shape[0]:
+            ids, weights = (
+                t.repeat_interleave(input_ids.shape[0] // ids.shape[0], 0) for t in (ids, weights)
+            )
+        return self.inner(
+            input_ids, attention_mask=attention_mask, expert_ids=ids, expert_weights=weights, **kwargs
+        )
 
 
 def head_model(model: nn.Module, batch: dict[str, torch.Tensor] | None = None) -> nn.Module:

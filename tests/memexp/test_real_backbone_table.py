@@ -10,7 +10,6 @@ from memexp_helpers import QUICK_MODEL
 
 from benchmarks.real_backbone_table import (
     LABELS,
-    PromptRoutedLM,
     assemble,
     gate_off,
     lamini,
@@ -19,6 +18,7 @@ from benchmarks.real_backbone_table import (
 )
 from decoding.errors import UserError
 from decoding.models import cache_kwargs, output_cache
+from memexp.model_view import PromptRoutedLM
 
 TINY_MOME = """
 model:
