@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +171,31 @@ def heldout_accuracy(
     finally:
         model.train(was_training)
     return [float(says(word, line)) for word, line in zip(task.expected, said)], said
+
+
+def heldout_after_fit(root: Path, backbone: str, task: KnownTask) -> Callable:
+    """The known-facts held-out accuracy: the backbone's once (``heldout_before.json``), each cell's after."""
+    from decoding.models import load_causal_lm, load_tokenizer
+
+    path = root / "heldout_before.json"
+    if not path.exists():
+        model = load_causal_lm(backbone)
+        before, said = heldout_accuracy(model, load_tokenizer(backbone), task)
+        questions = [f.question for f in task.heldout]
+        atomic_write_json(path, {"questions": questions, "correct": before, "said": said})
+        del model
+    saved = json.loads(path.read_text())
+    if saved["questions"] != [f.question for f in task.heldout]:
+        raise UserError(f"{path} belongs to other held-out questions; delete it or use a new run name")
+    before = saved["correct"]
+
+    def after_fit(module, data) -> dict:
+        after, said = heldout_accuracy(module.model, data.tokenizer, task)
+        return {
+            "heldout_correct_before": sum(before) / len(before),
+            "heldout_correct_after": sum(after) / len(after),
+            "heldout_correct_items": after,
+            "heldout_said": said,
+        }
+
+    return after_fit

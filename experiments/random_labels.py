@@ -29,15 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from decoding.errors import UserError, run_cli
-from decoding.run_folder import atomic_write_json
 from experiments.base_model import BaseConfig, pretrain_base
 from experiments.cell import CELL_FILE, TrainConfig, read_rows, run_cell, write_rows
 from experiments.cell_claim import run_claimed
+from experiments.cell_interference import COLUMNS as INTERFERENCE_COLUMNS
+from experiments.cell_interference import (
+    InterferenceConfig,
+    backbone_measurement,
+    interference_columns,
+    measure_model,
+)
 from experiments.checks import check_base, check_image, check_number, check_output, check_seeds, check_train
 from experiments.claims import write_summary
 from experiments.code_facts import CodeTask, answer_entropy_nats, check_fraction, code_task, corrupt
 from experiments.image_labels import ImageStudyConfig, run_image_cell
-from experiments.known_facts import heldout_accuracy, known_task, load_or_scan
+from experiments.known_facts import heldout_after_fit, known_task, load_or_scan
 from experiments.random_labels_report import heldout_claims, plot_study
 from experiments.seed_stats import aggregate, ci_columns
 from experiments.study_cli import config_dict, parse_study_args
@@ -89,6 +95,8 @@ class RandomLabelsConfig:
         base: the starting model (pretrained on disjoint true facts).
         train: training of each cell.
         image: the image half (digits with corrupted labels on prompt_pool's tiny ViT).
+        interference: per cell, real-text NLL, factual MC and general answers against the backbone's
+            (:mod:`experiments.cell_interference`; off by default: about a minute per cell on SmolLM2).
         wandb: log every cell and the summary to wandb (offline).
         quick_settings: overrides applied by ``--quick`` (dotted keys such as ``train.max_epochs``).
     """
@@ -107,6 +115,7 @@ class RandomLabelsConfig:
     base: BaseConfig = field(default_factory=BaseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     image: ImageStudyConfig = field(default_factory=ImageStudyConfig)
+    interference: InterferenceConfig = field(default_factory=InterferenceConfig)
     wandb: bool = True
     quick_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -134,6 +143,7 @@ class RandomLabelsConfig:
             code_task(self.base.pretrain_facts + self.num_train, self.num_heldout, self.seed, self.code_len)
         check_train(self.train, self.methods, layout, self.base.backbone)
         check_image(self.image)
+        self.interference.validate()
 
 
 def final_nll(fact_rows: list[dict[str, float]]) -> float | None:
@@ -189,9 +199,10 @@ def cell_row(
         "heldout_before": before,
         "heldout_after": after,
         "heldout_change": after - before if after is not None and before is not None else None,
-        "heldout_sentence_after": summary.get("heldout_answer_exact_after")
-        if heldout_metric != "exact"
-        else None,
+        "heldout_sentence_after": (
+            summary.get("heldout_answer_exact_after") if heldout_metric != "exact" else None
+        ),
+        **{k: summary.get(k) for k in INTERFERENCE_COLUMNS},
         "trainable_params": summary["trainable_params"],
         "wall_time_s": summary["wall_time_s"],
     }
@@ -200,7 +211,7 @@ def cell_row(
 STAT_KEYS = [
     "train_exact", "exact_true_part", "exact_random_part", "final_nll", "fitted", "epochs_to_90",
     "epochs_to_100", "steps_to_100", "heldout_before", "heldout_after", "heldout_change",
-    "heldout_sentence_after", "wall_time_s",
+    "heldout_sentence_after", *INTERFERENCE_COLUMNS, "wall_time_s",
 ]  # fmt: skip
 TABLE_COLUMNS = [
     "p", "method", "n_seeds", "fitted", "train_exact", "exact_true_part", "exact_random_part", "final_nll",
@@ -208,9 +219,11 @@ TABLE_COLUMNS = [
 ]  # fmt: skip
 
 
-def table_columns(task: str) -> list[str]:
-    """The report table's columns: the known-facts task adds the held-out same-sentence fraction."""
-    return TABLE_COLUMNS + (["heldout_sentence_after"] if task == "known" else [])
+def table_columns(cfg: RandomLabelsConfig) -> list[str]:
+    """The report table's columns: the known-facts task adds the held-out same-sentence fraction, the
+    interference measurement its ratios."""
+    extra = ["heldout_sentence_after"] if cfg.task == "known" else []
+    return TABLE_COLUMNS + extra + (list(INTERFERENCE_COLUMNS) if cfg.interference.enabled else [])
 
 
 IMAGE_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("exact_true_part", "exact_random_part")]
@@ -230,7 +243,7 @@ def _run_cells(
     cells = [(p, m, s) for p in cfg.fractions for m in cfg.methods for s in cfg.seeds]
     dirs = {c: root / "cells" / f"p{c[0]:.2f}_{c[1]}_s{c[2]}" for c in cells}
     pools = getattr(task, "pools", None)
-    after_fit = _known_after_fit(root, backbone, task) if cfg.task == "known" else None
+    after_fit = _after_fit(cfg, root, backbone, task)
 
     def job(p: float, method: str, seed: int) -> Callable[[], object]:
         def train() -> object:
@@ -260,32 +273,22 @@ def _run_cells(
     return rows, curves
 
 
-def _known_after_fit(root: Path, backbone: str, task: Any) -> Callable:
-    """The known-facts held-out accuracy: the backbone's once (``heldout_before.json``), each cell's after."""
-    from decoding.models import load_causal_lm, load_tokenizer
+def _after_fit(cfg: RandomLabelsConfig, root: Path, backbone: str, task: Any) -> Callable | None:
+    """What runs on each trained cell: the known-facts held-out accuracy and the interference measurement."""
+    parts = []
+    if cfg.task == "known":
+        parts.append(heldout_after_fit(root, backbone, task))
+    if cfg.interference.enabled:
+        before = backbone_measurement(root, backbone, cfg.interference)
 
-    path = root / "heldout_before.json"
-    if not path.exists():
-        model = load_causal_lm(backbone)
-        before, said = heldout_accuracy(model, load_tokenizer(backbone), task)
-        questions = [f.question for f in task.heldout]
-        atomic_write_json(path, {"questions": questions, "correct": before, "said": said})
-        del model
-    saved = json.loads(path.read_text())
-    if saved["questions"] != [f.question for f in task.heldout]:
-        raise UserError(f"{path} belongs to other held-out questions; delete it or use a new run name")
-    before = saved["correct"]
+        def interference(module: Any, data: Any) -> dict[str, Any]:
+            after = measure_model(module.model, data.tokenizer, cfg.interference)
+            return interference_columns(before, after)
 
-    def after_fit(module: Any, data: Any) -> dict[str, Any]:
-        after, said = heldout_accuracy(module.model, data.tokenizer, task)
-        return {
-            "heldout_correct_before": sum(before) / len(before),
-            "heldout_correct_after": sum(after) / len(after),
-            "heldout_correct_items": after,
-            "heldout_said": said,
-        }
-
-    return after_fit
+        parts.append(interference)
+    if not parts:
+        return None
+    return lambda module, data: {k: v for part in parts for k, v in part(module, data).items()}
 
 
 def _run_image_cells(cfg: RandomLabelsConfig, root: Path) -> tuple[list[dict], list[dict]]:
@@ -353,7 +356,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         CI_NOTE + " `final_nll`: evaluated answer NLL (nats/token), mean over all trained facts. Claims and "
         f"verdicts: [{summary_path.name}]({summary_path.name}).",
         "",
-        markdown_table(ci_columns(rows, STAT_KEYS), table_columns(cfg.task)),
+        markdown_table(ci_columns(rows, STAT_KEYS), table_columns(cfg)),
         "",
         "![curves](random_labels_curves.png)",
         "![summary](random_labels_summary.png)",
@@ -390,7 +393,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
 def _main(args: list[str] | None) -> None:
     cfg, flags = parse_study_args(RandomLabelsConfig, args, __doc__.splitlines()[0], PROG)
     results = run(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
-    print(markdown_table(ci_columns(results["table"], STAT_KEYS), table_columns(cfg.task)))
+    print(markdown_table(ci_columns(results["table"], STAT_KEYS), table_columns(cfg)))
     if results["image_table"]:
         print(markdown_table(ci_columns(results["image_table"], STAT_KEYS), IMAGE_COLUMNS))
 

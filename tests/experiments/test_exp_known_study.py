@@ -24,6 +24,8 @@ def test_known_task_runs_end_to_end_and_reports_generated_heldout_accuracy(tmp_p
         "--train.method_options", '{"full": {"lr": 1e-3}, "mome_gate": {"mome": {"num_experts": 64, "k": 2, '
         '"rank": 2, "sites": ["model.layers.[1].mlp.down_proj"], "query_layer": 1, "key_dim": 16, '
         '"gate": 0.5}}}',
+        "--interference.enabled", "true", "--interference.max_chunks", "2", "--interference.mc_sample", "4",
+        "--interference.questions", "2",
     ]  # fmt: skip
     random_labels.main(args)
     root = tmp_path / "random_labels" / "smollm2_quick"
@@ -42,6 +44,18 @@ def test_known_task_runs_end_to_end_and_reports_generated_heldout_accuracy(tmp_p
         assert not (root / "cells" / f"p{row['p']:.2f}_{row['method']}_s0" / "checkpoints").exists()
     report = (root / "report.md").read_text()
     assert "heldout_sentence_after" in report and "another answer of the same family" in report
+    before = json.loads((root / "interference_before.json").read_text())  # the backbone, measured once
+    assert len(before["mc1"]) == 4 and before["settings"]["n_chunks"] == 2 and len(before["answers"]) == 2
+    for row in results["seed_table"]:  # every cell measured against it
+        assert row["real_text_nll_ratio"] > 0 and row["mc2_ratio"] > 0 and 0 <= row["same_answers"] <= 1
+    assert "| real_text_nll_ratio | mc1_ratio | mc2_ratio | same_answers |" in report
+
+
+def test_interference_counts_below_one_are_refused():
+    cfg = random_labels.RandomLabelsConfig()
+    cfg.interference.mc_sample = 0
+    with pytest.raises(UserError, match=r"interference.mc_sample=0 must be a whole number >= 1"):
+        cfg.validate()
 
 
 def test_known_task_refuses_a_pretraining_base():
