@@ -65,17 +65,22 @@ def claim(cell_dir: Path) -> Iterator[bool]:
 
 
 def run_claimed(
-    jobs: list[tuple[Path, Callable[[], object]]], done: Callable[[Path], bool], poll_s: float = 10.0
+    jobs: list[tuple[Path, Callable[[], object]]],
+    done: Callable[[Path], bool] | None = None,
+    poll_s: float = 10.0,
 ) -> None:
     """Run every job whose cell is not ``done`` and not held by another process; wait for the held ones.
 
     Args:
         jobs: ``(cell_dir, run)`` pairs in order; ``run()`` trains the cell (and marks it done).
-        done: whether a cell folder holds a finished cell.
+        done: whether a cell folder holds a finished cell (default: its ``cell.json`` exists).
         poll_s: seconds between looks at cells another process holds.
     """
     from tqdm.auto import tqdm
 
+    from experiments.cell import CELL_FILE
+
+    done = done or (lambda cell_dir: (cell_dir / CELL_FILE).exists())
     pending = list(jobs)
     with tqdm(total=len(jobs), desc="cells") as bar:
         while pending:

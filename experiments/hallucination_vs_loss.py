@@ -35,7 +35,7 @@ from typing import Any
 
 from decoding.errors import run_cli
 from experiments.base_model import BaseConfig, pretrain_base
-from experiments.cell import CELL_FILE, TrainConfig, read_rows, run_cell, write_rows
+from experiments.cell import TrainConfig, read_rows, run_cell, write_rows
 from experiments.cell_claim import run_claimed
 from experiments.checks import check_base, check_number, check_output, check_seeds, check_train
 from experiments.claims import write_summary
@@ -183,21 +183,19 @@ def run(cfg: HallucinationVsLossConfig, resume: bool = False, overwrite: bool = 
     curves, seed_rows, binned, tokens = [], [], [], []
     cells = [(m, s) for m in cfg.methods for s in cfg.seeds]
 
-    def job(method: str, seed: int) -> Callable[[], object]:
+    dirs = [root / "cells" / f"{m}_s{s}" for m, s in cells]
+
+    def job(method: str, seed: int, cell_dir: Path) -> Callable[[], object]:
         def train() -> object:
             facts, corrupted = corrupt(task.train[n_pre:], 1.0, seed)
-            name = f"{method}_s{seed}"
-            logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{name}", NAME)
-            summary = run_cell(
-                root / "cells" / name, method, backbone, facts, [], corrupted, cfg.train, seed, logger
-            )
+            logger = wandb_logger(cfg.wandb, root, WANDB_PROJECT, f"{NAME}/{cfg.run}/{cell_dir.name}", NAME)
+            summary = run_cell(cell_dir, method, backbone, facts, [], corrupted, cfg.train, seed, logger)
             finish_wandb(logger)
             return summary
 
         return train
 
-    dirs = [root / "cells" / f"{m}_s{s}" for m, s in cells]
-    run_claimed([(d, job(*c)) for d, c in zip(dirs, cells)], lambda d: (d / CELL_FILE).exists())
+    run_claimed([(d, job(*c, d)) for d, c in zip(dirs, cells)])
     for (method, seed), cell_dir in zip(cells, dirs):
         records = read_rows(cell_dir / "fact_evals.csv")
         curves += [

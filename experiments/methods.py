@@ -71,7 +71,7 @@ def check_method_options(name: str, options: dict[str, Any]) -> None:
     rank = options.get("lora_r")
     if rank is not None and not (isinstance(rank, int) and rank >= 1):
         raise UserError(f"train.method_options.{name}.lora_r={rank!r} must be a whole number >= 1, e.g. 8")
-    if name.startswith("mome") and isinstance(options.get("mome"), dict):
+    if _REGISTRY[name] is _mome and isinstance(options.get("mome"), dict):
         from memexp.mome import MoMEConfig
 
         try:

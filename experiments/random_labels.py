@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from experiments.cell_interference import (
 )
 from experiments.checks import check_base, check_image, check_number, check_output, check_seeds, check_train
 from experiments.claims import write_summary
-from experiments.code_facts import CodeTask, answer_entropy_nats, check_fraction, code_task, corrupt
+from experiments.code_facts import answer_entropy_nats, check_fraction, code_task, corrupt
 from experiments.image_labels import ImageStudyConfig, run_image_cell
 from experiments.known_facts import heldout_after_fit, known_task, load_or_scan
 from experiments.random_labels_report import heldout_claims, plot_study
@@ -51,18 +51,33 @@ from experiments.study_folder import open_run_dir
 from experiments.study_report import WANDB_PROJECT, finish_study, finish_wandb, markdown_table, wandb_logger
 
 NAME = "random_labels"
-HELDOUT_METRIC = {"code_kb": "exact", "known": "correct"}  # task -> held-out column of a cell summary
-HELDOUT_LABEL = {  # task -> (the held-out measure in sentences, the y label of its plot)
-    "code_kb": ("exact-match", "held-out exact match (fraction, true answers)"),
-    "known": ("accuracy", "held-out accuracy (fraction whose\ngreedy answer has the right word)"),
-}
-TASK_TEXT = {  # task -> (what is trained, what held-out accuracy is, what a random answer is)
-    "code_kb": (
+
+
+@dataclass(frozen=True)
+class TaskText:
+    """How a task's held-out measure is read and named, and how its reports describe it."""
+
+    metric: str  # the held-out column of a cell summary (heldout_<metric>_before / _after)
+    measure: str  # the held-out measure in the claims' sentences
+    label: str  # the y label of the held-out plot
+    facts: str  # what is trained
+    held: str  # what held-out accuracy is
+    answers: str  # what a random answer is ({n}: answer length, {h}: its entropy)
+
+
+TASKS = {
+    "code_kb": TaskText(
+        "exact",
+        "exact-match",
+        "held-out exact match (fraction, true answers)",
         "code-KB facts",
         "exact match on true answers of unseen pairs",
         "answers {n} chars over [A-Z0-9], random answer entropy {h:.1f} nats",
     ),
-    "known": (
+    "known": TaskText(
+        "correct",
+        "accuracy",
+        "held-out accuracy (fraction whose\ngreedy answer has the right word)",
         "questions the backbone answers correctly, with one-word answers",
         "questions of other families the backbone answered correctly; accuracy: its greedy answer still "
         "contains the expected word (`heldout_sentence_after`: still the backbone's own sentence)",
@@ -132,8 +147,8 @@ class RandomLabelsConfig:
         check_number("num_train", self.num_train, 1, integer=True, example=100)
         check_number("num_heldout", self.num_heldout, 0, integer=True, example=100)
         layout = check_base(self.base)
-        if self.task not in HELDOUT_METRIC:
-            raise UserError(f"task={self.task!r} is unknown; choose from {sorted(HELDOUT_METRIC)}")
+        if self.task not in TASKS:
+            raise UserError(f"task={self.task!r} is unknown; choose from {sorted(TASKS)}")
         if self.task == "known" and self.base.pretrain_facts:
             raise UserError(
                 "task 'known' asks the backbone as it is; set base.pretrain_facts: 0 "
@@ -258,13 +273,13 @@ def _run_cells(
 
         return train
 
-    run_claimed([(dirs[c], job(*c)) for c in cells], lambda d: (d / CELL_FILE).exists())
+    run_claimed([(dirs[c], job(*c)) for c in cells])
     rows, curves = [], []
     for p, method, seed in cells:
         cell_dir = dirs[(p, method, seed)]
         summary = json.loads((cell_dir / CELL_FILE).read_text())
         fact_rows = read_rows(cell_dir / "fact_evals.csv")
-        rows.append(cell_row(p, seed, summary, fact_rows, HELDOUT_METRIC[cfg.task]))
+        rows.append(cell_row(p, seed, summary, fact_rows, TASKS[cfg.task].metric))
         nll = nll_curve(fact_rows)
         curves += [
             {"p": p, "method": method, "seed": seed, **c, "nll": nll[int(c["epoch"])]}
@@ -318,7 +333,7 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         task: Any = known_task(load_or_scan(root, backbone), cfg.num_train, cfg.num_heldout, cfg.seed)
     else:
         code = code_task(n_pre + cfg.num_train, cfg.num_heldout, cfg.seed, cfg.code_len)
-        task = CodeTask(code.train[n_pre:], code.heldout, code.codes, code.code_len)
+        task = replace(code, train=code.train[n_pre:])
         if n_pre:
             backbone = pretrain_base(
                 root / "base", cfg.base, code.train[:n_pre], cfg.seed, cfg.train.accelerator
@@ -328,8 +343,8 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
     write_rows(root / "seed_table.csv", seed_rows)
     write_rows(root / "table.csv", rows)
     write_rows(root / "curves.csv", curves)
-    measure, label = HELDOUT_LABEL[cfg.task]
-    images = plot_study(rows, curves, root, "random_labels", "nll", label)
+    text = TASKS[cfg.task]
+    images = plot_study(rows, curves, root, "random_labels", "nll", text.label)
 
     image_seed_rows, image_curves = _run_image_cells(cfg, root)
     image_rows = aggregate(image_seed_rows, ["p", "method"], STAT_KEYS)
@@ -339,20 +354,19 @@ def run(cfg: RandomLabelsConfig, resume: bool = False, overwrite: bool = False) 
         write_rows(root / "image_curves.csv", image_curves)
         images += plot_study(image_rows, image_curves, root, "image_labels", "train_loss")
     entropy = answer_entropy_nats(2 * cfg.code_len)
-    claims = heldout_claims(rows, cfg.unchanged_margin, measure)
-    facts, held, answers = TASK_TEXT[cfg.task]
+    claims = heldout_claims(rows, cfg.unchanged_margin, text.measure)
     intro = [
-        f"Run `{cfg.run}`: {cfg.num_train} {facts} per cell, base `{backbone}`, methods {cfg.methods}, "
+        f"Run `{cfg.run}`: {cfg.num_train} {text.facts} per cell, base `{backbone}`, methods {cfg.methods}, "
         f"fractions {cfg.fractions}, seeds {cfg.seeds} (task and base model: seed {cfg.seed}; each cell seed "
         "sets the corrupted facts, their random answers, the initialisation and the data order).",
-        f"Intervals: 95% Student-t over seeds. Held-out ({cfg.num_heldout} questions): {held}.",
+        f"Intervals: 95% Student-t over seeds. Held-out ({cfg.num_heldout} questions): {text.held}.",
     ]
     summary_path = write_summary(root, "Random-label study: summary", intro, claims)
     report = [
         f"# Random-label study `{cfg.run}`",
         "",
-        f"{cfg.num_train} {facts} per cell ({answers.format(n=2 * cfg.code_len, h=entropy)}), base "
-        f"`{backbone}`, methods {cfg.methods}, seeds {cfg.seeds}. Held-out: {held}.",
+        f"{cfg.num_train} {text.facts} per cell ({text.answers.format(n=2 * cfg.code_len, h=entropy)}), "
+        f"base `{backbone}`, methods {cfg.methods}, seeds {cfg.seeds}. Held-out: {text.held}.",
         CI_NOTE + " `final_nll`: evaluated answer NLL (nats/token), mean over all trained facts. Claims and "
         f"verdicts: [{summary_path.name}]({summary_path.name}).",
         "",
