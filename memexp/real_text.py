@@ -23,32 +23,63 @@ from decoding.run_folder import atomic_write_text
 
 DATA = Path(__file__).resolve().parent / "data"
 REAL_TEXT = DATA / "real_text.txt"
+RETAIN_TEXT = DATA / "retain_text.txt"  # training prose for the retain loss, disjoint from REAL_TEXT
 MIN_CHARS = 200
 _HEADING = re.compile(r"^[*=\-~^\"'`#+]{3,}$")
 
 
-def extract_prose(topics: dict[str, str], min_chars: int = MIN_CHARS) -> list[str]:
+def _prose(text: str) -> list[str]:
+    """The prose paragraphs of one rendered text: blocks starting at column 0, no headings, bullets,
+    grammar or prompts, at least ``MIN_CHARS`` long, ending with a full stop."""
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = block.split("\n")
+        if any(not ln or ln[0].isspace() or _HEADING.match(ln.strip()) for ln in lines):
+            continue  # indented (code, grammar, quotes) or a heading underline
+        joined = " ".join(ln.strip() for ln in lines)
+        if joined.startswith(("* ", "- ", "Note:", "See also:")) or "::=" in joined or ">>>" in joined:
+            continue
+        if len(joined) >= MIN_CHARS and joined.endswith("."):
+            out.append(joined)
+    return out
+
+
+def _unique(paragraphs: list[str], exclude: set[str] = frozenset()) -> list[str]:
+    seen = set(exclude)
+    return [p for p in paragraphs if not (p in seen or seen.add(p))]
+
+
+def extract_prose(topics: dict[str, str]) -> list[str]:
     """Prose paragraphs of ``topics`` (name -> reST-rendered text), in sorted-name order, deduplicated.
 
     Args:
         topics: ``pydoc_data.topics.topics``.
-        min_chars: shortest paragraph kept, in characters.
     """
-    out: list[str] = []
-    seen: set[str] = set()
-    for name in sorted(topics):
-        for block in re.split(r"\n\s*\n", topics[name]):
-            lines = block.split("\n")
-            if any(not ln or ln[0].isspace() or _HEADING.match(ln.strip()) for ln in lines):
-                continue  # indented (code, grammar, quotes) or a heading underline
-            text = " ".join(ln.strip() for ln in lines)
-            if text.startswith(("* ", "- ", "Note:", "See also:")) or "::=" in text or ">>>" in text:
-                continue
-            if len(text) < min_chars or not text.endswith(".") or text in seen:
-                continue
-            seen.add(text)
-            out.append(text)
-    return out
+    return _unique([p for name in sorted(topics) for p in _prose(topics[name])])
+
+
+def docstrings(module) -> list[str]:
+    """The docstrings of ``module``, its classes, functions and methods defined there, in source order."""
+    import inspect
+
+    out = [module.__doc__]
+    for obj in vars(module).values():
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            out.append(obj.__doc__)
+        if inspect.isclass(obj):
+            out += [f.__doc__ for f in vars(obj).values() if inspect.isfunction(f)]
+    return [inspect.cleandoc(d) for d in out if isinstance(d, str)]
+
+
+def extract_retain_prose(modules: list[str], exclude: set[str]) -> list[str]:
+    """Prose paragraphs of the docstrings of the standard-library ``modules``, none of ``exclude``."""
+    import importlib
+
+    return _unique(
+        [p for m in modules for d in docstrings(importlib.import_module(m)) for p in _prose(d)], exclude
+    )
 
 
 def load_real_text(path: str | Path = REAL_TEXT) -> list[str]:
@@ -94,15 +125,35 @@ def real_text_chunks(
     return [ids[c * chunk_len : (c + 1) * chunk_len] for c in range(n)]
 
 
+RETAIN_MODULES = (
+    "argparse collections json logging pathlib subprocess threading asyncio email http.client unittest "
+    "dataclasses functools itertools os shutil socket ssl tarfile zipfile datetime decimal fractions random "
+    "statistics string textwrap urllib.request csv sqlite3 pickle copy heapq bisect enum abc contextlib "
+    "inspect ast tokenize difflib calendar configparser gettext locale mailbox smtplib tempfile glob fnmatch "
+    "io codecs queue sched selectors multiprocessing concurrent.futures pdb doctest timeit trace traceback "
+    "warnings weakref gzip bz2 lzma hashlib hmac secrets uuid base64 struct numbers platform sysconfig site "
+    "venv ipaddress html.parser http.server xmlrpc.client wave colorsys imaplib ftplib poplib optparse "
+    "getopt "
+    "shlex cmd pprint reprlib graphlib zoneinfo tomllib plistlib netrc filecmp fileinput linecache pkgutil "
+    "modulefinder runpy dis pickletools compileall py_compile symtable tabnanny pyclbr"
+).split()  # the standard-library modules whose docstrings make the retain corpus
+
+
 def main() -> None:
-    """Rebuild ``memexp/data/real_text.txt`` from this interpreter's ``pydoc_data.topics``."""
+    """Rebuild ``real_text.txt`` (``pydoc_data.topics``) and ``retain_text.txt`` (docstrings of
+    :data:`RETAIN_MODULES`, without any real-text paragraph) from this interpreter."""
     import sys
     from pydoc_data.topics import topics
 
+    version = ".".join(map(str, sys.version_info[:3]))
     paragraphs = extract_prose(topics)
     atomic_write_text(REAL_TEXT, "\n".join(paragraphs) + "\n")
-    version = ".".join(map(str, sys.version_info[:3]))
     print(f"wrote {len(paragraphs)} paragraphs from Python {version}'s pydoc_data.topics to {REAL_TEXT}")
+    retain = extract_retain_prose(RETAIN_MODULES, set(paragraphs))
+    atomic_write_text(RETAIN_TEXT, "\n".join(retain) + "\n")
+    print(
+        f"wrote {len(retain)} paragraphs from Python {version}'s standard-library docstrings to {RETAIN_TEXT}"
+    )
 
 
 if __name__ == "__main__":

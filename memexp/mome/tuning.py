@@ -59,6 +59,7 @@ from memexp.mome.expert_balance import place_keys, random_assignment, usage_repo
 from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
 from memexp.mome.model import MoMEModel, RoutingPlan
 from memexp.mome.question import common_question_end
+from memexp.mome.retain import RetainSet, check_retain, retain_examples
 from memexp.mome.router import collision_stats, masked_mean
 from memexp.mome.usage_plot import ExpertUsagePlot
 
@@ -100,6 +101,13 @@ class MoMETuning(FactTuning):
         eval_heads: extra decoding heads whose hallucination rate is logged as
             ``val/hallucination_rate/<spec>`` (as :class:`~memexp.fact_tuning.FactTuning`); DeRa's reference
             is the backbone with the experts off.
+        retain_weight: weight of the phase-2 retain loss, KL(backbone || routed model) on inputs that ask
+            no memorised fact, routed with the gate open (:mod:`memexp.mome.retain`); 0 turns it off.
+        retain_questions: random-fact questions about other entities than the data's facts, as retain inputs.
+        retain_chunks: chunks of the shipped retain prose (``memexp/data/retain_text.txt``) as retain inputs.
+        retain_chunk_len: tokens per retain prose chunk.
+        retain_batch: retain rows per training step.
+        retain_positions: compared positions per retain row and step (sampled).
     """
 
     export_name = "mome"  # ResultsWriter exports into <default_root_dir>/mome
@@ -123,6 +131,12 @@ class MoMETuning(FactTuning):
         dtype: str | None = None,
         seed: int = 0,
         eval_heads: list[str] | None = None,
+        retain_weight: float = 0.0,
+        retain_questions: int = 0,
+        retain_chunks: int = 0,
+        retain_chunk_len: int = 64,
+        retain_batch: int = 16,
+        retain_positions: int = 16,
     ) -> None:
         heads = parse_eval_heads(eval_heads)  # checked first; the reference is experts off (no weight copy)
         # the MoME settings are checked before the backbone is loaded (mome checks itself: MoMEConfig)
@@ -133,6 +147,9 @@ class MoMETuning(FactTuning):
         check_number("router_lr", router_lr, fix="the router's learning rate, e.g. 1e-3")
         check_number("whiten_shrink", whiten_shrink, strict=False, fix="0 = plain whitening, e.g. 0.1")
         check_number("stop_nll", stop_nll, low=-math.inf, fix="use ln 2 = 0.693, or 0 to keep every fact")
+        check_retain(
+            retain_weight, retain_questions, retain_chunks, retain_chunk_len, retain_batch, retain_positions
+        )
         if recall_queries < 0:
             raise UserError(f"recall_queries={recall_queries} must be >= 0 (0 skips the index recall)")
         if mome is not None and not isinstance(mome, MoMEConfig):
@@ -154,6 +171,7 @@ class MoMETuning(FactTuning):
         self.register_buffer("cached_weights", torch.zeros(0, config.k * config.heads))
         self.register_buffer("memorised", torch.zeros(0, dtype=torch.bool))
         self.layer_cache: LayerCache | None = None
+        self.retain: RetainSet | None = None  # built at the first phase-2 step of a fit
         if cache_frozen_layers:
             decoder_parts(self.model.backbone)  # refuse other architectures now, not at the first step
 
@@ -188,6 +206,7 @@ class MoMETuning(FactTuning):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self.layer_cache = None  # built for this fit's facts on first use (another fit may bring others)
+        self.retain = None
         ddp = self.trainer.strategy.model
         if self.model.config.sparse and isinstance(ddp, DistributedDataParallel):
             register_sparse_allreduce_hook(ddp)  # not gloo's sparse all-reduce: see memexp.mome.ddp_sparse
@@ -322,12 +341,17 @@ class MoMETuning(FactTuning):
             loss = loss + self.model.last_routing.aux_loss
         if self.in_phase2 and getattr(self, "_touch_keys", False):
             loss = loss + 0.0 * self.model.router.keys(extra["expert_ids"]).sum()
+        retain = self.in_phase2 and self.hparams.retain_weight > 0
+        if retain:
+            kl = self._retain_set().loss(self.model)
+            loss = loss + self.hparams.retain_weight * kl
+            self.log("train/retain_kl", kl.detach(), batch_size=1)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         for opt in opts:
             opt.zero_grad()
         self.manual_backward(loss)
-        anyone = torch.tensor(float(weight > 0), device=self.device)
+        anyone = torch.tensor(float(weight > 0 or retain), device=self.device)
         if self.trainer.world_size > 1:
             anyone = self.all_gather(anyone).max()
         if anyone > 0:  # Adam moments would move rows even on an all-zero gradient
@@ -396,6 +420,24 @@ class MoMETuning(FactTuning):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.layer_cache.save(path)
         return self.layer_cache
+
+    def _retain_set(self) -> RetainSet:
+        """The retain inputs of this fit (:mod:`memexp.mome.retain`), built at first use in phase 2."""
+        if self.retain is None:
+            dm, hp = self.trainer.datamodule, self.hparams
+            examples = retain_examples(
+                dm.tokenizer,
+                dm.hparams.template,
+                dm.facts + dm.heldout_facts,
+                hp.retain_questions,
+                hp.retain_chunks,
+                hp.retain_chunk_len,
+                hp.seed,
+            )
+            pad = dm.tokenizer.pad_token_id
+            seed = hp.seed + self.global_rank
+            self.retain = RetainSet(self.model, examples, pad, hp.retain_positions, hp.retain_batch, seed)
+        return self.retain
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
