@@ -11,7 +11,8 @@ Retain inputs (never the evaluation's): ``questions`` random-fact questions abou
 trained and held-out facts (with their own random answers, so the answer positions are covered) and
 ``chunks`` chunks of ``memexp/data/retain_text.txt`` (Python standard-library docstrings: disjoint from the
 real-text corpus the interference metrics use). Each is routed once, as inference routes it with the gate
-open (questions on their prompt, prose on the whole chunk), by the frozen phase-2 router. The blocks
+open (questions on their prompt, prose on the whole chunk), by the frozen phase-2 router (snap routing
+included when configured). The blocks
 below the lowest expert site are cached (:class:`memexp.layer_cache.LayerCache`) together with the
 backbone's final hidden state, so a step runs the expert blocks once with experts on; the LM head runs at
 ``positions`` sampled positions per row only.
@@ -121,8 +122,8 @@ class RetainSet:
                 features = mome.route(b["input_ids"], b["attention_mask"], b["prompt_mask"]).features
             else:
                 features = self.cache.features  # (R, H)
-            router = mome.router
-            self.ids, self.weights = router.select(router.make_queries(features))  # (R, K): the gate open
+            routing = mome.router.route_features(features, gated=False)  # snapping as configured
+            self.ids, self.weights = routing.ids, routing.weights  # (R, K)
 
     def __len__(self) -> int:
         return self.batch["input_ids"].shape[0]

@@ -198,19 +198,19 @@ class Router(nn.Module):
             mask = torch.ones(bsz, seq, dtype=torch.bool, device=hidden.device)
         return self.route_features(masked_mean(hidden, mask))
 
-    def route_features(self, features: torch.Tensor) -> Routing:
+    def route_features(self, features: torch.Tensor, gated: bool = True) -> Routing:
         """Route pooled features ``(N, H)`` (one row per question, or per token when ``per_token``).
 
         With snap routing on (:meth:`FactGate.snap <memexp.mome.gate.FactGate.snap>`), a query inside the
         snap radius of a memorised fact's query selects with that query instead; the gate decides on the
-        question's own query.
+        question's own query (``gated=False``: as with the gate off, every question keeps its experts).
         """
         q = self.make_queries(features)  # (N, heads, d_k)
         chosen = q
         if self.gate.snapping and not self.per_token:  # near a memorised fact: exactly that fact's experts
             chosen = self.gate.snap(q.reshape(q.shape[0], -1))[0].view_as(q)
         ids, weights = self.select(chosen)
-        if self.gate.active and not self.per_token:  # questions far from every memorised fact: no experts
+        if gated and self.gate.active and not self.per_token:  # questions far from every memorised fact: no experts
             weights = weights * self.gate.open(q.reshape(q.shape[0], -1))[:, None].to(weights.dtype)
         aux = q.sum() * 0.0
         if self.aux_weight > 0 and self.training and not self.per_token:

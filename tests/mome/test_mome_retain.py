@@ -3,7 +3,6 @@ moves held-out answers less when the gate is open."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +13,10 @@ from memexp.answer_logits import answer_positions, summed_answer_nll
 from memexp.data import collate_examples
 from memexp.facts import random_facts
 from memexp.mome import MoMEConfig, MoMEModel
-from memexp.mome.index import IndexConfig
 from memexp.mome.retain import RetainSet, check_retain, retain_examples, retain_questions
 from memexp.mome.tuning import MoMETuning
 from tests.mome.test_layer_cache import LLAMA4, facts_data
+from tests.mome.test_mome_module import fit, make_config
 
 TEMPLATE = "Q: {question}\nA:"
 
@@ -32,17 +31,8 @@ def test_retain_questions_avoid_the_facts_and_are_seeded():
 
 
 def config(**kw) -> MoMEConfig:
-    base = dict(
-        num_experts=64,
-        k=4,
-        rank=4,
-        scale=4.0,
-        sites=["*.layers.[23].mlp.down_proj"],
-        query_layer=1,
-        key_dim=16,
-        index=IndexConfig(kind="exact"),
-    )
-    return MoMEConfig(**(base | kw))
+    small = {"num_experts": 64, "sites": ["*.layers.[23].mlp.down_proj"], "query_layer": 1}
+    return make_config(**(small | kw))
 
 
 def retain_set(questions: int = 3, chunks: int = 2, seed: int = 0) -> tuple[MoMEModel, RetainSet, list]:
@@ -157,18 +147,7 @@ def retain_kl_after_training(retain_weight: float, tmp_path) -> tuple[float, flo
         retain_batch=8,
     )
     data = facts_data(tokenizer=PRETRAINED, n=10)
-    trainer = L.Trainer(
-        max_epochs=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, data)
+    fit(module, data, 30, tmp_path, val_every=1000)  # no validation
     mome, pad = module.model.eval(), data.tokenizer.pad_token_id
     trained = answer_nll(mome, data.train_examples, pad)
     with mome.experts_off():
