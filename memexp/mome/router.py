@@ -210,7 +210,7 @@ class Router(nn.Module):
         if self.gate.snapping and not self.per_token:  # near a memorised fact: exactly that fact's experts
             chosen = self.gate.snap(q.reshape(q.shape[0], -1))[0].view_as(q)
         ids, weights = self.select(chosen)
-        if gated and self.gate.active and not self.per_token:  # questions far from every memorised fact: no experts
+        if gated and self.gate.active and not self.per_token:  # far from every fact: no experts
             weights = weights * self.gate.open(q.reshape(q.shape[0], -1))[:, None].to(weights.dtype)
         aux = q.sum() * 0.0
         if self.aux_weight > 0 and self.training and not self.per_token:
