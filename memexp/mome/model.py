@@ -175,6 +175,14 @@ class MoMEModel(nn.Module):
         return torch.where(found.any(1, keepdim=True), found, attended)
 
     @contextlib.contextmanager
+    def selected(self, ids: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
+        """Inside, every call uses the given selection ``(B, K)`` (also when the query layer's routing hook
+        does not run, e.g. blocks run from a cached input above it)."""
+        self.routing.ids, self.routing.weights = ids, weights
+        with self._planned(RoutingPlan(fixed=(ids, weights))):
+            yield
+
+    @contextlib.contextmanager
     def _planned(self, plan: RoutingPlan) -> Iterator[None]:
         before, self._plan = self._plan, plan
         try:

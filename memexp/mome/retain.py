@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from decoding.errors import UserError
-from memexp.data import Example, collate_examples, tokenize_fact
+from memexp.answer_logits import answer_positions
+from memexp.data import IGNORE_INDEX, Example, collate_examples, tokenize_fact
+from memexp.fact_tuning import check_number
 from memexp.facts import Fact, random_facts
 from memexp.layer_cache import LayerCache, decoder_parts, head_at, run_layers
-from memexp.mome.model import MoMEModel, RoutingPlan
+from memexp.mome.model import MoMEModel
 from memexp.mome.router import masked_mean
 from memexp.real_text import RETAIN_TEXT, real_text_chunks
 
@@ -91,11 +93,9 @@ class RetainSet:
         device = next(mome.parameters()).device
         self.batch = {k: v.to(device) for k, v in collate_examples(examples, pad_id).items()}
         b = self.batch
-        compared = b["labels"] != -100  # questions: the answer tokens; prose: every token but the first
-        compared |= b["prompt_mask"] & (b["labels"] == -100).all(1, keepdim=True)
-        compared[:, 0] = False
-        self.compared = torch.zeros_like(compared)  # (R, T) position t predicts token t + 1
-        self.compared[:, :-1] = compared[:, 1:]
+        prose = (b["labels"] == IGNORE_INDEX).all(1, keepdim=True)  # (R, 1) rows without an answer
+        self.compared = answer_positions(b["labels"])  # (R, T) questions: the positions predicting answers
+        self.compared[:, :-1] |= prose & b["prompt_mask"][:, 1:]  # prose: every position predicting a token
         self.positions, self.batch_size = positions, batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.cut = mome.first_site_layer
@@ -143,8 +143,7 @@ class RetainSet:
         attn = self.batch["attention_mask"][rows]
         hidden = self.cache.lookup(rows, attn.shape[1])  # (B, T, H); fact ids are the rows
         fixed = (self.ids[rows], self.weights[rows])
-        mome.routing.ids, mome.routing.weights = fixed
-        with mome._planned(RoutingPlan(fixed=fixed)):
+        with mome.selected(*fixed):
             upper = run_layers(parts, hidden, attn, self.cut, len(parts.layers))  # (B, T, H)
         log_p = F.log_softmax(head_at(parts, upper, keep).float(), -1)  # (N, V)
         with torch.no_grad():
@@ -163,10 +162,8 @@ def check_retain(
         ("retain_batch", batch, 1),
         ("retain_positions", positions, 1),
     ):
-        if value < low:
-            raise UserError(f"{name}={value} must be >= {low}")
-    if weight < 0:
-        raise UserError(f"retain_weight={weight} must be >= 0 (0 turns the retain loss off), e.g. 1.0")
+        check_number(name, value, low=low, strict=False)
+    check_number("retain_weight", weight, strict=False, fix="0 turns the retain loss off, e.g. 1.0")
     if weight > 0 and questions + chunks == 0:
         raise UserError(
             f"retain_weight={weight} needs retain inputs: set retain_questions and/or retain_chunks > 0"

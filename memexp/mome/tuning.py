@@ -57,7 +57,7 @@ from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
 from memexp.mome.expert_balance import place_keys, random_assignment, usage_report
 from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
-from memexp.mome.model import MoMEModel, RoutingPlan
+from memexp.mome.model import MoMEModel
 from memexp.mome.question import common_question_end
 from memexp.mome.retain import RetainSet, check_retain, retain_examples
 from memexp.mome.router import collision_stats, masked_mean
@@ -383,11 +383,11 @@ class MoMETuning(FactTuning):
             mome.last_routing = routing
             fixed = (routing.ids, routing.weights)
         if fixed is not None:
-            plan = RoutingPlan(fixed=fixed)
-            mome.routing.ids, mome.routing.weights = fixed  # the query layer's hook may not run
+            planned = mome.selected(*fixed)
         else:  # the query layer is the cut: its hook routes the cached hidden states
             plan = mome.plan(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
-        with mome._planned(plan):
+            planned = mome._planned(plan)
+        with planned:
             upper = run_layers(parts, hidden, batch["attention_mask"], cache.cut, len(parts.layers))
         return head_at(parts, upper, keep)
 
