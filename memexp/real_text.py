@@ -121,7 +121,7 @@ def real_text_chunks(
     if max_chunks is not None:
         n = min(n, max_chunks)
     if n < 1:
-        raise UserError(f"the real text has {len(ids)} tokens, fewer than chunk_len={chunk_len}; lower it")
+        raise UserError(f"{path} has {len(ids)} tokens, fewer than chunk_len={chunk_len}; lower chunk_len")
     return [ids[c * chunk_len : (c + 1) * chunk_len] for c in range(n)]
 
 

@@ -69,6 +69,14 @@ def test_chunks_have_equal_length(tiny):
         real_text_chunks(tok, chunk_len=1)
 
 
+def test_a_corpus_shorter_than_one_chunk_is_named(tiny, tmp_path):
+    _, tok = tiny
+    short = tmp_path / "retain.txt"
+    short.write_text("One short paragraph of prose, far fewer tokens than a chunk.\n")
+    with pytest.raises(UserError, match=r"retain\.txt has \d+ tokens, fewer than chunk_len=4096"):
+        real_text_chunks(tok, chunk_len=4096, path=short)
+
+
 def test_real_text_nll_equals_hf_loss_per_chunk(tiny):
     model, tok = tiny
     chunks = real_text_chunks(tok, chunk_len=24, max_chunks=5)
