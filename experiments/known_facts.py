@@ -65,20 +65,19 @@ def says(expected: str, said: str) -> bool:
 def greedy_lines(
     model, tokenizer, prompts: list[str], max_new_tokens: int = 24, batch: int = 16
 ) -> list[str]:
-    """The first line of the greedy continuation of each prompt (left-padded batches)."""
+    """The first line of each prompt's continuation by the Greedy decoding head (batches of ``batch``).
+
+    ``model``: an HF causal LM, a peft model or a :class:`memexp.mome.MoMEModel`
+    (:func:`decoding.generate.generate` routes it on the prompt).
+    """
     from tqdm.auto import tqdm
 
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from decoding.generate import generate
+
     out: list[str] = []
-    try:
-        for i in tqdm(range(0, len(prompts), batch), desc="asking the backbone", leave=False):
-            enc = tokenizer(prompts[i : i + batch], return_tensors="pt", padding=True)
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-            for row in ids[:, enc.input_ids.shape[1] :]:  # (T_new,)
-                out.append(tokenizer.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip())
-    finally:
-        tokenizer.padding_side = side
+    for i in tqdm(range(0, len(prompts), batch), desc="greedy answers", leave=False):
+        res = generate(model, tokenizer, prompts[i : i + batch], None, max_new_tokens)
+        out += [text.strip().split("\n")[0].strip() for text in res.texts]
     return out
 
 

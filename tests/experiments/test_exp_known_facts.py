@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from exp_helpers import QUICK_MODEL
 
 from decoding.errors import UserError
 from experiments.code_facts import corrupt
@@ -104,3 +105,20 @@ def test_the_scan_is_read_back_and_refused_for_another_backbone(tmp_path):
     assert load_or_scan(tmp_path, "b") == items
     with pytest.raises(UserError, match="scanned with backbone 'b'"):
         load_or_scan(tmp_path, "other")
+
+
+def test_greedy_lines_are_hf_greedy_generation_through_the_greedy_head():
+    from decoding.models import load_causal_lm, load_tokenizer
+    from experiments.known_facts import greedy_lines
+
+    torch.manual_seed(0)
+    model, tok = load_causal_lm(QUICK_MODEL).eval(), load_tokenizer(QUICK_MODEL)
+    prompts = ["Q: What is the capital of France?\nA:", "Q: Who wrote it?\nA:", "Hello"]
+    want = []
+    for prompt in prompts:  # the oracle: HF's own greedy search, one prompt at a time
+        enc = tok(prompt, return_tensors="pt")
+        ids = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+        text = tok.decode(ids[0, enc.input_ids.shape[1] :], skip_special_tokens=True)
+        want.append(text.strip().split("\n")[0].strip())
+    assert greedy_lines(model, tok, prompts, max_new_tokens=6, batch=2) == want
+    assert any(want)  # the check compares text, not empty lines
