@@ -100,7 +100,7 @@ def scan(backbone: str, template: str = TEMPLATE) -> list[dict]:
         for entity, answer in sorted(facts.items())
     ]
     said = greedy_lines(model, tokenizer, [template.format(question=it["question"]) for it in items])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id  # load_tokenizer gives every tokenizer one (EOS when it has none)
     for i, (it, line) in enumerate(zip(items, said)):
         it["said"], it["correct"], it["reproduced"] = line, bool(line) and says(it["expected"], line), False
         if not it["correct"]:
