@@ -246,9 +246,21 @@ def lamini(row: dict, time_ratio: float | None) -> dict:
     }
 
 
+def load_stages(out: Path) -> dict[str, dict]:
+    """The stage files present in ``out``, by method."""
+    return {m: json.loads((out / f"{m}.json").read_text()) for m in METHODS if (out / f"{m}.json").exists()}
+
+
 def assemble(out: Path) -> dict:
     """``table.json`` and ``table.md`` from the stage files present in ``out``; returns the table."""
-    found = {m: json.loads((out / f"{m}.json").read_text()) for m in METHODS if (out / f"{m}.json").exists()}
+    table = table_of(load_stages(out))
+    atomic_write_json(out / "table.json", table)
+    atomic_write_text(out / "table.md", markdown(table))
+    return table
+
+
+def table_of(found: dict[str, dict]) -> dict:
+    """One entry per model row of the stage files ``found`` (by method): facts, times, ratios, verdicts."""
     lora = found.get("lora", {}).get("training", {})
     table: dict = {"rows": {}}
     for method, data in found.items():
@@ -267,8 +279,6 @@ def assemble(out: Path) -> dict:
             }
             entry["lamini"] = lamini(row, None if method == "lora" else time_ratio)  # LoRA: the reference
             table["rows"][name] = entry
-    atomic_write_json(out / "table.json", table)
-    atomic_write_text(out / "table.md", markdown(table))
     return table
 
 
