@@ -254,9 +254,20 @@ def load_stages(out: Path) -> dict[str, dict]:
 def assemble(out: Path) -> dict:
     """``table.json`` and ``table.md`` from the stage files present in ``out``; returns the table."""
     table = table_of(load_stages(out))
-    atomic_write_json(out / "table.json", table)
-    atomic_write_text(out / "table.md", markdown(table))
+    write_table(out, "table", table, markdown(table))
     return table
+
+
+def write_table(out: Path, stem: str, table: dict, md: str) -> None:
+    """``out/stem.json`` and ``out/stem.md``, each written atomically (``out`` made when missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", table)
+    atomic_write_text(out / f"{stem}.md", md)
+
+
+def md_lines(lines: list[list[str]]) -> str:
+    """Markdown table rows from lists of cells (the header and ``---`` row included in ``lines``)."""
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
 
 
 def table_of(found: dict[str, dict]) -> dict:
@@ -320,7 +331,7 @@ def markdown(table: dict) -> str:
     names = [n for m in METHODS for n in ROWS[m] if n in table["rows"]]
     lines = [["metric", *(LABELS[n] for n in names)], ["---"] * (len(names) + 1)]
     lines += [[label, *(cell(table["rows"][n]) for n in names)] for label, cell in MARKDOWN_ROWS]
-    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+    return md_lines(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:

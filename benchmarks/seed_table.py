@@ -24,9 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.real_backbone_table import LABELS, METHODS, ROWS, TIME_CLAIM, TOLERANCE, load_stages, table_of  # noqa: E402
+from benchmarks.real_backbone_table import (  # noqa: E402
+    LABELS,
+    METHODS,
+    ROWS,
+    TIME_CLAIM,
+    TOLERANCE,
+    load_stages,
+    md_lines,
+    table_of,
+    write_table,
+)
 from decoding.errors import UserError, run_cli  # noqa: E402
-from decoding.run_folder import atomic_write_json, atomic_write_text  # noqa: E402
 from experiments.seed_stats import NOT_SUPPORTED, SUPPORTED, aggregate, fmt_ci, verdict  # noqa: E402
 
 METRICS = (  # (key, label, digits)
@@ -132,7 +141,7 @@ def markdown(table: dict) -> str:
         ("time", "Lamini: time to 0% <= 0.5x LoRA's"),
     ):
         lines.append([label, *(table["rows"][n]["verdicts"][key] or "–" for n in names)])
-    md = "".join("| " + " | ".join(line) + " |\n" for line in lines)
+    md = md_lines(lines)
     return md + f"\nSeeds: {', '.join(map(str, table['seeds']))}.\n"
 
 
@@ -143,9 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("folders", type=Path, nargs="+", help="one real_backbone_table.py folder per seed")
     args = p.parse_args(argv)
     table = build(args.folders)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "seeds.json", table)
-    atomic_write_text(args.out / "seeds.md", markdown(table))
+    write_table(args.out, "seeds", table, markdown(table))
     print(markdown(table), flush=True)
     return table
 

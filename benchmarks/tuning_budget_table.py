@@ -27,9 +27,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.real_backbone_table import LABELS, METHODS, RATIOS, ROWS, _zero, fmt_ratio, lamini  # noqa: E402
+from benchmarks.real_backbone_table import (  # noqa: E402
+    LABELS,
+    METHODS,
+    RATIOS,
+    ROWS,
+    _zero,
+    fmt_ratio,
+    lamini,
+    md_lines,
+    write_table,
+)
 from decoding.errors import UserError, run_cli  # noqa: E402
-from decoding.run_folder import atomic_write_json, atomic_write_text  # noqa: E402
 
 JUDGED_ROW = {"mome": "mome_gate_off", "lora": "lora", "full": "full"}
 
@@ -146,7 +155,7 @@ def markdown(table: dict) -> str:
     ]
     lines = [["metric", *(c["model"] for c in cols)], ["---"] * (len(cols) + 1)]
     lines += [[label, *(cell(c) for c in cols)] for label, cell in cells]
-    md = "".join("| " + " | ".join(line) + " |\n" for line in lines)
+    md = md_lines(lines)
     for method, m in table["methods"].items():
         extra = (
             f"; not measured (cap reached above 0%): {', '.join(m['not_reached_unmeasured'])}"
@@ -167,9 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.run:
         raise UserError("no --run given; pass one METHOD:LABEL=FOLDER per configuration")
     table = build([load_run(s) for s in args.run], [method_label(s) for s in args.not_reached])
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "budget.json", table)
-    atomic_write_text(args.out / "budget.md", markdown(table))
+    write_table(args.out, "budget", table, markdown(table))
     print(markdown(table), flush=True)
     return table
 
