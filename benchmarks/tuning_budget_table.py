@@ -10,9 +10,11 @@ Each ``--run METHOD:LABEL=FOLDER`` is one configuration that :mod:`benchmarks.re
 measured (``FOLDER/METHOD.json``). ``--not-reached METHOD:LABEL`` counts a configuration that hit the stop
 rule's cap without 0% hallucination and was never measured: it could not have been chosen, but it was tried.
 
-The rule (the same for every method, fixed before the runs it judges): among a method's configurations that
-reached 0% hallucination, the one whose worst interference deviation is smallest, i.e. the smallest
-``max(|ratio - 1| for real-text NLL, MC1, MC2; 1 - identical greedy answers)``; ties go to the faster one.
+The rule (the same for every method): among a method's configurations that reached 0% hallucination, the
+one whose worst interference deviation is smallest, i.e. the smallest
+``max(|ratio - 1| for real-text NLL, MC1, MC2; 1 - identical greedy answers)``. Ties, which are the rule
+for fine-tuning that changes every greedy answer (deviation 1.0), go to the smaller worst deviation of the
+three ratios alone, then to the faster configuration.
 MoME is judged on its gate-off row (Lamini's model; the gate-on row of the same run is shown beside it).
 When no configuration reached 0%, the one with the lowest hallucination. Times to 0% are related to the
 chosen LoRA's. Writes ``budget.json`` and ``budget.md`` to ``--out`` (atomically).
@@ -43,11 +45,15 @@ from decoding.errors import UserError, run_cli  # noqa: E402
 JUDGED_ROW = {"mome": "mome_gate_off", "lora": "lora", "full": "full"}
 
 
-def worst_deviation(compare: dict) -> float:
-    """The largest distance from "unchanged" over the interference metrics of one row."""
-    return max(
-        [abs(compare[k]["ratio"] - 1.0) for k in RATIOS] + [1.0 - compare["identical_answers"]["fraction"]]
-    )
+def worst_deviation(compare: dict, answers: bool = True) -> float:
+    """The largest distance from "unchanged" over the interference metrics of one row.
+
+    Args:
+        compare: the row's :func:`memexp.interference.compare` result.
+        answers: count the changed greedy answers (``1 - identical fraction``) too, not only the ratios.
+    """
+    ratios = [abs(compare[k]["ratio"] - 1.0) for k in RATIOS]
+    return max(ratios + [1.0 - compare["identical_answers"]["fraction"]] if answers else ratios)
 
 
 def method_label(spec: str) -> tuple[str, str]:
@@ -91,6 +97,7 @@ def choose(configs: list[dict]) -> dict | None:
             reached,
             key=lambda c: (
                 worst_deviation(c["rows"][JUDGED_ROW[c["method"]]]["compare"]),
+                worst_deviation(c["rows"][JUDGED_ROW[c["method"]]]["compare"], answers=False),
                 c["training"]["train_s_to_zero"],
             ),
         )

@@ -21,6 +21,7 @@ def test_worst_deviation_counts_changed_greedy_answers():
     assert worst_deviation(row(0.0, 1.02, 1.0)["compare"]) == pytest.approx(0.02)
     assert worst_deviation(row(0.0, 0.97, 1.0)["compare"]) == pytest.approx(0.03)
     assert worst_deviation(row(0.0, 1.0, 0.75)["compare"]) == pytest.approx(0.25)
+    assert worst_deviation(row(0.0, 1.02, 0.0)["compare"], answers=False) == pytest.approx(0.02)
 
 
 def test_rule_picks_the_least_interfering_config_that_reached_zero():
@@ -29,6 +30,8 @@ def test_rule_picks_the_least_interfering_config_that_reached_zero():
     fast = config("lora", "fast", 1.05, 1.0, seconds=100.0)  # the same deviation: the faster wins the tie
     far = config("lora", "far", 1.30, 1.0, seconds=50.0)
     assert choose([near, slow, far, fast])["label"] == "fast"
+    changed = [config("lora", f"lr{r}", r, 0.0, seconds=s) for r, s in ((1.6, 100.0), (1.1, 200.0))]
+    assert choose(changed)["label"] == "lr1.1"  # every answer changed: the ratios break the tie, not speed
     assert (
         choose([config("full", "a", 1.0, 1.0, None, 0.3), config("full", "b", 1.5, 0.0, None, 0.1)])["label"]
         == "b"
