@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("folders", type=Path, nargs="+", help="one real_backbone_table.py folder per seed")
     args = p.parse_args(argv)
     table = build(args.folders)
-    write_table(args.out, "seeds", table, markdown(table))
-    print(markdown(table), flush=True)
+    md = markdown(table)
+    write_table(args.out, "seeds", table, md)
+    print(md, flush=True)
     return table
 
 

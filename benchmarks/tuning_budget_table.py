@@ -85,38 +85,39 @@ def load_run(spec: str) -> dict:
     }
 
 
+def judged(config: dict) -> dict:
+    """The row of ``config`` the rule judges (MoME: gate off)."""
+    return config["rows"][JUDGED_ROW[config["method"]]]
+
+
 def choose(configs: list[dict]) -> dict | None:
     """The configuration the rule picks among one method's measured ``configs`` (None when there is none)."""
-
-    def hallucination(c: dict) -> float:
-        return c["rows"][JUDGED_ROW[c["method"]]]["facts"]["hallucination"]
-
     reached = [c for c in configs if c["training"]["reached_zero"]]
     if reached:
         return min(
             reached,
             key=lambda c: (
-                worst_deviation(c["rows"][JUDGED_ROW[c["method"]]]["compare"]),
-                worst_deviation(c["rows"][JUDGED_ROW[c["method"]]]["compare"], answers=False),
+                worst_deviation(judged(c)["compare"]),
+                worst_deviation(judged(c)["compare"], answers=False),
                 c["training"]["train_s_to_zero"],
             ),
         )
-    return min(configs, key=hallucination, default=None)
+    return min(configs, key=lambda c: judged(c)["facts"]["hallucination"], default=None)
 
 
 def build(runs: list[dict], not_reached: list[tuple[str, str]]) -> dict:
     """Per method: the configurations tried, the chosen one, and one table row per model column."""
-    methods = {}
+    methods, chosen = {}, {}
     for method in METHODS:
         configs = [r for r in runs if r["method"] == method]
         unmeasured = [label for m, label in not_reached if m == method]
-        chosen = choose(configs)
+        chosen[method] = choose(configs)
         methods[method] = {
             "tried": len(configs) + len(unmeasured),
             "not_reached_unmeasured": unmeasured,
-            "chosen": None if chosen is None else chosen["label"],
+            "chosen": None if chosen[method] is None else chosen[method]["label"],
         }
-    lora = next((r for r in runs if r["method"] == "lora" and r["label"] == methods["lora"]["chosen"]), None)
+    lora = chosen["lora"]
     lora_s = lora["training"]["train_s_to_zero"] if lora and lora["training"]["reached_zero"] else None
     columns = []
     for r in runs:
@@ -128,9 +129,9 @@ def build(runs: list[dict], not_reached: list[tuple[str, str]]) -> dict:
                 {
                     "model": LABELS[name],
                     "config": r["label"],
-                    "chosen": methods[r["method"]]["chosen"] == r["label"],
+                    "chosen": r is chosen[r["method"]],
                     "hallucination": row["facts"]["hallucination"],
-                    "to_zero": _zero({**t}),
+                    "to_zero": _zero(t),
                     "time_vs_chosen_lora": ratio,
                     "worst_deviation": worst_deviation(row["compare"]),
                     "compare": row["compare"],
@@ -183,8 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.run:
         raise UserError("no --run given; pass one METHOD:LABEL=FOLDER per configuration")
     table = build([load_run(s) for s in args.run], [method_label(s) for s in args.not_reached])
-    write_table(args.out, "budget", table, markdown(table))
-    print(markdown(table), flush=True)
+    md = markdown(table)
+    write_table(args.out, "budget", table, md)
+    print(md, flush=True)
     return table
 
 
