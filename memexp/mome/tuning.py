@@ -55,7 +55,7 @@ from memexp.layer_cache import LayerCache, cache_fingerprint, decoder_parts, hea
 from memexp.mome.checkpoint import save_mome
 from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
-from memexp.mome.expert_balance import place_keys, random_assignment, usage_report
+from memexp.mome.expert_balance import place_keys, random_assignment, usage_report, warn_if_shared
 from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
 from memexp.mome.model import MoMEModel
 from memexp.mome.question import common_question_end
@@ -259,7 +259,9 @@ class MoMETuning(FactTuning):
         keys = router.keys.weight
         if self.hparams.balance_keys and not mome.config.per_token:
             fact_queries = torch.cat([router.make_queries(f) for f in own_features])  # (F, heads, d_k)
-            place_keys(fact_queries.reshape(-1, mome.config.key_dim), keys, mome.config.k)
+            rows = fact_queries.reshape(-1, mome.config.key_dim)  # (F * heads, d_k)
+            warn_if_shared(rows.shape[0], mome.config.k, mome.config.num_experts)
+            place_keys(rows, keys, mome.config.k)
         router.index.config = self.phase2_index
         router.index.build(keys)
         gate = router.gate

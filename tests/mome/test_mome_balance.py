@@ -3,11 +3,19 @@ and a two-phase run on the tiny backbone that beats random assignment with margi
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from memexp.mome import MoMEConfig
-from memexp.mome.expert_balance import place_keys, random_assignment, simulate_random_assignment, usage_report
+from memexp.mome.expert_balance import (
+    place_keys,
+    random_assignment,
+    simulate_random_assignment,
+    usage_report,
+    warn_if_shared,
+)
 from memexp.mome.index import exact_topk
 
 
@@ -60,6 +68,14 @@ def test_placement_respects_the_capacity_when_the_bank_is_small():
     ids = place_keys(queries, keys, k=4)  # 400 slots over 64 experts: at most ceil(400/64) = 7 each
     assert torch.bincount(ids.reshape(-1), minlength=64).max() <= 7
     assert all(row.unique().numel() == 4 for row in ids)
+
+
+def test_a_bank_too_small_for_its_facts_warns_with_the_size_that_fits():
+    with pytest.warns(UserWarning, match=r"num_experts=1024.*num_experts >= 8000"):
+        warn_if_shared(1000, 8, 1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_shared(128, 8, 1024)  # exactly full: every fact still owns its experts
 
 
 def _run(tiny_llama_dir, tmp_path, balance_keys: bool):
