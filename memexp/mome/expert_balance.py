@@ -131,7 +131,6 @@ def simulate_random_assignment(
     return {name: float(np.mean([r[name] for r in reports])) for name in reports[0]}
 
 
-@torch.no_grad()
 def warn_if_shared(rows: int, k: int, num_experts: int) -> None:
     """Warn when ``rows`` (facts x heads) of ``k`` experts each cannot all own their experts.
 
@@ -146,6 +145,7 @@ def warn_if_shared(rows: int, k: int, num_experts: int) -> None:
         )
 
 
+@torch.no_grad()
 def place_keys(
     queries: torch.Tensor, keys: torch.Tensor, k: int, candidates: int | None = None, jitter: float = 1e-2
 ) -> torch.Tensor:
