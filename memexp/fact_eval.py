@@ -24,11 +24,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoding.run_folder import atomic_write_text
-from memexp.answer_logits import answer_positions
+from memexp.answer_logits import answer_positions, answer_targets, answer_token_nll
 from memexp.model_view import Reference, head_model
 
 FACT_EVALS = "fact_evals.csv"
@@ -38,29 +37,27 @@ FACT_COLUMNS = (
 )  # fmt: skip
 
 
-def dense_answer_token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token answer NLL (nats; differentiable) and the mask of answer tokens, from logits at every
-    position (training keeps only the answer positions: :func:`memexp.answer_logits.answer_token_nll`).
+@torch.no_grad()
+def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Per-fact fields from one teacher-forced pass (logits at every position).
 
     Args:
         logits: (B, T, V), position t predicts token t + 1.
         labels: (B, T), ``-100`` outside answer + eos.
 
     Returns:
-        ``(token_nll (B, T-1), 0 off the answer; mask (B, T-1))``.
+        :func:`answer_columns` of the logits at the answer positions.
     """
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]  # (B, T-1, V), (B, T-1)
-    mask = answer_positions(labels)[:, :-1]  # (B, T-1)
-    token = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")  # (B, T-1)
-    return token * mask, mask
+    return answer_columns(logits[answer_positions(labels)], labels)
 
 
 @torch.no_grad()
-def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    """Per-fact fields from one teacher-forced pass.
+def answer_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Per-fact fields from the logits at the answer positions only (what the LM head computes when it
+    runs there alone: :mod:`memexp.answer_logits`).
 
     Args:
-        logits: (B, T, V), position t predicts token t + 1.
+        logits: (N, V) at the N true positions of ``answer_positions(labels)``, in row-major order.
         labels: (B, T), ``-100`` outside answer + eos.
 
     Returns:
@@ -69,19 +66,25 @@ def fact_columns(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         reproduces answer + eos), ``answer_exact`` (greedy decoding begins with the answer; its eos is not
         required: for answers the model says in its own words and then goes on) and ``num_tokens``.
     """
-    token_nll, mask = dense_answer_token_nll(logits, labels)  # (B, T-1) each
-    num_tokens = mask.sum(1)
-    nll_sum = token_nll.sum(1)
-    max_tok = token_nll.max(1).values
-    hit = (logits[:, :-1].float().argmax(-1) == labels[:, 1:].clamp_min(0)) | ~mask  # (B, T-1)
-    last = mask & (mask.cumsum(1) == num_tokens[:, None])  # (B, T-1) the eos position of each answer
+    keep = answer_positions(labels)  # (B, T)
+    rows = keep.nonzero()[:, 0]  # (N,) the fact of each answer position
+    bsz = labels.shape[0]
+    token = answer_token_nll(logits, labels, keep)  # (N,)
+    miss = logits.float().argmax(-1) != answer_targets(labels, keep)  # (N,)
+    last = torch.ones_like(miss)  # (N,) the eos position of each answer (the last of its fact)
+    last[:-1] = rows[1:] != rows[:-1]
+    num_tokens = keep.sum(1)  # (B,)
+    nll_sum = token.new_zeros(bsz).index_add_(0, rows, token)
+    max_tok = token.new_zeros(bsz).scatter_reduce_(0, rows, token, "amax")  # NLL >= 0: 0 when no answer
+    misses = num_tokens.new_zeros(bsz).index_add_(0, rows, miss.long())
+    early_misses = num_tokens.new_zeros(bsz).index_add_(0, rows, (miss & ~last).long())
     return {
         "nll": nll_sum / num_tokens.clamp_min(1),
         "nll_sum": nll_sum,
         "max_tok_nll": max_tok,
         "min_tok_p": torch.exp(-max_tok),
-        "exact": hit.all(1) & (num_tokens > 0),
-        "answer_exact": (hit | last).all(1) & (num_tokens > 1),
+        "exact": (misses == 0) & (num_tokens > 0),
+        "answer_exact": (early_misses == 0) & (num_tokens > 1),
         "num_tokens": num_tokens,
     }
 

@@ -256,8 +256,11 @@ class FactTuning(L.LightningModule):
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         heads = self.eval_heads if dataloader_idx == 0 else None  # held-out facts: greedy only
-        columns = evaluate_batch(self.model, batch, heads, self.reference)
-        self._val_outputs.setdefault(dataloader_idx, []).append(columns)
+        self._val_outputs.setdefault(dataloader_idx, []).append(self.evaluate(batch, heads))
+
+    def evaluate(self, batch: dict[str, torch.Tensor], heads: dict | None) -> dict[str, torch.Tensor]:
+        """Per-fact columns of one facts batch (:func:`memexp.fact_eval.evaluate_batch`)."""
+        return evaluate_batch(self.model, batch, heads, self.reference)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)

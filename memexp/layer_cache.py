@@ -242,6 +242,15 @@ class LayerCache:
             raise UserError(f"fact ids {missing} are not in the layer cache; rebuild it with these facts")
         return rows
 
+    def covers(self, fact_ids: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """Whether every fact id ``(B,)`` is cached with ``lengths`` ``(B,)`` tokens (fact ids are unique
+        within a fit, so a cached id of the right length is that fact as tokenised when cached)."""
+        ids = fact_ids.to(self.rows.device)
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.rows.shape[0]:
+            return False
+        rows = self.rows[ids]
+        return bool((rows >= 0).all()) and torch.equal(self.lengths[rows], lengths.to(self.lengths))
+
     def lookup(self, fact_ids: torch.Tensor, length: int) -> torch.Tensor:
         """Block-``cut`` inputs of ``fact_ids`` ``(B,)``, right-padded to ``length``: ``(B, T, H)``."""
         rows = self._rows(fact_ids)

@@ -21,7 +21,9 @@ With ``cache_frozen_layers`` the blocks below the lowest expert site run once pe
 at answer positions only (:mod:`memexp.answer_logits`).
 
 Evaluation, per-fact records and held-out metrics are the foundation's
-(:class:`memexp.fact_tuning.FactTuning`); they run the real routed model (router + index), not the cache.
+(:class:`memexp.fact_tuning.FactTuning`). Validation of cached training facts runs only the blocks above the
+cut, routed as inference routes (router, gate, index; :mod:`memexp.mome.frozen_blocks`); held-out facts,
+extra heads and evaluations outside ``fit`` run the full model.
 Checkpoints hold only the MoME weights and the cache; at the end of ``fit`` the experts are also written
 as a MoME folder (:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
@@ -51,22 +53,23 @@ from memexp.answer_logits import answer_positions, summed_answer_nll
 from memexp.compact_state import compact_optimizer_states
 from memexp.data import collate_examples
 from memexp.fact_tuning import FactTuning, check_number, parse_eval_heads
-from memexp.layer_cache import LayerCache, cache_fingerprint, decoder_parts, head_at, run_layers
+from memexp.layer_cache import LayerCache, decoder_parts
 from memexp.mome.checkpoint import save_mome
 from memexp.mome.config import MoMEConfig
 from memexp.mome.ddp_sparse import register_sparse_allreduce_hook
 from memexp.mome.expert_balance import place_keys, random_assignment, usage_report, warn_if_shared
+from memexp.mome.frozen_blocks import FrozenBlocks
 from memexp.mome.index import IndexConfig, exact_topk, recall_at_k
 from memexp.mome.model import MoMEModel
 from memexp.mome.question import common_question_end
 from memexp.mome.retain import RetainSet, check_retain, retain_examples
-from memexp.mome.router import collision_stats, masked_mean
+from memexp.mome.router import collision_stats
 from memexp.mome.usage_plot import ExpertUsagePlot
 
 MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
 
 
-class MoMETuning(FactTuning):
+class MoMETuning(FrozenBlocks, FactTuning):
     """Two-phase memory-expert tuning of a frozen backbone.
 
     Args:
@@ -369,59 +372,6 @@ class MoMETuning(FactTuning):
             self.log("train/active_facts", float((~self.memorised).sum()), batch_size=1)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    def _cached_forward(
-        self, batch: dict[str, torch.Tensor], extra: dict[str, torch.Tensor], keep: torch.Tensor
-    ) -> torch.Tensor:
-        """Answer logits ``(N, V)`` from the cached frozen blocks: only the blocks with experts run."""
-        mome, cache = self.model, self._frozen_cache()
-        parts = decoder_parts(mome.backbone)
-        hidden = cache.lookup(batch["fact_ids"], batch["input_ids"].shape[1])  # (B, T, H)
-        fixed = None
-        if extra:  # phase 2: the cached selection
-            fixed = (extra["expert_ids"], extra["expert_weights"])
-        elif cache.features is not None:  # phase 1, query layer below the cut: route the cached features
-            routing = mome.router.route_features(cache.pooled(batch["fact_ids"]))
-            mome.last_routing = routing
-            fixed = (routing.ids, routing.weights)
-        if fixed is not None:
-            planned = mome.selected(*fixed)
-        else:  # the query layer is the cut: its hook routes the cached hidden states
-            plan = mome.plan(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
-            planned = mome._planned(plan)
-        with planned:
-            upper = run_layers(parts, hidden, batch["attention_mask"], cache.cut, len(parts.layers))
-        return head_at(parts, upper, keep)
-
-    def _frozen_cache(self) -> LayerCache:
-        """The layer cache of the training facts: built on first use, or read from ``layer_cache_dir``."""
-        if self.layer_cache is not None:
-            return self.layer_cache
-        mome = self.model
-        cut = mome.query_layer if mome.config.per_token else mome.first_site_layer
-        pool_layer = mome.query_layer if mome.query_layer < cut else None
-        examples = self.trainer.datamodule.train_examples
-        fingerprint = cache_fingerprint(
-            mome.backbone, cut, [(e.fact_id, e.prompt_ids + e.answer_ids) for e in examples]
-        )
-        path = None
-        if self.hparams.layer_cache_dir:
-            path = Path(self.hparams.layer_cache_dir) / f"layer_cache-{fingerprint}.pt"
-            self.layer_cache = LayerCache.load(path, fingerprint, device=self.device)
-        if self.layer_cache is None:
-            with mome.experts_off():
-                self.layer_cache = LayerCache.build(
-                    mome.backbone,
-                    self._fact_batches(examples),
-                    cut,
-                    pool_layer,
-                    pool=lambda hidden, batch: masked_mean(hidden, batch["prompt_mask"]),
-                    fingerprint=fingerprint,
-                )
-            if path is not None and self.global_rank == 0:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.layer_cache.save(path)
-        return self.layer_cache
 
     def _retain_set(self) -> RetainSet:
         """The retain inputs of this fit (:mod:`memexp.mome.retain`), built at first use in phase 2."""

@@ -138,7 +138,7 @@ def assert_same(new: dict, old: dict) -> None:
     assert list(new) == list(old)
     for name, value in old.items():
         if value.is_floating_point():
-            assert torch.allclose(new[name].double(), value.double(), rtol=0, atol=1e-6), name
+            assert torch.allclose(new[name].double(), value.double(), rtol=1e-6, atol=1e-6), name
         else:
             assert torch.equal(new[name], value), name
 

@@ -180,3 +180,58 @@ def test_fingerprint_follows_backbone_facts_and_tokenizer():
 def test_other_architectures_are_refused(tiny_gpt2_dir):
     with pytest.raises(UserError, match="Llama-family"):
         decoder_parts(load_causal_lm(tiny_gpt2_dir))
+
+
+class CompareEvaluations(L.Callback):
+    """At each validation of the fit: every val batch through the cache and through the full forward."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, bool, dict, dict]] = []
+        self.logits: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        from memexp.fact_tuning import FactTuning
+
+        for idx, loader in enumerate(trainer.datamodule.val_dataloader()):
+            for batch in loader:
+                used = module._cache_evaluates(batch)
+                cached = module.evaluate(batch, None)
+                full = FactTuning.evaluate(module, batch, None)  # evaluate_batch on the routed model
+                self.seen.append((idx, module.current_epoch, used, cached, full))
+                if used:  # the answer logits themselves, (N, V) each
+                    keep = answer_positions(batch["labels"])
+                    routed = module.model(
+                        batch["input_ids"], batch["attention_mask"], question_mask=batch["prompt_mask"]
+                    ).logits[keep]
+                    self.logits.append((module._cached_forward(batch, {}, keep), routed))
+
+
+@pytest.mark.parametrize("query_layer", [1, 2], ids=["query-below-cut", "query-at-cut"])
+def test_cached_validation_equals_the_full_forward(tmp_path, query_layer):
+    """Validation through the cache gives the full model's answer logits and per-fact columns, routed by
+    the real router and index with the fact gate; held-out facts (not cached) take the full forward."""
+    compare = CompareEvaluations()
+    config = MoMEConfig(
+        num_experts=128, k=4, rank=4, scale=4.0, query_layer=query_layer, key_dim=16, gate=0.5,
+        sites=["*.layers.[23].mlp.*_proj", "*.layers.[23].self_attn.v_proj"], index=IndexConfig(kind="flat"),
+    )  # fmt: skip
+    module = MoMETuning(backbone=LLAMA4, mome=config, phase1_epochs=1, lr=5e-2, balance_keys=True)
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path), callbacks=[compare],
+    )  # fmt: skip
+    trainer.fit(module, facts_data())
+    assert {epoch for _, epoch, *_ in compare.seen} == {0, 1, 2}  # phase 1 and phase 2
+    assert {(idx, used) for idx, _, used, *_ in compare.seen} == {(0, True), (1, False)}
+    for _, _, _, cached, full in compare.seen:
+        assert torch.equal(cached["fact_id"], full["fact_id"])
+        for name in ("exact", "answer_exact", "num_tokens"):
+            assert torch.equal(cached[name], full[name]), name
+        for name in ("nll", "nll_sum", "max_tok_nll"):
+            torch.testing.assert_close(cached[name], full[name], atol=1e-4, rtol=1e-4, msg=name)
+    for cached, routed in compare.logits:
+        torch.testing.assert_close(cached, routed, atol=1e-4, rtol=1e-4)
+    per_epoch = len(compare.logits) // 3
+    first, last = compare.logits[0][1], compare.logits[2 * per_epoch][1]  # one batch, epochs 0 and 2
+    assert (last - first).abs().max() > 1e-3  # the experts changed the logits between validations
