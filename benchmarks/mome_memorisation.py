@@ -42,6 +42,7 @@ class TrainClock(L.Callback):
 
     def __init__(self) -> None:
         self.train_s, self.to_zero_s, self.zero_epoch, self._t0 = 0.0, None, None, 0.0
+        self.val_s, self.validations, self._v0 = 0.0, 0, 0.0  # fit validations: count, summed seconds
 
     def _lap(self) -> None:
         now = time.perf_counter()
@@ -57,11 +58,14 @@ class TrainClock(L.Callback):
     def on_validation_start(self, trainer, module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._lap()
+            self._v0 = time.perf_counter()
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         self._t0 = time.perf_counter()  # the validation just run is not training time
+        self.val_s += self._t0 - self._v0
+        self.validations += 1
         rate = trainer.callback_metrics.get("val/hallucination_rate")
         if rate is None:
             return

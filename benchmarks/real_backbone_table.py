@@ -180,6 +180,8 @@ def train(module, dm, args: argparse.Namespace) -> dict:
         "zero_epoch": clock.zero_epoch,
         "train_s_total": clock.train_s,
         "fit_wall_s": wall,
+        "val_s_total": clock.val_s,
+        "validations": clock.validations,
         "epochs": trainer.current_epoch,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
     }

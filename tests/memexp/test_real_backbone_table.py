@@ -215,7 +215,30 @@ def test_train_clock_excludes_validation_and_counts_the_epoch_that_reached_zero(
         clock.on_train_epoch_end(trainer, None)
     assert clock.to_zero_s == pytest.approx(20.5) and clock.zero_epoch == 1
     assert clock.train_s == pytest.approx(21.0)
+    assert clock.val_s == pytest.approx(10.0) and clock.validations == 2
     trainer.state.fn = "validate"  # a validation outside fit neither stops the clock nor records
     clock.on_validation_start(trainer, None)
     clock.on_validation_end(trainer, None)
-    assert clock.train_s == pytest.approx(21.0)
+    assert clock.train_s == pytest.approx(21.0) and clock.validations == 2
+
+
+def test_curves_from_logs_reads_every_validation_line_and_refuses_bad_input(tmp_path, capsys):
+    from benchmarks.curves_from_logs import main as curves_main
+    from benchmarks.curves_from_logs import read_points
+
+    log = tmp_path / "run.log"
+    log.write_text(
+        "[mome] before: {...}\nbar 10%\r  epoch 1 train 208s hallucination 1.000\n"
+        "  epoch 3 train 298.5s hallucination 0.250\nepoch 5 train x hallucination 0\n"
+    )
+    assert read_points(log) == [(1, 208.0, 1.0), (3, 298.5, 0.25)]
+    out = tmp_path / "c.png"
+    curves_main([f"MoME={log}", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="exists"):
+        curves_main([f"MoME={log}", "--out", str(out)])
+    with pytest.raises(UserError, match="LABEL=PATH"):
+        curves_main([str(log), "--out", str(tmp_path / "d.png")])
+    (tmp_path / "empty.log").write_text("nothing\n")
+    with pytest.raises(UserError, match="no 'epoch"):
+        read_points(tmp_path / "empty.log")
