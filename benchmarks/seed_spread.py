@@ -39,10 +39,19 @@ def run_seed(config: str, seed: int, out: Path) -> dict:
     folder = out / f"seed{seed}"
     results = folder / "results.json"
     if not results.exists():  # a finished seed is read back, not re-run
-        cmd = [sys.executable, "-m", "memexp", "fit", "--config", config, f"--seed_everything={seed}",
-               f"--model.init_args.seed={seed}",
-               f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
-               "--trainer.enable_progress_bar=false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "memexp",
+            "fit",
+            "--config",
+            config,
+            f"--seed_everything={seed}",
+            f"--model.init_args.seed={seed}",
+            f"--trainer.default_root_dir={folder}",
+            f"--trainer.logger.init_args.save_dir={folder}",
+            "--trainer.enable_progress_bar=false",
+        ]
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         (folder / "wall_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
