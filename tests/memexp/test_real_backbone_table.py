@@ -222,7 +222,7 @@ def test_train_clock_excludes_validation_and_counts_the_epoch_that_reached_zero(
     assert clock.train_s == pytest.approx(21.0) and clock.validations == 2
 
 
-def test_curves_from_logs_reads_every_validation_line_and_refuses_bad_input(tmp_path, capsys):
+def test_curves_from_logs_reads_every_validation_line_and_refuses_bad_input(tmp_path):
     from benchmarks.curves_from_logs import main as curves_main
     from benchmarks.curves_from_logs import read_points
 
