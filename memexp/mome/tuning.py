@@ -27,10 +27,12 @@ extra heads and evaluations outside ``fit`` run the full model.
 Checkpoints hold only the MoME weights and the cache; at the end of ``fit`` the experts are also written
 as a MoME folder (:func:`memexp.mome.checkpoint.save_mome`) in ``<default_root_dir>/mome``.
 
-Optimisers: ``sparse_adam`` (``SparseAdam`` on the sparse tables and keys, ``AdamW`` on the dense query
-projection; only touched rows move), ``adamw`` or ``adafactor`` (dense gradients: every step touches the
-whole bank; fine for small banks). Training uses Lightning manual optimisation because the
-sparse and dense parameter groups need different optimisers.
+Optimisers: ``row_adam`` or ``sparse_adam`` on the sparse tables and keys, ``AdamW`` on the dense query
+projection; only touched rows move. ``row_adam`` (:mod:`memexp.mome.row_adam`) bias-corrects each row with
+its own step count; torch's ``SparseAdam`` counts every step, so a fact's experts, selected once per epoch,
+take steps several times ``lr`` for their first hundreds of updates. Dense: ``adamw`` or ``adafactor``
+(every step touches the whole bank; fine for small banks). Training uses Lightning manual optimisation
+because the sparse and dense parameter groups need different optimisers.
 
 Deliberate difference (docs/algorithms/mome.md): memorised facts are removed from each batch before the
 forward pass (the data module's sampler is not replaced), which keeps every DDP rank in lock-step.
@@ -42,7 +44,7 @@ import dataclasses
 import math
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning as L
 import torch
@@ -64,9 +66,11 @@ from memexp.mome.model import MoMEModel
 from memexp.mome.question import common_question_end
 from memexp.mome.retain import RetainSet, check_retain, retain_examples
 from memexp.mome.router import collision_stats
+from memexp.mome.row_adam import RowAdam
 from memexp.mome.usage_plot import ExpertUsagePlot
 
-MoMEOptimizer = Literal["sparse_adam", "adamw", "adafactor"]
+MoMEOptimizer = Literal["row_adam", "sparse_adam", "adamw", "adafactor"]
+SPARSE_OPTIMIZERS = {"row_adam": RowAdam, "sparse_adam": torch.optim.SparseAdam}
 
 
 class MoMETuning(FrozenBlocks, FactTuning):
@@ -80,7 +84,8 @@ class MoMETuning(FrozenBlocks, FactTuning):
         lr: learning rate of the expert tables.
         router_lr: learning rate of query projection and keys (phase 1).
         weight_decay: decoupled weight decay of dense optimisers.
-        optimizer: ``sparse_adam``, ``adamw`` or ``adafactor``.
+        optimizer: ``row_adam`` (lazy Adam bias-corrected per row, :mod:`memexp.mome.row_adam`),
+            ``sparse_adam`` (torch's ``SparseAdam``), ``adamw`` or ``adafactor``.
         stop_nll: a fact leaves training when its summed answer NLL (nats) is below this (<= 0 disables).
         recall_queries: facts whose queries measure the phase-2 index's recall@k (0 disables).
         whiten_queries: at phase-2 start, fold a whitening of the facts' queries into the frozen query
@@ -143,8 +148,10 @@ class MoMETuning(FrozenBlocks, FactTuning):
     ) -> None:
         heads = parse_eval_heads(eval_heads)  # checked first; the reference is experts off (no weight copy)
         # the MoME settings are checked before the backbone is loaded (mome checks itself: MoMEConfig)
-        if optimizer not in ("sparse_adam", "adamw", "adafactor"):
-            raise UserError(f"optimizer={optimizer!r} is unknown; choose sparse_adam, adamw or adafactor")
+        if optimizer not in get_args(MoMEOptimizer):
+            raise UserError(
+                f"optimizer={optimizer!r} is unknown; choose row_adam, sparse_adam, adamw or adafactor"
+            )
         if phase1_epochs < 0:
             raise UserError(f"phase1_epochs={phase1_epochs} must be >= 0 (0 skips the router phase)")
         check_number("router_lr", router_lr, fix="the router's learning rate, e.g. 1e-3")
@@ -163,7 +170,7 @@ class MoMETuning(FrozenBlocks, FactTuning):
             backbone=backbone, method="full", lr=lr, weight_decay=weight_decay, dtype=dtype, seed=seed
         )
         config = dataclasses.replace(mome or MoMEConfig())  # hparams keep the user's config untouched
-        config.sparse = optimizer == "sparse_adam"
+        config.sparse = optimizer in SPARSE_OPTIMIZERS
         self.phase2_index = config.index
         config.index = IndexConfig(kind="exact")  # phase 1 searches the live keys
         self.model = MoMEModel(self.model, config)
@@ -318,6 +325,9 @@ class MoMETuning(FrozenBlocks, FactTuning):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         fact_ids = batch["fact_ids"]
         extra = {}
+        # per answer token of the whole batch, memorised facts included: a fact's gradient does not grow
+        # when its batch-mates are memorised and leave (that jolts Adam's moments of its experts)
+        tokens = answer_positions(batch["labels"]).sum().clamp_min(1)
         if self.in_phase2:
             active = ~self.memorised[fact_ids]
             weight = 1.0
@@ -340,7 +350,6 @@ class MoMETuning(FrozenBlocks, FactTuning):
                 **extra,
             ).logits  # (N, V)
         nll = summed_answer_nll(logits, batch["labels"], keep)  # (B,)
-        tokens = keep.sum().clamp_min(1)
         loss = weight * nll.sum() / tokens
         if not self.in_phase2 and self.model.last_routing is not None:
             loss = loss + self.model.last_routing.aux_loss
@@ -404,10 +413,11 @@ class MoMETuning(FrozenBlocks, FactTuning):
         tables = mome.expert_parameters()
         keys = [mome.router.keys.weight]
         dense_router = [p for n, p in mome.router.named_parameters() if n != "keys.weight"]
-        if hp.optimizer == "sparse_adam":
+        if hp.optimizer in SPARSE_OPTIMIZERS:
+            sparse = SPARSE_OPTIMIZERS[hp.optimizer]
             return [  # the first one (expert tables) is the only one stepped in phase 2
-                torch.optim.SparseAdam(tables, lr=hp.lr),
-                torch.optim.SparseAdam(keys, lr=hp.router_lr),
+                sparse(tables, lr=hp.lr),
+                sparse(keys, lr=hp.router_lr),
                 torch.optim.AdamW(dense_router, lr=hp.router_lr, weight_decay=hp.weight_decay),
             ]
         groups = [{"params": tables, "lr": hp.lr}, {"params": keys + dense_router, "lr": hp.router_lr}]

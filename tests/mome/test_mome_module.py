@@ -82,8 +82,13 @@ def fit(module, data, epochs: int, tmp_path, val_every: int = 1, callbacks=()) -
     return trainer
 
 
-def test_two_phase_training(tiny_llama_dir, tmp_path):
-    module, data, snaps = make_module(tiny_llama_dir), make_data(tiny_llama_dir), Snapshots()
+@pytest.mark.parametrize("optimizer", ["sparse_adam", "row_adam"])
+def test_two_phase_training(tiny_llama_dir, tmp_path, optimizer):
+    module, data, snaps = (
+        make_module(tiny_llama_dir, optimizer=optimizer),
+        make_data(tiny_llama_dir),
+        Snapshots(),
+    )
     initial = {n: p.detach().clone() for n, p in module.model.router.named_parameters()}
     fit(module, data, epochs=3, tmp_path=tmp_path, val_every=3, callbacks=[snaps])
     mome = module.model
@@ -157,6 +162,37 @@ def test_memorised_facts_leave_training_and_return_when_not_recalled(tiny_llama_
     assert not exact.all()
 
 
+class LeaveAlone(L.Callback):
+    """From epoch ``epoch`` on, every training fact but ``fact_id`` counts as memorised."""
+
+    def __init__(self, fact_id: int, epoch: int) -> None:
+        self.fact_id, self.epoch = fact_id, epoch
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == self.epoch:
+            module.memorised[:] = True
+            module.memorised[self.fact_id] = False
+
+
+def test_a_facts_experts_train_the_same_whatever_its_batch_mates_do(tiny_llama_dir, tmp_path):
+    """With row_adam and the loss per answer token of the whole batch, a fact's own experts follow the same
+    trajectory whether its batch-mates keep training or are memorised and leave: no jolt when the active
+    set shrinks (torch's SparseAdam counts the skipped steps, and a per-active-token loss grows)."""
+    rows = {}
+    for alone in (False, True):
+        module = make_module(tiny_llama_dir, optimizer="row_adam", stop_nll=0.0, balance_keys=True)
+        data, fact_id = make_data(tiny_llama_dir, n=8), 0
+        callbacks = [LeaveAlone(fact_id, epoch=2)] if alone else []
+        fit(module, data, epochs=4, tmp_path=tmp_path / str(alone), val_every=10, callbacks=callbacks)
+        others = [e.fact_id for e in data.train_examples if e.fact_id != fact_id]
+        assert len(others) == len(data.train_examples) - 1
+        own = module.cached_ids[fact_id]  # (k,) the fact's experts, its own (balance_keys, 256 >> 8 x 4)
+        assert not torch.isin(own, module.cached_ids[others]).any()
+        rows[alone] = {n: s.B.weight[own].detach().clone() for n, s in module.model.sites.items()}
+    for name, value in rows[False].items():
+        torch.testing.assert_close(rows[True][name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_bad_settings(tiny_llama_dir):
     with pytest.raises(ValueError, match="'sgd'"):
         make_module(tiny_llama_dir, optimizer="sgd")
@@ -164,7 +200,8 @@ def test_bad_settings(tiny_llama_dir):
         make_module(tiny_llama_dir, mome=MoMEConfig(num_experts=256, k=300))
 
 
-def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sparse_adam", "row_adam"])
+def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path, optimizer):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     data = make_data(tiny_llama_dir, n=8)
@@ -180,11 +217,11 @@ def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
         callbacks=[ckpt],
         default_root_dir=str(tmp_path),
     )
-    first = make_module(tiny_llama_dir)
+    first = make_module(tiny_llama_dir, optimizer=optimizer)
     trainer.fit(first, data)
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert not any(".base." in k or "embed_tokens" in k for k in state)  # the backbone is not copied
-    resumed = make_module(tiny_llama_dir)
+    resumed = make_module(tiny_llama_dir, optimizer=optimizer)
     again = L.Trainer(
         max_epochs=3,
         accelerator="cpu",
@@ -199,6 +236,10 @@ def test_resume_in_phase2_continues_from_the_cache(tiny_llama_dir, tmp_path):
     again.fit(resumed, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert torch.equal(resumed.cached_ids, first.cached_ids)
     assert not any(p.requires_grad for p in resumed.model.router.parameters())
+    tables = resumed.optimizers()[0].optimizer if optimizer == "row_adam" else None
+    if tables is not None:  # the per-row step counts came back as counts
+        steps = [s["row_step"] for s in tables.state.values()]
+        assert steps and all(s.dtype == torch.int64 and s.max() >= 2 for s in steps)
 
 
 def pre_norm_queries(module: MoMETuning, examples) -> torch.Tensor:
